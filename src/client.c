@@ -1,0 +1,963 @@
+/*
+ * client.c - `feed send`: reads records from files or stdin and delivers
+ * them to feed over one ZeroMQ DEALER socket, pipelined.
+ *
+ * Owns the input readers, the in-flight window (a fixed array of request
+ * slots, each with its body and the input position of each of its lines),
+ * the id -> slot table and the tallies. Only the window is held in memory,
+ * never the whole input. Runs on the main thread of `feed send`, single
+ * threaded; every wait is a zmq_poll() with a timeout, and the run gives up
+ * when nothing has been answered for a whole retry cycle.
+ *
+ * Requests carry an 8-byte sequence number as their id. A re-send after a
+ * timeout reuses the id; ids are never reused for another request, so a late
+ * reply to a request already answered finds no slot and is ignored.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <zmq.h>
+
+#include "client.h"
+
+#define CLIENT_LINE_MAX     4096      /* bytes per input line, newline excluded */
+#define CLIENT_READBUF      65536
+#define CLIENT_WINDOW_MAX   100000
+#define CLIENT_BATCH_MAX    100000
+#define CLIENT_TIMEOUT_MAX  3600000
+#define CLIENT_RETRIES_MAX  1000
+#define CLIENT_REASONS      10
+#define CLIENT_REASON_LEN   256
+#define CLIENT_PROGRESS_NS  250000000LL
+
+/* ==== Input ==== */
+
+struct client_input {
+	char **files;                 /* names; "-" is stdin */
+	int nfiles;
+	int cur;                      /* index into files; nfiles = done */
+	int fd;                       /* -1 when none open */
+	uint64_t lineno;              /* last line read from files[cur] */
+	char buf[CLIENT_READBUF];
+	size_t pos, len;
+	bool eof;
+};
+
+/* Where an input line came from. */
+struct client_pos {
+	uint32_t file;
+	uint64_t line;
+};
+
+static const char *client_fname(const struct client_input *in, uint32_t file)
+{
+	return strcmp(in->files[file], "-") == 0 ? "<stdin>" : in->files[file];
+}
+
+/* Opens the next input file. Returns 0, 1 when there is none left, or a
+ * negative errno (already reported) if it cannot be opened. */
+static int client_input_next(struct client_input *in)
+{
+	const char *name;
+
+	if (in->fd > STDIN_FILENO)
+		close(in->fd);
+	in->fd = -1;
+	in->cur++;
+	if (in->cur >= in->nfiles)
+		return 1;
+	in->lineno = 0;
+	in->pos = in->len = 0;
+	in->eof = false;
+	name = in->files[in->cur];
+	if (strcmp(name, "-") == 0) {
+		in->fd = STDIN_FILENO;
+		return 0;
+	}
+	in->fd = open(name, O_RDONLY | O_CLOEXEC);
+	if (in->fd < 0) {
+		int r = -errno;
+
+		fprintf(stderr, "feed send: %s: %s\n", name, strerror(errno));
+		return r;
+	}
+	return 0;
+}
+
+static int client_input_fill(struct client_input *in)
+{
+	ssize_t n;
+
+	if (in->pos > 0) {
+		memmove(in->buf, in->buf + in->pos, in->len - in->pos);
+		in->len -= in->pos;
+		in->pos = 0;
+	}
+	do
+		n = read(in->fd, in->buf + in->len, sizeof(in->buf) - in->len);
+	while (n < 0 && errno == EINTR);
+	if (n < 0)
+		return -errno;
+	if (n == 0)
+		in->eof = true;
+	in->len += (size_t)n;
+	return 0;
+}
+
+/*
+ * Reads the next non-empty line of the current file into line (no newline,
+ * a trailing CR dropped). Returns 1 with *ret_len set, 0 at the end of the
+ * file, -E2BIG for a line longer than CLIENT_LINE_MAX (consumed whole), or
+ * another negative errno on a read error.
+ */
+static int client_input_line(struct client_input *in, char *line, size_t *ret_len)
+{
+	bool toolong = false;
+
+	for (;;) {
+		char *start = in->buf + in->pos;
+		char *nl = memchr(start, '\n', in->len - in->pos);
+		size_t n;
+		int r;
+
+		if (!nl && !in->eof && in->len - in->pos < CLIENT_LINE_MAX + 2 &&
+		    !(in->pos == 0 && in->len == sizeof(in->buf))) {
+			r = client_input_fill(in);
+			if (r < 0)
+				return r;
+			continue;
+		}
+		if (!nl && in->len - in->pos >= CLIENT_LINE_MAX + 2) {
+			/* far too long: drop what we have and keep skipping to the newline */
+			toolong = true;
+			in->pos = in->len;
+			if (in->eof)
+				goto line_end;
+			r = client_input_fill(in);
+			if (r < 0)
+				return r;
+			continue;
+		}
+		if (!nl && in->pos == in->len && in->eof) {
+			if (toolong)
+				goto line_end;
+			return 0;
+		}
+		n = nl ? (size_t)(nl - start) : in->len - in->pos;
+		in->pos += n + (nl ? 1 : 0);
+		in->lineno++;
+		if (toolong)
+			return -E2BIG;
+		if (n > 0 && start[n - 1] == '\r')
+			n--;
+		if (n > CLIENT_LINE_MAX)
+			return -E2BIG;
+		if (n == 0)
+			continue;
+		memcpy(line, start, n);
+		*ret_len = n;
+		return 1;
+line_end:
+		in->lineno++;
+		return -E2BIG;
+	}
+}
+
+/* ==== Window ==== */
+
+enum client_state { SLOT_FREE = 0, SLOT_QUEUED, SLOT_SENT };
+
+struct client_slot {
+	enum client_state state;
+	bool in_sendq;
+	uint64_t id;
+	char *body;
+	size_t len, cap;
+	struct client_pos *pos;        /* one per record */
+	size_t nrec, poscap;
+	int attempts;                  /* sends so far */
+	int64_t deadline;              /* monotonic ns */
+};
+
+struct client_reason {
+	char text[CLIENT_REASON_LEN];
+	uint64_t count;                /* records */
+	struct client_pos first;
+};
+
+struct client {
+	/* options */
+	const char *endpoint;
+	size_t window, batch;
+	int timeout_ms, retries;
+	bool quiet, progress;
+
+	void *ctx, *sock;
+	struct client_input in;
+	struct client_slot *slots;
+	size_t *freelist, nfree;
+	size_t *sendq, sq_head, sq_len;    /* ring of slot indexes, capacity window */
+	uint64_t *hkeys;                   /* id -> slot, open addressing; 0 = empty */
+	size_t *hvals, hmask;
+	uint64_t next_id;
+	bool input_done;
+	bool gave_up;                      /* stopped before the end of the input */
+
+	/* tallies, in records except requests */
+	uint64_t sent, requests, ok, bad, resent, noreply, unsent, stray;
+	struct client_reason reasons[CLIENT_REASONS];
+	size_t nreasons;
+	uint64_t other_reasons;
+	int64_t start, last_reply, last_progress;
+};
+
+static int64_t client_now(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+static size_t client_hash(uint64_t id, size_t mask)
+{
+	return (size_t)((id * 0x9E3779B97F4A7C15ULL) >> 17) & mask;
+}
+
+static void client_map_put(struct client *c, uint64_t id, size_t slot)
+{
+	size_t i = client_hash(id, c->hmask);
+
+	while (c->hkeys[i] != 0)
+		i = (i + 1) & c->hmask;
+	c->hkeys[i] = id;
+	c->hvals[i] = slot;
+}
+
+/* Returns the slot of id, or -1. */
+static long client_map_get(const struct client *c, uint64_t id)
+{
+	size_t i = client_hash(id, c->hmask);
+
+	while (c->hkeys[i] != 0) {
+		if (c->hkeys[i] == id)
+			return (long)c->hvals[i];
+		i = (i + 1) & c->hmask;
+	}
+	return -1;
+}
+
+/* Removes id; backward-shift deletion keeps probe chains intact. */
+static void client_map_del(struct client *c, uint64_t id)
+{
+	size_t i = client_hash(id, c->hmask), j;
+
+	while (c->hkeys[i] != id) {
+		if (c->hkeys[i] == 0)
+			return;
+		i = (i + 1) & c->hmask;
+	}
+	j = i;
+	for (;;) {
+		size_t home;
+
+		j = (j + 1) & c->hmask;
+		if (c->hkeys[j] == 0)
+			break;
+		home = client_hash(c->hkeys[j], c->hmask);
+		/* move j back to i unless its home lies cyclically in (i, j] */
+		if ((i <= j) ? (i < home && home <= j) : (i < home || home <= j))
+			continue;
+		c->hkeys[i] = c->hkeys[j];
+		c->hvals[i] = c->hvals[j];
+		i = j;
+	}
+	c->hkeys[i] = 0;
+}
+
+static void client_sendq_push(struct client *c, size_t slot)
+{
+	if (c->slots[slot].in_sendq)
+		return;
+	c->sendq[(c->sq_head + c->sq_len) % c->window] = slot;
+	c->sq_len++;
+	c->slots[slot].in_sendq = true;
+}
+
+static void client_slot_free(struct client *c, size_t slot)
+{
+	struct client_slot *s = &c->slots[slot];
+
+	client_map_del(c, s->id);
+	s->state = SLOT_FREE;
+	s->len = 0;
+	s->nrec = 0;
+	c->freelist[c->nfree++] = slot;
+}
+
+/* ==== Replies ==== */
+
+/* "line 3: volume: ..." -> 3 and the text after "line 3: ". */
+static size_t client_reason_line(const char *reason, const char **ret_rest)
+{
+	size_t line = 0;
+	const char *p = reason;
+
+	*ret_rest = reason;
+	if (strncmp(p, "line ", 5) != 0)
+		return 0;
+	p += 5;
+	if (*p < '0' || *p > '9')
+		return 0;
+	while (*p >= '0' && *p <= '9' && line < CLIENT_BATCH_MAX + 1)
+		line = line * 10 + (size_t)(*p++ - '0');
+	if (p[0] != ':' || p[1] != ' ')
+		return 0;
+	*ret_rest = p + 2;
+	return line;
+}
+
+static void client_note_reason(struct client *c, const struct client_slot *s,
+			       const char *reason)
+{
+	const char *text;
+	size_t line = client_reason_line(reason, &text);
+	struct client_pos first = s->pos[0];
+	size_t i;
+
+	if (line >= 1 && line <= s->nrec)
+		first = s->pos[line - 1];
+	for (i = 0; i < c->nreasons; i++) {
+		if (strcmp(c->reasons[i].text, text) == 0) {
+			c->reasons[i].count += s->nrec;
+			return;
+		}
+	}
+	if (c->nreasons == CLIENT_REASONS) {
+		c->other_reasons += s->nrec;
+		return;
+	}
+	snprintf(c->reasons[i].text, sizeof(c->reasons[i].text), "%s", text);
+	c->reasons[i].count = s->nrec;
+	c->reasons[i].first = first;
+	c->nreasons++;
+}
+
+static void client_on_reply(struct client *c, zmq_msg_t *idf, zmq_msg_t *st)
+{
+	char reason[CLIENT_REASON_LEN];
+	const char *data = zmq_msg_data(st);
+	size_t len = zmq_msg_size(st);
+	struct client_slot *s;
+	uint64_t id;
+	long slot;
+
+	if (zmq_msg_size(idf) != sizeof(id)) {
+		c->stray++;
+		return;
+	}
+	memcpy(&id, zmq_msg_data(idf), sizeof(id));
+	slot = client_map_get(c, id);
+	if (slot < 0) {
+		c->stray++;            /* late reply to a request already settled */
+		return;
+	}
+	s = &c->slots[slot];
+	c->last_reply = client_now();
+	if (len == 4 && memcmp(data, "TRUE", 4) == 0) {
+		c->ok += s->nrec;
+	} else {
+		size_t n;
+
+		if (len >= 7 && memcmp(data, "FALSE: ", 7) == 0) {
+			data += 7;
+			len -= 7;
+		} else if (len == 5 && memcmp(data, "FALSE", 5) == 0) {
+			data = "(no reason given)";
+			len = strlen(data);
+		} else {
+			/* not the protocol: show it as the reason, printable bytes only */
+			static const char pfx[] = "unexpected reply: ";
+
+			memcpy(reason, pfx, sizeof(pfx) - 1);
+			n = sizeof(pfx) - 1;
+			for (size_t i = 0; i < len && n < 80; i++)
+				reason[n++] = (data[i] >= 0x20 && data[i] < 0x7f) ? data[i] : '?';
+			reason[n] = '\0';
+			goto note;
+		}
+		n = len < sizeof(reason) - 1 ? len : sizeof(reason) - 1;
+		memcpy(reason, data, n);
+		reason[n] = '\0';
+		for (size_t i = 0; i < n; i++)
+			if (reason[i] == '\n' || reason[i] == '\0')
+				reason[i] = ' ';
+note:
+		c->bad += s->nrec;
+		client_note_reason(c, s, reason);
+	}
+	client_slot_free(c, (size_t)slot);
+}
+
+/* Reads every reply available now. Returns 0 or a negative errno. */
+static int client_recv_all(struct client *c)
+{
+	for (;;) {
+		zmq_msg_t part[3];
+		int n = 0, r = 0, more = 1;
+		size_t moresz;
+
+		while (more) {
+			zmq_msg_t scratch, *m = n < 3 ? &part[n] : &scratch;
+
+			zmq_msg_init(m);
+			if (zmq_msg_recv(m, c->sock, ZMQ_DONTWAIT) < 0) {
+				r = -errno;
+				zmq_msg_close(m);
+				break;
+			}
+			moresz = sizeof(more);
+			if (zmq_getsockopt(c->sock, ZMQ_RCVMORE, &more, &moresz) < 0)
+				more = 0;
+			if (m == &scratch)
+				zmq_msg_close(m);
+			n++;
+		}
+		if (r == 0) {
+			if (n == 3 && zmq_msg_size(&part[0]) == 0)
+				client_on_reply(c, &part[1], &part[2]);
+			else
+				c->stray++;
+		}
+		for (int i = 0; i < n && i < 3; i++)
+			zmq_msg_close(&part[i]);
+		if (r == -EAGAIN && n == 0)
+			return 0;
+		if (r == -EINTR)
+			continue;
+		if (r < 0)
+			return r;
+	}
+}
+
+/* ==== Sending ==== */
+
+/* Returns 0 when sent, -EAGAIN when the socket cannot take it now. */
+static int client_send_slot(struct client *c, struct client_slot *s)
+{
+	if (zmq_send(c->sock, "", 0, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0)
+		return -errno;
+	/* once the first frame is queued the rest of the message is too */
+	if (zmq_send(c->sock, &s->id, sizeof(s->id), ZMQ_SNDMORE) < 0 ||
+	    zmq_send(c->sock, s->body, s->len, 0) < 0)
+		return -errno;
+	return 0;
+}
+
+static int client_flush(struct client *c)
+{
+	while (c->sq_len > 0) {
+		size_t slot = c->sendq[c->sq_head];
+		struct client_slot *s = &c->slots[slot];
+		int r;
+
+		if (s->state != SLOT_FREE) {
+			r = client_send_slot(c, s);
+			if (r == -EAGAIN || r == -EINTR)
+				return 0;
+			if (r < 0)
+				return r;
+			if (s->attempts > 0)
+				c->resent += s->nrec;
+			s->attempts++;
+			s->state = SLOT_SENT;
+			s->deadline = client_now() + (int64_t)c->timeout_ms * 1000000;
+		}
+		s->in_sendq = false;
+		c->sq_head = (c->sq_head + 1) % c->window;
+		c->sq_len--;
+	}
+	return 0;
+}
+
+static int client_slot_add_line(struct client *c, struct client_slot *s,
+				const char *line, size_t n)
+{
+	if (s->len + n + 1 > s->cap) {
+		size_t cap = s->cap ? s->cap * 2 : 256;
+		char *b;
+
+		while (cap < s->len + n + 1)
+			cap *= 2;
+		b = realloc(s->body, cap);
+		if (!b)
+			return -ENOMEM;
+		s->body = b;
+		s->cap = cap;
+	}
+	if (s->nrec == s->poscap) {
+		size_t cap = s->poscap ? s->poscap * 2 : 4;
+		struct client_pos *p;
+
+		if (cap > c->batch)
+			cap = c->batch;
+		p = realloc(s->pos, cap * sizeof(*p));
+		if (!p)
+			return -ENOMEM;
+		s->pos = p;
+		s->poscap = cap;
+	}
+	memcpy(s->body + s->len, line, n);
+	s->len += n;
+	s->body[s->len++] = '\n';
+	s->pos[s->nrec].file = (uint32_t)c->in.cur;
+	s->pos[s->nrec].line = c->in.lineno;
+	s->nrec++;
+	return 0;
+}
+
+/* Builds requests from input into free slots. Returns 0 or a negative errno. */
+static int client_fill(struct client *c, char *line)
+{
+	while (c->nfree > 0 && !c->input_done) {
+		size_t slot = c->freelist[c->nfree - 1];
+		struct client_slot *s = &c->slots[slot];
+		int r = 0;
+
+		while (s->nrec < c->batch) {
+			size_t n;
+
+			if (c->in.fd < 0) {
+				r = client_input_next(&c->in);
+				if (r > 0) {
+					c->input_done = true;
+					break;
+				}
+				if (r < 0) {
+					c->unsent++;   /* counts the file as one failure */
+					continue;
+				}
+			}
+			r = client_input_line(&c->in, line, &n);
+			if (r == 0) {
+				if (c->in.fd > STDIN_FILENO)
+					close(c->in.fd);
+				c->in.fd = -1;
+				continue;
+			}
+			if (r == -E2BIG) {
+				fprintf(stderr, "feed send: %s:%" PRIu64 ": line longer than %d bytes, not sent\n",
+					client_fname(&c->in, (uint32_t)c->in.cur), c->in.lineno,
+					CLIENT_LINE_MAX);
+				c->unsent++;
+				continue;
+			}
+			if (r < 0) {
+				fprintf(stderr, "feed send: %s: %s\n",
+					client_fname(&c->in, (uint32_t)c->in.cur), strerror(-r));
+				c->unsent++;
+				if (c->in.fd > STDIN_FILENO)
+					close(c->in.fd);
+				c->in.fd = -1;
+				continue;
+			}
+			r = client_slot_add_line(c, s, line, n);
+			if (r < 0)
+				return r;
+		}
+		if (s->nrec == 0)
+			break;
+		c->nfree--;
+		s->id = ++c->next_id;
+		s->state = SLOT_QUEUED;
+		s->attempts = 0;
+		s->deadline = client_now() + (int64_t)c->timeout_ms * 1000000;
+		client_map_put(c, s->id, slot);
+		client_sendq_push(c, slot);
+		c->sent += s->nrec;
+		c->requests++;
+	}
+	return 0;
+}
+
+/* Re-queues or gives up on requests past their deadline. */
+static void client_expire(struct client *c, int64_t now)
+{
+	for (size_t i = 0; i < c->window; i++) {
+		struct client_slot *s = &c->slots[i];
+
+		if (s->state == SLOT_FREE || s->deadline > now)
+			continue;
+		if (s->state == SLOT_QUEUED)
+			s->attempts++;         /* a try that could not even be handed to ZeroMQ */
+		if (s->attempts > c->retries) {
+			c->noreply += s->nrec;
+			client_slot_free(c, i);    /* a stale send-queue entry is skipped */
+			continue;
+		}
+		s->state = SLOT_QUEUED;
+		s->deadline = now + (int64_t)c->timeout_ms * 1000000;
+		client_sendq_push(c, i);
+	}
+}
+
+/* ==== Reporting ==== */
+
+static void client_rate(const struct client *c, int64_t now, uint64_t *ret_rate,
+			int64_t *ret_ms)
+{
+	int64_t ms = (now - c->start) / 1000000;
+	uint64_t done = c->ok + c->bad;
+
+	*ret_ms = ms;
+	*ret_rate = ms > 0 ? done * 1000 / (uint64_t)ms : done;
+}
+
+static void client_progress(struct client *c, int64_t now, bool force)
+{
+	uint64_t rate;
+	int64_t ms;
+
+	if (!c->progress || (!force && now - c->last_progress < CLIENT_PROGRESS_NS))
+		return;
+	c->last_progress = now;
+	client_rate(c, now, &rate, &ms);
+	fprintf(stderr, "\rsent %" PRIu64 "  TRUE %" PRIu64 "  FALSE %" PRIu64
+		"  re-sent %" PRIu64 "  %" PRIu64 " rec/s\033[K",
+		c->sent, c->ok, c->bad, c->resent, rate);
+}
+
+static void client_summary(struct client *c)
+{
+	uint64_t rate;
+	int64_t ms;
+
+	client_rate(c, client_now(), &rate, &ms);
+	if (c->progress)
+		fprintf(stderr, "\r\033[K");
+	fprintf(stderr, "sent %" PRIu64 " records in %" PRIu64 " requests: TRUE %" PRIu64
+		", FALSE %" PRIu64 ", re-sent %" PRIu64 ", no reply %" PRIu64
+		", elapsed %" PRId64 ".%03d s, rate %" PRIu64 "/s\n",
+		c->sent, c->requests, c->ok, c->bad, c->resent, c->noreply,
+		ms / 1000, (int)(ms % 1000), rate);
+	if (c->unsent > 0)
+		fprintf(stderr, "not sent: %" PRIu64 " unreadable lines or files\n", c->unsent);
+	if (c->gave_up)
+		fprintf(stderr, "not sent: the rest of the input\n");
+	for (size_t i = 0; i < c->nreasons; i++) {
+		const struct client_reason *r = &c->reasons[i];
+
+		fprintf(stderr, "FALSE x%" PRIu64 ": %s (first at %s:%" PRIu64 ")\n",
+			r->count, r->text, client_fname(&c->in, r->first.file), r->first.line);
+	}
+	if (c->other_reasons > 0)
+		fprintf(stderr, "FALSE x%" PRIu64 ": other reasons\n", c->other_reasons);
+}
+
+/* ==== Options ==== */
+
+static void client_usage(FILE *f)
+{
+	fprintf(f,
+		"usage: feed send [-e ENDPOINT] [-w WINDOW] [-n RECORDS_PER_REQUEST]\n"
+		"                 [-t TIMEOUT_MS] [-r MAX_RESENDS] [-q] [FILE...]\n"
+		"\n"
+		"Sends records \"ticket,login,volume\", one per line, from each FILE (stdin\n"
+		"when none, or for \"-\") to feed and waits for every answer.\n"
+		"\n"
+		"  -e, --endpoint ENDPOINT  where feed listens (default from the configuration)\n"
+		"  -w, --window N           requests in flight, 1..%d (default 64)\n"
+		"  -n, --batch N            records per request, 1..%d (default 1)\n"
+		"  -t, --timeout MS         re-send a request not answered within MS (default 5000)\n"
+		"  -r, --retries N          re-sends before giving up on a request (default 5)\n"
+		"  -q, --quiet              no progress line\n"
+		"  -h, --help               this text\n"
+		"\n"
+		"Exit status: 0 if every record got TRUE, 1 otherwise, 2 on bad usage.\n",
+		CLIENT_WINDOW_MAX, CLIENT_BATCH_MAX);
+}
+
+static int client_num(const char *opt, const char *s, long min, long max, long *ret)
+{
+	char *end;
+	long v;
+
+	errno = 0;
+	v = strtol(s, &end, 10);
+	if (errno || end == s || *end != '\0' || v < min || v > max) {
+		fprintf(stderr, "feed send: %s must be %ld..%ld, got \"%s\"\n", opt, min, max, s);
+		return -EINVAL;
+	}
+	*ret = v;
+	return 0;
+}
+
+/* Returns 0, 1 for --help (done), or -EINVAL (reported). */
+static int client_parse(struct client *c, int argc, char **argv)
+{
+	static const struct option longopts[] = {
+		{ "endpoint", required_argument, NULL, 'e' },
+		{ "window",   required_argument, NULL, 'w' },
+		{ "batch",    required_argument, NULL, 'n' },
+		{ "timeout",  required_argument, NULL, 't' },
+		{ "retries",  required_argument, NULL, 'r' },
+		{ "quiet",    no_argument,       NULL, 'q' },
+		{ "help",     no_argument,       NULL, 'h' },
+		{ NULL, 0, NULL, 0 }
+	};
+	long v;
+	int opt;
+
+	optind = 1;
+	opterr = 0;
+	while ((opt = getopt_long(argc, argv, ":e:w:n:t:r:qh", longopts, NULL)) != -1) {
+		switch (opt) {
+		case 'e':
+			c->endpoint = optarg;
+			break;
+		case 'w':
+			if (client_num("window", optarg, 1, CLIENT_WINDOW_MAX, &v) < 0)
+				return -EINVAL;
+			c->window = (size_t)v;
+			break;
+		case 'n':
+			if (client_num("batch", optarg, 1, CLIENT_BATCH_MAX, &v) < 0)
+				return -EINVAL;
+			c->batch = (size_t)v;
+			break;
+		case 't':
+			if (client_num("timeout", optarg, 1, CLIENT_TIMEOUT_MAX, &v) < 0)
+				return -EINVAL;
+			c->timeout_ms = (int)v;
+			break;
+		case 'r':
+			if (client_num("retries", optarg, 0, CLIENT_RETRIES_MAX, &v) < 0)
+				return -EINVAL;
+			c->retries = (int)v;
+			break;
+		case 'q':
+			c->quiet = true;
+			break;
+		case 'h':
+			client_usage(stdout);
+			return 1;
+		case ':':
+			fprintf(stderr, "feed send: option %s needs a value\n", argv[optind - 1]);
+			client_usage(stderr);
+			return -EINVAL;
+		default:
+			fprintf(stderr, "feed send: unknown option %s\n", argv[optind - 1]);
+			client_usage(stderr);
+			return -EINVAL;
+		}
+	}
+	if (!c->endpoint || !*c->endpoint) {
+		fprintf(stderr, "feed send: no endpoint: give -e or [listen] endpoint in the configuration\n");
+		return -EINVAL;
+	}
+	return 0;
+}
+
+/* ==== Setup and the loop ==== */
+
+static int client_setup(struct client *c)
+{
+	int linger = 1000, ivl = 100, ivlmax = 2000, hwm, sndtimeo = 1000;
+	size_t hcap = 16;
+
+	c->slots = calloc(c->window, sizeof(*c->slots));
+	c->freelist = calloc(c->window, sizeof(*c->freelist));
+	c->sendq = calloc(c->window, sizeof(*c->sendq));
+	while (hcap < c->window * 2)
+		hcap *= 2;
+	c->hkeys = calloc(hcap, sizeof(*c->hkeys));
+	c->hvals = calloc(hcap, sizeof(*c->hvals));
+	if (!c->slots || !c->freelist || !c->sendq || !c->hkeys || !c->hvals) {
+		fprintf(stderr, "feed send: out of memory\n");
+		return -ENOMEM;
+	}
+	c->hmask = hcap - 1;
+	for (size_t i = 0; i < c->window; i++)
+		c->freelist[c->nfree++] = c->window - 1 - i;
+
+	c->ctx = zmq_ctx_new();
+	if (c->ctx)
+		c->sock = zmq_socket(c->ctx, ZMQ_DEALER);
+	if (!c->sock)
+		goto zmq_fail;
+	/* room for the whole window both ways, so ZeroMQ never drops or blocks on it */
+	hwm = c->window * 2 + 16 > 1000 ? (int)(c->window * 2 + 16) : 1000;
+	if (zmq_setsockopt(c->sock, ZMQ_LINGER, &linger, sizeof(linger)) < 0 ||
+	    zmq_setsockopt(c->sock, ZMQ_SNDTIMEO, &sndtimeo, sizeof(sndtimeo)) < 0 ||
+	    zmq_setsockopt(c->sock, ZMQ_RECONNECT_IVL, &ivl, sizeof(ivl)) < 0 ||
+	    zmq_setsockopt(c->sock, ZMQ_RECONNECT_IVL_MAX, &ivlmax, sizeof(ivlmax)) < 0 ||
+	    zmq_setsockopt(c->sock, ZMQ_SNDHWM, &hwm, sizeof(hwm)) < 0 ||
+	    zmq_setsockopt(c->sock, ZMQ_RCVHWM, &hwm, sizeof(hwm)) < 0)
+		goto zmq_fail;
+	if (zmq_connect(c->sock, c->endpoint) < 0) {
+		int r = -errno;
+
+		fprintf(stderr, "feed send: cannot connect to %s: %s\n", c->endpoint,
+			zmq_strerror(errno));
+		return r;
+	}
+	return 0;
+zmq_fail:
+	fprintf(stderr, "feed send: ZeroMQ socket: %s\n", zmq_strerror(errno));
+	return -errno;
+}
+
+static int client_loop(struct client *c)
+{
+	/* give up when nothing has been answered for a whole retry cycle */
+	int64_t idle = (int64_t)c->timeout_ms * 1000000 * (c->retries + 1) + 1000000000LL;
+	int64_t check_ns = (int64_t)c->timeout_ms * 100000;    /* timeout / 10 */
+	int64_t next_check;
+	char *line;
+	int r = 0;
+
+	if (check_ns > 100000000)
+		check_ns = 100000000;
+	if (check_ns < 1000000)
+		check_ns = 1000000;
+	line = malloc(CLIENT_LINE_MAX + 1);
+	if (!line)
+		return -ENOMEM;
+	c->start = c->last_reply = c->last_progress = client_now();
+	next_check = c->start + check_ns;
+	for (;;) {
+		zmq_pollitem_t item = { .socket = c->sock, .events = ZMQ_POLLIN };
+		int64_t now;
+		long wait_ms;
+
+		r = client_fill(c, line);
+		if (r < 0)
+			goto out;
+		r = client_flush(c);
+		if (r < 0)
+			goto out;
+		if (c->input_done && c->nfree == c->window)
+			break;
+		if (c->sq_len > 0)
+			item.events |= ZMQ_POLLOUT;
+		now = client_now();
+		wait_ms = (long)((next_check - now) / 1000000) + 1;
+		if (wait_ms < 0)
+			wait_ms = 0;
+		if (zmq_poll(&item, 1, wait_ms) < 0 && errno != EINTR) {
+			r = -errno;
+			goto out;
+		}
+		if (item.revents & ZMQ_POLLIN) {
+			r = client_recv_all(c);
+			if (r < 0)
+				goto out;
+		}
+		now = client_now();
+		if (now >= next_check) {
+			client_expire(c, now);
+			next_check = now + check_ns;
+		}
+		if (c->nfree < c->window && now - c->last_reply > idle) {
+			fprintf(stderr, "%sfeed send: no reply from %s for %" PRId64 " ms, giving up\n",
+				c->progress ? "\r\033[K" : "", c->endpoint, idle / 1000000);
+			for (size_t i = 0; i < c->window; i++) {
+				if (c->slots[i].state != SLOT_FREE) {
+					c->noreply += c->slots[i].nrec;
+					client_slot_free(c, i);
+				}
+			}
+			c->gave_up = !c->input_done;
+			break;
+		}
+		client_progress(c, now, false);
+	}
+	r = 0;
+out:
+	free(line);
+	return r;
+}
+
+static void client_cleanup(struct client *c)
+{
+	if (c->slots) {
+		for (size_t i = 0; i < c->window; i++) {
+			free(c->slots[i].body);
+			free(c->slots[i].pos);
+		}
+	}
+	free(c->slots);
+	free(c->freelist);
+	free(c->sendq);
+	free(c->hkeys);
+	free(c->hvals);
+	if (c->sock)
+		zmq_close(c->sock);
+	if (c->ctx)
+		zmq_ctx_term(c->ctx);
+	if (c->in.fd > STDIN_FILENO)
+		close(c->in.fd);
+}
+
+int client_send(const char *default_endpoint, int argc, char **argv)
+{
+	static char stdin_name[] = "-";
+	static char prog[] = "feed send";
+	static char *stdin_files[] = { stdin_name };
+	struct client *c;
+	char **av = NULL;
+	int r, ret = 2;
+
+	c = calloc(1, sizeof(*c));
+	/* getopt wants a program name in argv[0]; ours starts at the first argument */
+	av = calloc((size_t)argc + 2, sizeof(*av));
+	if (!c || !av) {
+		fprintf(stderr, "feed send: out of memory\n");
+		ret = 1;
+		goto out;
+	}
+	av[0] = prog;
+	for (int i = 0; i < argc; i++)
+		av[i + 1] = argv[i];
+	c->endpoint = default_endpoint;
+	c->window = 64;
+	c->batch = 1;
+	c->timeout_ms = 5000;
+	c->retries = 5;
+	c->in.fd = -1;
+	c->in.cur = -1;
+
+	r = client_parse(c, argc + 1, av);
+	if (r != 0) {
+		ret = r > 0 ? 0 : 2;
+		goto out;
+	}
+	c->in.files = optind < argc + 1 ? av + optind : stdin_files;
+	c->in.nfiles = optind < argc + 1 ? argc + 1 - optind : 1;
+	c->progress = !c->quiet && isatty(STDERR_FILENO);
+
+	ret = 1;
+	if (client_setup(c) < 0)
+		goto out;                       /* reported */
+	r = client_loop(c);
+	if (r < 0)
+		fprintf(stderr, "%sfeed send: %s\n", c->progress ? "\r\033[K" : "", zmq_strerror(-r));
+	client_summary(c);
+	if (r == 0 && c->ok == c->sent && c->unsent == 0 && !c->gave_up)
+		ret = 0;
+out:
+	if (c)
+		client_cleanup(c);
+	free(c);
+	free(av);
+	return ret;
+}

@@ -1,0 +1,76 @@
+/*
+ * config.h - the configuration: one table of keys (config.c) -> struct feed_config.
+ *
+ * Every key has a default, bounds and a description in that table; parsing
+ * the INI file, command-line overrides, defaults, `feed example-config` and
+ * the documentation all come from it.
+ */
+#ifndef FEED_CONFIG_H
+#define FEED_CONFIG_H
+
+#include <stdint.h>
+#include <stdio.h>
+
+#define CONFIG_DEFAULT_PATH "/etc/feed/feed.conf"
+
+struct feed_config {
+	/* [daemon] */
+	char *pidfile;
+	char *user;
+	char *group;
+	char *log;              /* "auto", "stderr", "syslog" or an absolute path */
+	int log_level;          /* enum log_level */
+	int umask;
+	int shutdown_timeout;   /* seconds to finish in-flight work on stop */
+	/* [listen] */
+	char *endpoint;         /* comma-separated ZeroMQ endpoints */
+	int max_message_bytes;
+	int max_records;
+	int hwm;                /* ZeroMQ high-water mark, messages per peer */
+	int queue_records;      /* records admitted but not yet answered */
+	int queue_bytes;        /* request bytes admitted but not yet answered */
+	/* [database] */
+	char *url;
+	char *password_file;
+	int durability;         /* enum store_durability */
+	int writers;
+	int batch_max;          /* records per transaction */
+	int connect_timeout;    /* seconds */
+	int retry_max;          /* backoff cap, milliseconds */
+	/* [fee] */
+	int64_t default_rate;   /* DEC_SCALE units */
+	int settle_interval;    /* milliseconds between settle passes when idle */
+	int settle_batch;       /* rows per settle transaction */
+};
+
+/* Fills every key with its default. */
+void config_defaults(struct feed_config *c);
+
+/*
+ * Reads an INI file over the current values. Every error is printed to
+ * `errs` as "FILE:LINE: [section] key: problem"; returns the number of
+ * errors (0 = fine) or -errno if the file cannot be read (also printed).
+ */
+int config_load(struct feed_config *c, const char *path, FILE *errs);
+
+/*
+ * Sets one key from text, as the file would. `origin` names where the value
+ * came from for the error message ("--endpoint", "feed.conf:12").
+ * Returns 0 or -EINVAL/-ENOENT after printing the problem to errs.
+ */
+int config_set(struct feed_config *c, const char *section, const char *key,
+	       const char *value, const char *origin, FILE *errs);
+
+/* Cross-key checks (URL scheme known, endpoints non-empty, ...). Returns error count. */
+int config_validate(const struct feed_config *c, FILE *errs);
+
+/* Reads password_file (first line, without the newline) into *ret (owned). 0 if none configured. */
+int config_read_password(const struct feed_config *c, char **ret, FILE *errs);
+
+/* Prints every key, its default and description as an INI file. */
+void config_print_example(FILE *out);
+
+/* Frees the strings; the struct may be reused after config_defaults(). NULL-safe. */
+void config_free(struct feed_config *c);
+
+#endif

@@ -1,0 +1,675 @@
+/*
+ * daemon.c - process lifecycle: daemonize with a readiness pipe, pidfile
+ * lock, privilege drop, signals, systemd notification, stop and status.
+ *
+ * `start` follows the SysV steps of daemon(7): sanitize descriptors and
+ * signals, fork, setsid, fork, stdio to /dev/null, umask, chdir /. The
+ * original process waits on a pipe and exits 0 only when the daemon says
+ * it serves (endpoints bound, database open, pidfile held), else prints
+ * the daemon's own error. `run` does the same work in the foreground.
+ * Single instance is enforced by the pidfile's lock (libbsd pidfile(3)),
+ * held for the daemon's whole life; a pidfile left by kill -9 is harmless.
+ */
+#include "daemon.h"
+
+#include <libutil.h>
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <limits.h>
+#include <poll.h>
+#include <pwd.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "log.h"
+#include "server.h"
+#include "store.h"
+
+/* ==== Start-up context ==== */
+
+struct ctx {
+	const struct feed_config *cfg;
+	const char *cfgpath;
+	int notify_fd;             /* readiness pipe to the original process, or -1 */
+	char status_path[PATH_MAX];
+	char *pidfile_dir;
+	uid_t uid;
+	gid_t gid;
+	bool drop;                 /* switch user after binding */
+	time_t started;
+	char endpoints[1024];
+	char url[512];
+};
+
+/* Reports a start-up failure: logged, and sent to the waiting `start`. */
+static void __attribute__((format(printf, 2, 3))) fail(struct ctx *c, const char *fmt, ...)
+{
+	char msg[1024];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	log_err("%s", msg);
+	if (c->notify_fd >= 0) {
+		dprintf(c->notify_fd, "ERROR %s\n", msg);
+		close(c->notify_fd);
+		c->notify_fd = -1;
+	}
+}
+
+/* ==== systemd notification (sd_notify(3) protocol: one datagram) ==== */
+
+static void sd_notify_msg(const char *msg)
+{
+	const char *path = getenv("NOTIFY_SOCKET");
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	size_t len;
+	int fd;
+
+	if (!path || (path[0] != '/' && path[0] != '@') || strlen(path) >= sizeof(sa.sun_path))
+		return;
+	len = strlen(path);
+	memcpy(sa.sun_path, path, len);
+	if (sa.sun_path[0] == '@')
+		sa.sun_path[0] = '\0'; /* abstract namespace */
+	fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return;
+	if (sendto(fd, msg, strlen(msg), MSG_NOSIGNAL, (struct sockaddr *)&sa,
+		   (socklen_t)(offsetof(struct sockaddr_un, sun_path) + len)) < 0)
+		log_debug("sd_notify: %s", strerror(errno));
+	close(fd);
+}
+
+/* ==== Status file (next to the pidfile; read by `feed status`) ==== */
+
+static void status_path_for(const struct feed_config *cfg, char *buf, size_t size)
+{
+	size_t n = strlen(cfg->pidfile);
+
+	if (n > 4 && strcmp(cfg->pidfile + n - 4, ".pid") == 0)
+		snprintf(buf, size, "%.*s.status", (int)(n - 4), cfg->pidfile);
+	else
+		snprintf(buf, size, "%s.status", cfg->pidfile);
+}
+
+static void write_status(struct ctx *c, const char *state)
+{
+	char tmp[PATH_MAX + 8];
+	FILE *f;
+
+	snprintf(tmp, sizeof(tmp), "%s.tmp", c->status_path);
+	f = fopen(tmp, "we");
+	if (!f) {
+		log_debug("status file %s: %s", tmp, strerror(errno));
+		return;
+	}
+	fprintf(f, "pid=%d\nstarted=%lld\nendpoint=%s\ndatabase=%s\nstate=%s\n", (int)getpid(),
+		(long long)c->started, c->endpoints, c->url, state);
+	if (fclose(f) != 0 || rename(tmp, c->status_path) != 0)
+		log_debug("status file %s: %s", c->status_path, strerror(errno));
+}
+
+static void on_state(void *arg, const char *line, bool db_up)
+{
+	struct ctx *c = arg;
+	char msg[1100];
+
+	write_status(c, line);
+	snprintf(msg, sizeof(msg), "STATUS=%s", line);
+	sd_notify_msg(msg);
+}
+
+static void on_reload(void *arg)
+{
+	struct ctx *c = arg;
+	struct feed_config fresh;
+	char *errs = NULL;
+	size_t errs_len = 0;
+	FILE *mem;
+	int r;
+
+	sd_notify_msg("RELOADING=1");
+	r = log_reopen();
+	if (r < 0)
+		log_err("SIGHUP: cannot reopen the log file: %s (still writing to the old one)", strerror(-r));
+	/* Only log_level is reloaded: the rest needs a restart (sockets, database, identity). */
+	mem = open_memstream(&errs, &errs_len);
+	config_defaults(&fresh);
+	if (c->cfgpath && mem && config_load(&fresh, c->cfgpath, mem) == 0) {
+		log_set_level((enum log_level)fresh.log_level);
+		log_info("SIGHUP: log reopened, log_level = %d; other changes need a restart", fresh.log_level);
+	} else if (c->cfgpath) {
+		if (mem)
+			fflush(mem);
+		log_err("SIGHUP: configuration not reloaded: %s", errs ? errs : "out of memory");
+	} else {
+		log_info("SIGHUP: log reopened");
+	}
+	if (mem)
+		fclose(mem);
+	free(errs);
+	config_free(&fresh);
+	sd_notify_msg("READY=1");
+}
+
+/* ==== Privileges ==== */
+
+static int resolve_user(struct ctx *c)
+{
+	const struct feed_config *cfg = c->cfg;
+	struct passwd *pw;
+
+	if (geteuid() != 0) {
+		if (!cfg->user[0])
+			return 0;
+		pw = getpwnam(cfg->user);
+		if (!pw || pw->pw_uid != geteuid()) {
+			fail(c, "cannot switch to user \"%s\": not running as root (running as uid %d); start feed as root or remove [daemon] user",
+			     cfg->user, (int)geteuid());
+			return -EPERM;
+		}
+		return 0;
+	}
+	if (!cfg->user[0]) {
+		fail(c, "refusing to run as root: set [daemon] user in the configuration (e.g. user = feed) or pass --user NAME");
+		return -EPERM;
+	}
+	errno = 0;
+	pw = getpwnam(cfg->user);
+	if (!pw) {
+		fail(c, "[daemon] user: no such user \"%s\"%s%s", cfg->user, errno ? ": " : "", errno ? strerror(errno) : "");
+		return -ENOENT;
+	}
+	c->uid = pw->pw_uid;
+	c->gid = pw->pw_gid;
+	if (cfg->group[0]) {
+		struct group *gr = getgrnam(cfg->group);
+		if (!gr) {
+			fail(c, "[daemon] group: no such group \"%s\"", cfg->group);
+			return -ENOENT;
+		}
+		c->gid = gr->gr_gid;
+	}
+	if (c->uid == 0) {
+		fail(c, "[daemon] user \"%s\" is root: choose an unprivileged user", cfg->user);
+		return -EPERM;
+	}
+	c->drop = true;
+	return 0;
+}
+
+/* initgroups -> setgid -> setuid, each checked; then prove root is gone. */
+static int drop_privileges(struct ctx *c)
+{
+	const char *user = c->cfg->user;
+
+	if (!c->drop)
+		return 0;
+	if (initgroups(user, c->gid) < 0) {
+		fail(c, "initgroups(%s): %s", user, strerror(errno));
+		return -errno;
+	}
+	if (setgid(c->gid) < 0) {
+		fail(c, "setgid(%d): %s", (int)c->gid, strerror(errno));
+		return -errno;
+	}
+	if (setuid(c->uid) < 0) {
+		fail(c, "setuid(%d): %s", (int)c->uid, strerror(errno));
+		return -errno;
+	}
+	if (setuid(0) != -1 || seteuid(0) != -1 || setgid(0) != -1 || getuid() != c->uid ||
+	    geteuid() != c->uid || getgid() != c->gid || getegid() != c->gid) {
+		fail(c, "privileges were not dropped completely (root could be regained); refusing to run");
+		return -EPERM;
+	}
+	log_debug("running as user %s (uid %d, gid %d)", user, (int)c->uid, (int)c->gid);
+	return 0;
+}
+
+/* Creates the pidfile's directory if missing (owned by the run-as user). */
+static int prepare_pidfile_dir(struct ctx *c)
+{
+	char *slash;
+
+	c->pidfile_dir = strdup(c->cfg->pidfile);
+	if (!c->pidfile_dir) {
+		fail(c, "out of memory");
+		return -ENOMEM;
+	}
+	slash = strrchr(c->pidfile_dir, '/');
+	if (slash == c->pidfile_dir)
+		slash[1] = '\0';
+	else
+		*slash = '\0';
+	if (mkdir(c->pidfile_dir, 0755) == 0) {
+		if (c->drop && chown(c->pidfile_dir, c->uid, c->gid) < 0) {
+			fail(c, "[daemon] pidfile: cannot give %s to user %s: %s", c->pidfile_dir, c->cfg->user, strerror(errno));
+			return -errno;
+		}
+	} else if (errno != EEXIST) {
+		fail(c, "[daemon] pidfile: cannot create directory %s: %s", c->pidfile_dir, strerror(errno));
+		return -errno;
+	}
+	return 0;
+}
+
+static int open_log(struct ctx *c, bool background)
+{
+	const char *dest = c->cfg->log;
+	int r;
+
+	if (strcmp(dest, "auto") == 0)
+		dest = background ? "syslog" : "stderr";
+	r = log_open(dest, (enum log_level)c->cfg->log_level);
+	if (r < 0) {
+		fail(c, "[daemon] log: cannot open %s: %s", dest, strerror(-r));
+		return r;
+	}
+	/* the log file must stay reopenable (SIGHUP) after the switch of user */
+	if (c->drop && dest[0] == '/' && chown(dest, c->uid, c->gid) < 0) {
+		fail(c, "[daemon] log: cannot give %s to user %s: %s", dest, c->cfg->user, strerror(errno));
+		return -errno;
+	}
+	return 0;
+}
+
+/* ==== Serving ==== */
+
+static int serve(struct ctx *c, bool background)
+{
+	const struct feed_config *cfg = c->cfg;
+	struct pidfh *pfh = NULL;
+	struct server *srv = NULL;
+	struct store_params sp = { .url = cfg->url, .durability = cfg->durability,
+				   .connect_timeout = cfg->connect_timeout };
+	char *password = NULL;
+	char err[1024] = "";
+	sigset_t mask;
+	int sigfd = -1, rc = EXIT_FAIL;
+	pid_t other = 0;
+	FILE *mem;
+	char *errs = NULL;
+	size_t errs_len = 0;
+
+	c->started = time(NULL);
+	umask((mode_t)cfg->umask);
+	store_url_redact(cfg->url, c->url, sizeof(c->url));
+	status_path_for(cfg, c->status_path, sizeof(c->status_path));
+	if (resolve_user(c) < 0 || open_log(c, background) < 0 || prepare_pidfile_dir(c) < 0)
+		goto out;
+
+	pfh = pidfile_open(cfg->pidfile, 0644, &other);
+	if (!pfh) {
+		if (errno == EEXIST)
+			fail(c, "already running (pid %d)", (int)other);
+		else
+			fail(c, "cannot open pidfile %s: %s", cfg->pidfile, strerror(errno));
+		goto out;
+	}
+	if (c->drop && fchown(pidfile_fileno(pfh), c->uid, c->gid) < 0) {
+		fail(c, "cannot give pidfile %s to user %s: %s", cfg->pidfile, cfg->user, strerror(errno));
+		goto out;
+	}
+
+	/* Signals go to the loop through a signalfd; blocked before any thread exists. */
+	sigemptyset(&mask);
+	sigaddset(&mask, SIGTERM);
+	sigaddset(&mask, SIGINT);
+	sigaddset(&mask, SIGHUP);
+	sigprocmask(SIG_BLOCK, &mask, NULL);
+	signal(SIGPIPE, SIG_IGN);
+	sigfd = signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK);
+	if (sigfd < 0) {
+		fail(c, "signalfd: %s", strerror(errno));
+		goto out;
+	}
+
+	/* Secrets are read before dropping privileges (the file may be root's). */
+	mem = open_memstream(&errs, &errs_len);
+	if (!mem || config_read_password(cfg, &password, mem) < 0) {
+		if (mem)
+			fclose(mem);
+		fail(c, "%s", errs ? errs : "out of memory");
+		goto out;
+	}
+	fclose(mem);
+	sp.password = password;
+
+	if (server_bind(cfg, &srv, err, sizeof(err)) < 0) {
+		fail(c, "%s", err);
+		goto out;
+	}
+	snprintf(c->endpoints, sizeof(c->endpoints), "%s", server_endpoints(srv));
+	if (drop_privileges(c) < 0)
+		goto out;
+	if (access(c->pidfile_dir, W_OK | X_OK) < 0) {
+		fail(c, "[daemon] pidfile: directory %s is not writable by user %s, so the pidfile could not be removed at exit; use a directory that user owns (e.g. /run/feed)",
+		     c->pidfile_dir, cfg->user[0] ? cfg->user : "(current)");
+		goto out;
+	}
+	if (server_open_db(srv, &sp, err, sizeof(err)) < 0) {
+		fail(c, "database %s: %s", c->url, err);
+		goto out;
+	}
+	if (pidfile_write(pfh) < 0) {
+		fail(c, "cannot write pidfile %s: %s", cfg->pidfile, strerror(errno));
+		goto out;
+	}
+
+	log_info("feed %s serving %s, database %s, pid %d", FEED_VERSION, c->endpoints, c->url, (int)getpid());
+	if (c->notify_fd >= 0) {
+		dprintf(c->notify_fd, "READY %d\n", (int)getpid());
+		close(c->notify_fd);
+		c->notify_fd = -1;
+	}
+	{
+		char msg[128];
+		snprintf(msg, sizeof(msg), "READY=1\nMAINPID=%d", (int)getpid());
+		sd_notify_msg(msg);
+	}
+
+	struct server_hooks hooks = { .arg = c, .reload = on_reload, .state = on_state };
+	rc = server_loop(srv, sigfd, &hooks) < 0 ? EXIT_FAIL : EXIT_OK;
+	sd_notify_msg("STOPPING=1");
+out:
+	server_free(&srv);
+	if (password) {
+		explicit_bzero(password, strlen(password));
+		free(password);
+	}
+	free(errs);
+	if (sigfd >= 0)
+		close(sigfd);
+	if (pfh) {
+		if (c->status_path[0])
+			unlink(c->status_path);
+		if (pidfile_remove(pfh) < 0)
+			log_warn("cannot remove pidfile %s: %s", cfg->pidfile, strerror(errno));
+	}
+	if (rc == EXIT_OK)
+		log_info("stopped");
+	free(c->pidfile_dir);
+	if (c->notify_fd >= 0)
+		close(c->notify_fd); /* EOF tells `start` that start-up failed */
+	log_close();
+	return rc;
+}
+
+/* Closes inherited descriptors and resets signal dispositions and mask. */
+static void sanitize(void)
+{
+	struct sigaction sa = { .sa_handler = SIG_DFL };
+	sigset_t none;
+
+	closefrom(3);
+	for (int sig = 1; sig < NSIG; sig++)
+		if (sig != SIGKILL && sig != SIGSTOP)
+			sigaction(sig, &sa, NULL); /* EINVAL for the RT signals libc keeps: fine */
+	sigemptyset(&none);
+	sigprocmask(SIG_SETMASK, &none, NULL);
+}
+
+/* The original process of `start`: waits for READY or ERROR from the daemon. */
+static int wait_ready(int fd, pid_t child, int timeout_s)
+{
+	char buf[2048];
+	size_t len = 0;
+	struct pollfd pfd = { .fd = fd, .events = POLLIN };
+	time_t deadline = time(NULL) + timeout_s;
+	int status;
+
+	for (;;) {
+		int left = (int)(deadline - time(NULL));
+		if (left <= 0) {
+			fprintf(stderr, "feed: the daemon did not report readiness within %d s\n", timeout_s);
+			close(fd);
+			return EXIT_FAIL;
+		}
+		int r = poll(&pfd, 1, left * 1000);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r <= 0)
+			continue;
+		ssize_t n = read(fd, buf + len, sizeof(buf) - 1 - len);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0 || (len += (size_t)n) >= sizeof(buf) - 1 || memchr(buf, '\n', len))
+			break;
+	}
+	close(fd);
+	waitpid(child, &status, 0); /* the intermediate child exits at once */
+	buf[len] = '\0';
+	buf[strcspn(buf, "\n")] = '\0';
+	if (strncmp(buf, "READY ", 6) == 0) {
+		printf("feed started (pid %s)\n", buf + 6);
+		return EXIT_OK;
+	}
+	if (strncmp(buf, "ERROR ", 6) == 0)
+		fprintf(stderr, "feed: %s\n", buf + 6);
+	else
+		fprintf(stderr, "feed: the daemon exited during start-up without saying why; see its log\n");
+	return EXIT_FAIL;
+}
+
+int daemon_serve(const struct feed_config *cfg, const char *cfgpath, bool background)
+{
+	struct ctx c = { .cfg = cfg, .cfgpath = cfgpath, .notify_fd = -1 };
+	int pfd[2];
+	pid_t pid;
+
+	if (!background)
+		return serve(&c, false);
+
+	fflush(NULL);
+	sanitize();
+	if (pipe2(pfd, O_CLOEXEC) < 0) {
+		fprintf(stderr, "feed: pipe: %s\n", strerror(errno));
+		return EXIT_FAIL;
+	}
+	pid = fork();
+	if (pid < 0) {
+		fprintf(stderr, "feed: fork: %s\n", strerror(errno));
+		return EXIT_FAIL;
+	}
+	if (pid > 0) {
+		close(pfd[1]);
+		return wait_ready(pfd[0], pid, 60 + 3 * cfg->connect_timeout);
+	}
+	close(pfd[0]);
+	if (setsid() < 0)
+		_exit(EXIT_FAIL);
+	pid = fork();
+	if (pid < 0) {
+		dprintf(pfd[1], "ERROR fork: %s\n", strerror(errno));
+		_exit(EXIT_FAIL);
+	}
+	if (pid > 0)
+		_exit(EXIT_OK);
+	int null = open("/dev/null", O_RDWR | O_CLOEXEC);
+	if (null < 0 || dup2(null, 0) < 0 || dup2(null, 1) < 0 || dup2(null, 2) < 0) {
+		dprintf(pfd[1], "ERROR cannot redirect stdio to /dev/null: %s\n", strerror(errno));
+		_exit(EXIT_FAIL);
+	}
+	if (null > 2)
+		close(null);
+	if (chdir("/") < 0) {
+		dprintf(pfd[1], "ERROR chdir /: %s\n", strerror(errno));
+		_exit(EXIT_FAIL);
+	}
+	c.notify_fd = pfd[1];
+	_exit(serve(&c, true));
+}
+
+/* ==== stop and status ==== */
+
+/* Opens the pidfile; *ret_held tells whether a live daemon holds its lock. */
+static int probe_pidfile(const char *path, bool *ret_held, pid_t *ret_pid, struct stat *ret_st)
+{
+	char buf[32] = "";
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	ssize_t n;
+
+	if (fd < 0)
+		return -errno;
+	if (flock(fd, LOCK_SH | LOCK_NB) == 0) {
+		*ret_held = false;
+		flock(fd, LOCK_UN);
+	} else if (errno == EWOULDBLOCK) {
+		*ret_held = true;
+	} else {
+		int r = -errno;
+		close(fd);
+		return r;
+	}
+	n = pread(fd, buf, sizeof(buf) - 1, 0);
+	fstat(fd, ret_st);
+	close(fd);
+	buf[n > 0 ? n : 0] = '\0';
+	*ret_pid = (pid_t)strtol(buf, NULL, 10);
+	return 0;
+}
+
+/* Does process pid have the file st open? (proof that it is the lock holder) */
+static int holds_file(pid_t pid, const struct stat *st)
+{
+	char dir[64];
+	DIR *d;
+	struct dirent *e;
+	int found = 0;
+
+	snprintf(dir, sizeof(dir), "/proc/%d/fd", (int)pid);
+	d = opendir(dir);
+	if (!d)
+		return -errno;
+	while ((e = readdir(d))) {
+		struct stat fst;
+		if (fstatat(dirfd(d), e->d_name, &fst, 0) == 0 && fst.st_dev == st->st_dev &&
+		    fst.st_ino == st->st_ino) {
+			found = 1;
+			break;
+		}
+	}
+	closedir(d);
+	return found;
+}
+
+static bool alive(pid_t pid) { return kill(pid, 0) == 0 || errno == EPERM; }
+
+static void sleep_ms(int ms)
+{
+	struct timespec ts = { ms / 1000, (long)(ms % 1000) * 1000000L };
+	nanosleep(&ts, NULL);
+}
+
+int daemon_stop(const struct feed_config *cfg, int timeout)
+{
+	struct stat st;
+	bool held;
+	pid_t pid;
+	int r = probe_pidfile(cfg->pidfile, &held, &pid, &st);
+
+	if (r == -ENOENT) {
+		printf("feed is not running (no pidfile %s)\n", cfg->pidfile);
+		return EXIT_OK;
+	}
+	if (r < 0) {
+		fprintf(stderr, "feed: cannot read pidfile %s: %s\n", cfg->pidfile, strerror(-r));
+		return EXIT_FAIL;
+	}
+	if (!held) {
+		printf("feed is not running (stale pidfile %s names pid %d, which was not signalled)\n",
+		       cfg->pidfile, (int)pid);
+		return EXIT_OK;
+	}
+	r = pid > 0 ? holds_file(pid, &st) : 0;
+	if (r <= 0) {
+		fprintf(stderr, "feed: pidfile %s is locked but pid %d %s; not signalling it\n", cfg->pidfile,
+			(int)pid, r == 0 ? "does not hold it" : "cannot be checked (permission?)");
+		return EXIT_FAIL;
+	}
+	if (kill(pid, SIGTERM) < 0) {
+		fprintf(stderr, "feed: cannot signal pid %d: %s\n", (int)pid, strerror(errno));
+		return EXIT_FAIL;
+	}
+	for (int waited = 0; waited < timeout * 1000; waited += 50) {
+		if (!alive(pid)) {
+			printf("feed stopped (pid %d)\n", (int)pid);
+			return EXIT_OK;
+		}
+		sleep_ms(50);
+	}
+	fprintf(stderr, "feed: pid %d did not stop within %d s; sending SIGKILL (unanswered records will be re-sent by their senders)\n",
+		(int)pid, timeout);
+	kill(pid, SIGKILL);
+	for (int waited = 0; waited < 5000 && alive(pid); waited += 50)
+		sleep_ms(50);
+	char sp[PATH_MAX];
+	status_path_for(cfg, sp, sizeof(sp));
+	unlink(sp);
+	unlink(cfg->pidfile);
+	return EXIT_FAIL;
+}
+
+static void print_uptime(long long secs)
+{
+	printf("  uptime:   ");
+	if (secs >= 86400)
+		printf("%lldd ", secs / 86400);
+	printf("%02lld:%02lld:%02lld\n", secs % 86400 / 3600, secs % 3600 / 60, secs % 60);
+}
+
+int daemon_status(const struct feed_config *cfg)
+{
+	struct stat st;
+	bool held;
+	pid_t pid;
+	char path[PATH_MAX], line[2048];
+	int r = probe_pidfile(cfg->pidfile, &held, &pid, &st);
+	FILE *f;
+
+	if (r == -ENOENT) {
+		printf("feed is not running\n");
+		return STATUS_NOT_RUNNING;
+	}
+	if (r < 0) {
+		printf("feed: cannot tell: pidfile %s: %s\n", cfg->pidfile, strerror(-r));
+		return STATUS_UNKNOWN;
+	}
+	if (!held) {
+		printf("feed is not running, but pidfile %s exists (pid %d, stale)\n", cfg->pidfile, (int)pid);
+		return STATUS_DEAD_PIDFILE;
+	}
+	printf("feed is running (pid %d)\n", (int)pid);
+	status_path_for(cfg, path, sizeof(path));
+	f = fopen(path, "re");
+	if (!f)
+		return STATUS_RUNNING;
+	while (fgets(line, sizeof(line), f)) {
+		line[strcspn(line, "\n")] = '\0';
+		if (strncmp(line, "started=", 8) == 0)
+			print_uptime((long long)(time(NULL) - strtoll(line + 8, NULL, 10)));
+		else if (strncmp(line, "endpoint=", 9) == 0)
+			printf("  endpoint: %s\n", line + 9);
+		else if (strncmp(line, "database=", 9) == 0)
+			printf("  database: %s\n", line + 9);
+		else if (strncmp(line, "state=", 6) == 0)
+			printf("  state:    %s\n", line + 6);
+	}
+	fclose(f);
+	return STATUS_RUNNING;
+}

@@ -1,0 +1,31 @@
+/*
+ * log.h - the daemon's one logger.
+ *
+ * Destinations: stderr, syslog, or a file (reopened on SIGHUP for logrotate).
+ * Thread-safe: every line is written with one write(2) (files, stderr) or one
+ * syslog(3) call. Library-style modules do not log; their callers do, once.
+ */
+#ifndef FEED_LOG_H
+#define FEED_LOG_H
+
+#include <stdarg.h>
+
+enum log_level { LOG_LVL_ERR = 0, LOG_LVL_WARN, LOG_LVL_INFO, LOG_LVL_DEBUG };
+
+/* dest: "stderr", "syslog" or an absolute file path. Returns 0 or -errno. */
+int log_open(const char *dest, enum log_level level);
+/* Reopens a file destination (no-op otherwise). Returns 0 or -errno. */
+int log_reopen(void);
+void log_set_level(enum log_level level);
+enum log_level log_get_level(void);
+void log_close(void);
+
+void log_msg(enum log_level level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void log_vmsg(enum log_level level, const char *fmt, va_list ap) __attribute__((format(printf, 2, 0)));
+
+#define log_err(...)   log_msg(LOG_LVL_ERR, __VA_ARGS__)
+#define log_warn(...)  log_msg(LOG_LVL_WARN, __VA_ARGS__)
+#define log_info(...)  log_msg(LOG_LVL_INFO, __VA_ARGS__)
+#define log_debug(...) do { if (log_get_level() >= LOG_LVL_DEBUG) log_msg(LOG_LVL_DEBUG, __VA_ARGS__); } while (0)
+
+#endif

@@ -1,0 +1,403 @@
+/*
+ * pipeline.c - the bounded queue, the writer threads and the done list.
+ *
+ * Threads: the main thread submits and takes done requests; each writer
+ * thread owns one database connection and one scratch batch. Batching has
+ * no timer: a writer takes everything queued (up to batch_max records) the
+ * moment it is free, so a lone client waits for one commit, and under load
+ * commits are shared by many requests (group commit).
+ *
+ * Nothing is answered before its COMMIT returned. A database error keeps
+ * the batch and retries it (reconnecting with capped exponential backoff);
+ * the queue then fills and the main thread stops reading its sockets.
+ */
+#include "pipeline.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "log.h"
+
+struct writer {
+	pthread_t thread;
+	struct pipeline *p;
+	int idx;
+	struct store *s;
+	struct store_batch *batch;
+	struct store_req **reqs;
+	struct request **held;
+	size_t cap;                 /* requests per batch */
+	bool started;
+};
+
+struct pipeline {
+	const struct store_ops *ops;
+	struct store_params sp;
+	char *url;
+	char *password;
+	size_t batch_max;
+	int retry_max_ms;
+	size_t queue_records, queue_bytes;
+
+	pthread_mutex_t mu;          /* queue, flags, stats */
+	pthread_cond_t cv;
+	struct request *qhead, **qtail;
+	bool stopping, abandon;
+	struct pipeline_stats st;
+	int retrying;                /* writers currently backing off */
+
+	pthread_mutex_t done_mu;
+	struct request *dhead, **dtail;
+	int efd;
+
+	/* main thread only */
+	size_t inflight, inflight_records, inflight_bytes;
+
+	struct writer *w;
+	int nw;
+
+	void (*on_commit)(void *);
+	void *on_commit_arg;
+};
+
+static void sleep_ms_unless_abandoned(struct pipeline *p, int ms)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	ts.tv_sec += ms / 1000;
+	ts.tv_nsec += (long)(ms % 1000) * 1000000L;
+	if (ts.tv_nsec >= 1000000000L) {
+		ts.tv_sec++;
+		ts.tv_nsec -= 1000000000L;
+	}
+	pthread_mutex_lock(&p->mu);
+	if (!p->abandon)
+		pthread_cond_timedwait(&p->cv, &p->mu, &ts);
+	pthread_mutex_unlock(&p->mu);
+}
+
+static void db_down(struct pipeline *p, struct writer *w, int r)
+{
+	pthread_mutex_lock(&p->mu);
+	snprintf(p->st.db_error, sizeof(p->st.db_error), "%.255s", w->s->errmsg[0] ? w->s->errmsg : strerror(-r));
+	if (p->st.db_up) {
+		p->st.db_up = false;
+		p->st.db_since = time(NULL);
+		log_err("database unavailable: %s; records are kept and retried, senders wait", p->st.db_error);
+	}
+	pthread_mutex_unlock(&p->mu);
+}
+
+static void db_up(struct pipeline *p)
+{
+	pthread_mutex_lock(&p->mu);
+	if (!p->st.db_up) {
+		time_t now = time(NULL);
+		log_info("database available again after %lld s", (long long)(now - p->st.db_since));
+		p->st.db_up = true;
+		p->st.db_since = now;
+		p->st.db_error[0] = '\0';
+	}
+	pthread_mutex_unlock(&p->mu);
+}
+
+/* Commits one batch, retrying until it is committed or the pipeline is abandoned. */
+static int commit_batch(struct writer *w, size_t n)
+{
+	struct pipeline *p = w->p;
+	int backoff = 50, busy = 0;
+
+	for (;;) {
+		int r = store_write(w->s, w->batch, w->reqs, n);
+
+		if (r == 0) {
+			db_up(p);
+			return 0;
+		}
+		pthread_mutex_lock(&p->mu);
+		bool abandon = p->abandon;
+		pthread_mutex_unlock(&p->mu);
+		if (abandon)
+			return -ECANCELED;
+		if (r == -EAGAIN && ++busy < 50) {
+			/* lock contention: retry soon, it is not an outage */
+			log_debug("writer %d: transient database error, retrying: %s", w->idx, w->s->errmsg);
+			sleep_ms_unless_abandoned(p, 2 * busy);
+			continue;
+		}
+		db_down(p, w, r);
+		sleep_ms_unless_abandoned(p, backoff);
+		backoff = backoff * 2 > p->retry_max_ms ? p->retry_max_ms : backoff * 2;
+		busy = 0;
+		if (r != -EAGAIN) {
+			int rr = w->s->ops->reconnect(w->s);
+			if (rr < 0)
+				log_debug("writer %d: reconnect failed: %s", w->idx, w->s->errmsg);
+		}
+	}
+}
+
+static void *writer_main(void *arg)
+{
+	struct writer *w = arg;
+	struct pipeline *p = w->p;
+
+	for (;;) {
+		size_t n = 0, records = 0;
+
+		pthread_mutex_lock(&p->mu);
+		while (!p->qhead && !p->stopping) {
+			struct timespec ts;
+			clock_gettime(CLOCK_REALTIME, &ts);
+			ts.tv_sec += 1; /* bounded wait; the signal is the real wake-up */
+			pthread_cond_timedwait(&p->cv, &p->mu, &ts);
+		}
+		if (!p->qhead || p->abandon) {
+			pthread_mutex_unlock(&p->mu);
+			break;
+		}
+		/* take whole requests, up to batch_max records (at least one request) */
+		while (p->qhead && n < w->cap) {
+			struct request *r = p->qhead;
+			size_t cost = r->sr.n ? r->sr.n : 1;
+			if (n > 0 && records + cost > p->batch_max)
+				break;
+			p->qhead = r->next;
+			r->next = NULL;
+			w->held[n] = r;
+			w->reqs[n] = &r->sr;
+			n++;
+			records += cost;
+		}
+		if (!p->qhead)
+			p->qtail = &p->qhead;
+		pthread_mutex_unlock(&p->mu);
+
+		if (commit_batch(w, n) < 0) {
+			for (size_t i = 0; i < n; i++)
+				free(w->held[i]);
+			continue; /* abandoned: the loop ends at the next check */
+		}
+
+		uint64_t committed = 0, acc = 0, rej = 0;
+		pthread_mutex_lock(&p->done_mu);
+		for (size_t i = 0; i < n; i++) {
+			struct request *r = w->held[i];
+			if (r->sr.rejected) {
+				rej++;
+			} else {
+				acc++;
+				committed += r->sr.n;
+			}
+			*p->dtail = r;
+			p->dtail = &r->next;
+		}
+		pthread_mutex_unlock(&p->done_mu);
+		uint64_t one = 1;
+		ssize_t wr = write(p->efd, &one, sizeof(one));
+		(void)wr; /* eventfd counter cannot overflow at this rate */
+
+		pthread_mutex_lock(&p->mu);
+		p->st.committed_records += committed;
+		p->st.accepted_requests += acc;
+		p->st.rejected_requests += rej;
+		void (*hook)(void *) = p->on_commit;
+		void *hook_arg = p->on_commit_arg;
+		pthread_mutex_unlock(&p->mu);
+		if (hook && committed)
+			hook(hook_arg);
+	}
+	return NULL;
+}
+
+static int open_store(struct pipeline *p, struct store **ret, char *err, size_t errsz)
+{
+	return p->ops->open(&p->sp, ret, err, errsz);
+}
+
+int pipeline_start(const struct feed_config *cfg, const struct store_params *sp,
+		   struct pipeline **ret, char *err, size_t errsz)
+{
+	struct pipeline *p = calloc(1, sizeof(*p));
+	int r = -ENOMEM;
+
+	if (!p)
+		return -ENOMEM;
+	pthread_mutex_init(&p->mu, NULL);
+	pthread_cond_init(&p->cv, NULL);
+	pthread_mutex_init(&p->done_mu, NULL);
+	p->qtail = &p->qhead;
+	p->dtail = &p->dhead;
+	p->efd = -1;
+	p->ops = store_find(sp->url);
+	p->url = strdup(sp->url);
+	p->password = sp->password ? strdup(sp->password) : NULL;
+	p->sp = *sp;
+	p->sp.url = p->url;
+	p->sp.password = p->password;
+	p->batch_max = (size_t)cfg->batch_max;
+	p->retry_max_ms = cfg->retry_max;
+	p->queue_records = (size_t)cfg->queue_records;
+	p->queue_bytes = (size_t)cfg->queue_bytes;
+	p->st.db_up = true;
+	p->st.db_since = time(NULL);
+	p->nw = cfg->writers ? cfg->writers : (p->ops == &store_sqlite_ops ? 1 : 2);
+	p->w = calloc((size_t)p->nw, sizeof(*p->w));
+	if (!p->url || (sp->password && !p->password) || !p->w || !p->ops)
+		goto fail;
+	p->efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	if (p->efd < 0) {
+		r = -errno;
+		snprintf(err, errsz, "eventfd: %s", strerror(errno));
+		goto fail;
+	}
+
+	for (int i = 0; i < p->nw; i++) {
+		struct writer *w = &p->w[i];
+		w->p = p;
+		w->idx = i;
+		w->cap = p->batch_max;
+		w->batch = store_batch_new(p->batch_max + (size_t)cfg->max_records);
+		w->reqs = calloc(w->cap, sizeof(*w->reqs));
+		w->held = calloc(w->cap, sizeof(*w->held));
+		if (!w->batch || !w->reqs || !w->held) {
+			r = -ENOMEM;
+			snprintf(err, errsz, "out of memory for writer batches (batch_max %zu)", p->batch_max);
+			goto fail;
+		}
+		r = open_store(p, &w->s, err, errsz);
+		if (r < 0)
+			goto fail;
+		if (i == 0) {
+			r = w->s->ops->migrate(w->s);
+			if (r < 0) {
+				snprintf(err, errsz, "database schema: %s", w->s->errmsg);
+				goto fail;
+			}
+		}
+	}
+	for (int i = 0; i < p->nw; i++) {
+		r = -pthread_create(&p->w[i].thread, NULL, writer_main, &p->w[i]);
+		if (r < 0) {
+			snprintf(err, errsz, "cannot start writer thread: %s", strerror(-r));
+			goto fail;
+		}
+		p->w[i].started = true;
+	}
+	*ret = p;
+	return 0;
+fail:
+	if (r == -ENOMEM && !err[0])
+		snprintf(err, errsz, "out of memory");
+	pipeline_stop(&p, true);
+	return r;
+}
+
+bool pipeline_admit(const struct pipeline *p)
+{
+	return p->inflight_records < p->queue_records && p->inflight_bytes < p->queue_bytes;
+}
+
+void pipeline_submit(struct pipeline *p, struct request *r)
+{
+	p->inflight++;
+	p->inflight_records += r->sr.n;
+	p->inflight_bytes += r->sr.len;
+	r->next = NULL;
+	pthread_mutex_lock(&p->mu);
+	*p->qtail = r;
+	p->qtail = &r->next;
+	pthread_cond_signal(&p->cv);
+	pthread_mutex_unlock(&p->mu);
+}
+
+struct request *pipeline_take_done(struct pipeline *p)
+{
+	struct request *list;
+	uint64_t v;
+	ssize_t rd = read(p->efd, &v, sizeof(v));
+
+	(void)rd; /* EAGAIN when already drained: the list below is the truth */
+	pthread_mutex_lock(&p->done_mu);
+	list = p->dhead;
+	p->dhead = NULL;
+	p->dtail = &p->dhead;
+	pthread_mutex_unlock(&p->done_mu);
+	return list;
+}
+
+void pipeline_release(struct pipeline *p, struct request *r)
+{
+	p->inflight--;
+	p->inflight_records -= r->sr.n;
+	p->inflight_bytes -= r->sr.len;
+	free(r);
+}
+
+void pipeline_on_commit(struct pipeline *p, void (*fn)(void *), void *arg)
+{
+	pthread_mutex_lock(&p->mu);
+	p->on_commit = fn;
+	p->on_commit_arg = arg;
+	pthread_mutex_unlock(&p->mu);
+}
+
+int pipeline_fd(const struct pipeline *p) { return p->efd; }
+size_t pipeline_inflight(const struct pipeline *p) { return p->inflight; }
+
+void pipeline_stats(struct pipeline *p, struct pipeline_stats *ret)
+{
+	pthread_mutex_lock(&p->mu);
+	*ret = p->st;
+	pthread_mutex_unlock(&p->mu);
+}
+
+void pipeline_stop(struct pipeline **pp, bool abandon)
+{
+	struct pipeline *p = *pp;
+
+	if (!p)
+		return;
+	pthread_mutex_lock(&p->mu);
+	p->stopping = true;
+	p->abandon = abandon;
+	pthread_cond_broadcast(&p->cv);
+	pthread_mutex_unlock(&p->mu);
+	for (int i = 0; p->w && i < p->nw; i++) {
+		struct writer *w = &p->w[i];
+		if (w->started)
+			pthread_join(w->thread, NULL);
+		if (w->s)
+			w->s->ops->close(w->s);
+		store_batch_free(&w->batch);
+		free(w->reqs);
+		free(w->held);
+	}
+	for (struct request *r = p->qhead, *next; r; r = next) {
+		next = r->next;
+		free(r);
+	}
+	for (struct request *r = p->dhead, *next; r; r = next) {
+		next = r->next;
+		free(r);
+	}
+	if (p->efd >= 0)
+		close(p->efd);
+	pthread_mutex_destroy(&p->mu);
+	pthread_cond_destroy(&p->cv);
+	pthread_mutex_destroy(&p->done_mu);
+	free(p->w);
+	free(p->url);
+	if (p->password)
+		explicit_bzero(p->password, strlen(p->password));
+	free(p->password);
+	free(p);
+	*pp = NULL;
+}

@@ -1,0 +1,79 @@
+/*
+ * pipeline.h - requests between the socket thread and the writer threads.
+ *
+ * The main (socket) thread receives a request, parses it and submits it;
+ * a writer thread takes whatever is queued (up to batch_max records, no
+ * timer: batches grow with load), commits it with store_write() and hands
+ * it back; the main thread then sends the reply. The main thread alone
+ * accounts what is in flight, so admission needs no locks.
+ */
+#ifndef FEED_PIPELINE_H
+#define FEED_PIPELINE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "config.h"
+#include "store.h"
+
+/*
+ * One request, one allocation: this struct, then the envelope frames
+ * (each as a 2-byte length + bytes), the id, the body and the records.
+ * Owned by the main thread, then by the queue, a writer, the done list, and
+ * the main thread again, which frees it after replying.
+ */
+struct request {
+	struct request *next;
+	struct store_req sr;          /* the store's view: records, body, outcome */
+	unsigned sock;                /* index of the socket it came from */
+	unsigned char *env;           /* envelope frames (routing id first) */
+	size_t env_len;
+	unsigned nenv;
+	bool delimited;               /* had an empty delimiter frame */
+	unsigned char *id;            /* request id frame, or NULL */
+	size_t id_len;
+	uint64_t received_ns;         /* CLOCK_MONOTONIC */
+};
+
+struct pipeline;
+
+struct pipeline_stats {
+	uint64_t committed_records;
+	uint64_t accepted_requests;
+	uint64_t rejected_requests;
+	bool db_up;
+	char db_error[256];           /* last database error while down */
+	int64_t db_since;             /* unix time of the last up/down change */
+};
+
+/*
+ * Opens cfg->writers connections and starts the writer threads. The
+ * password is copied. On failure writes the reason into err.
+ */
+int pipeline_start(const struct feed_config *cfg, const struct store_params *sp,
+		   struct pipeline **ret, char *err, size_t errsz);
+
+/* Main thread: may one more request be read? (bounded records and bytes in flight) */
+bool pipeline_admit(const struct pipeline *p);
+/* Main thread: hands r to the writers. Never blocks for long. */
+void pipeline_submit(struct pipeline *p, struct request *r);
+/* Main thread: takes the list of requests whose outcome is committed (NULL if none). */
+struct request *pipeline_take_done(struct pipeline *p);
+/* Main thread: a reply has been sent (or dropped) for r; frees it. */
+void pipeline_release(struct pipeline *p, struct request *r);
+/* fn(arg) runs on a writer thread after each commit that stored records; must not block. */
+void pipeline_on_commit(struct pipeline *p, void (*fn)(void *), void *arg);
+/* A descriptor that becomes readable when pipeline_take_done() has work. */
+int pipeline_fd(const struct pipeline *p);
+size_t pipeline_inflight(const struct pipeline *p);
+void pipeline_stats(struct pipeline *p, struct pipeline_stats *ret);
+
+/*
+ * Stops the writers: they finish what is queued first, unless `abandon`
+ * is set (shutdown timeout passed), then they stop after their current try.
+ * Requests still queued are freed unanswered. NULL-safe; sets *pp = NULL.
+ */
+void pipeline_stop(struct pipeline **pp, bool abandon);
+
+#endif

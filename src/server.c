@@ -1,0 +1,208 @@
+/*
+ * server.c - the main loop of the serving process (main thread).
+ *
+ * One zmq_poll over the ROUTER sockets, the signalfd and the pipeline's
+ * eventfd. Each turn: handle signals; send the replies of committed
+ * requests; read new requests while the pipeline admits them. When the
+ * pipeline is full the sockets are not polled for input, so ZeroMQ's
+ * high-water marks push back on the senders. A reply that cannot be sent
+ * yet (peer pipe full) is kept and retried; requests held that way count
+ * as in flight, so memory stays bounded.
+ */
+#include "server.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/signalfd.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "log.h"
+#include "pipeline.h"
+#include "settle.h"
+#include "transport.h"
+
+#define RECV_BURST 512   /* messages read per turn before replies get a chance */
+
+struct server {
+	const struct feed_config *cfg;
+	struct transport *t;
+	struct pipeline *p;
+	struct settler *settler;
+	char url_redacted[512];
+	struct request *blocked, **blocked_tail;  /* replies waiting for a full peer */
+};
+
+static uint64_t mono_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+int server_bind(const struct feed_config *cfg, struct server **ret, char *err, size_t errsz)
+{
+	struct server *s = calloc(1, sizeof(*s));
+	int r;
+
+	if (!s)
+		return -ENOMEM;
+	s->cfg = cfg;
+	s->blocked_tail = &s->blocked;
+	store_url_redact(cfg->url, s->url_redacted, sizeof(s->url_redacted));
+	r = transport_open(cfg, &s->t, err, errsz);
+	if (r < 0) {
+		free(s);
+		return r;
+	}
+	*ret = s;
+	return 0;
+}
+
+int server_open_db(struct server *s, const struct store_params *sp, char *err, size_t errsz)
+{
+	int r = pipeline_start(s->cfg, sp, &s->p, err, errsz);
+
+	if (r < 0)
+		return r;
+	r = settle_start(s->cfg, sp, &s->settler, err, errsz);
+	if (r < 0)
+		return r;
+	pipeline_on_commit(s->p, settle_kick, s->settler);
+	return 0;
+}
+
+const char *server_endpoints(const struct server *s) { return transport_endpoints(s->t); }
+
+/* Sends replies: first the ones held back, then the newly committed. */
+static int send_replies(struct server *s)
+{
+	struct request *list = pipeline_take_done(s->p);
+	struct request *r, *next;
+
+	/* append the new ones after the held ones, to keep each peer's order */
+	*s->blocked_tail = list;
+	r = s->blocked;
+	s->blocked = NULL;
+	s->blocked_tail = &s->blocked;
+	for (; r; r = next) {
+		next = r->next;
+		int rc = transport_reply(s->t, r);
+		if (rc == -EAGAIN) {
+			r->next = NULL;
+			*s->blocked_tail = r;
+			s->blocked_tail = &r->next;
+			continue;
+		}
+		if (rc < 0)
+			log_warn("%s: reply not sent: %s", r->sr.endpoint, strerror(-rc));
+		if (r->sr.rejected)
+			log_info("rejected a request from %s: %s", r->sr.endpoint, r->sr.reason);
+		pipeline_release(s->p, r);
+	}
+	return 0;
+}
+
+static void report_state(struct server *s, const struct server_hooks *h, bool *last_up, uint64_t *last_ms)
+{
+	struct pipeline_stats st;
+	char line[1200];
+	uint64_t now = mono_ms();
+
+	pipeline_stats(s->p, &st);
+	if (st.db_up == *last_up && now - *last_ms < 5000)
+		return;
+	*last_up = st.db_up;
+	*last_ms = now;
+	if (st.db_up)
+		snprintf(line, sizeof(line), "serving %.300s; database %.300s up; %llu records committed, %llu requests rejected",
+			 transport_endpoints(s->t), s->url_redacted,
+			 (unsigned long long)st.committed_records, (unsigned long long)st.rejected_requests);
+	else
+		snprintf(line, sizeof(line), "serving %.300s; database %.300s DOWN since %lld: %.255s; senders are held back",
+			 transport_endpoints(s->t), s->url_redacted, (long long)st.db_since, st.db_error);
+	if (h->state)
+		h->state(h->arg, line, st.db_up);
+}
+
+int server_loop(struct server *s, int sigfd, const struct server_hooks *h)
+{
+	bool stopping = false, last_up = true;
+	uint64_t deadline = 0, last_report = 0;
+	int fds[2] = { sigfd, pipeline_fd(s->p) };
+
+	report_state(s, h, &last_up, &last_report);
+	for (;;) {
+		unsigned ready = 0;
+		bool input = false;
+		bool want = !stopping && !s->blocked && pipeline_admit(s->p);
+		int r = transport_poll(s->t, want, fds, 2, s->blocked ? 10 : 1000, &ready, &input);
+
+		if (r < 0) {
+			log_err("poll failed: %s", strerror(-r));
+			return r;
+		}
+		if (ready & 1) {
+			struct signalfd_siginfo si;
+			while (read(sigfd, &si, sizeof(si)) == (ssize_t)sizeof(si)) {
+				if (si.ssi_signo == SIGHUP) {
+					if (h->reload)
+						h->reload(h->arg);
+				} else if (!stopping) {
+					stopping = true;
+					deadline = mono_ms() + (uint64_t)s->cfg->shutdown_timeout * 1000u;
+					log_info("%s received: not accepting new requests; finishing %zu in flight",
+						 strsignal((int)si.ssi_signo), pipeline_inflight(s->p));
+				}
+			}
+		}
+		send_replies(s);
+		if (input) {
+			for (int i = 0; i < RECV_BURST && pipeline_admit(s->p); i++) {
+				struct request *req;
+				r = transport_recv(s->t, &req);
+				if (r < 0) {
+					log_err("receive failed: %s", strerror(-r));
+					return r;
+				}
+				if (r == 0)
+					break;
+				pipeline_submit(s->p, req);
+			}
+		}
+		report_state(s, h, &last_up, &last_report);
+		if (stopping) {
+			if (pipeline_inflight(s->p) == 0)
+				return 0;
+			if (mono_ms() >= deadline) {
+				log_err("shutdown_timeout (%d s) passed with %zu requests unanswered; they were not confirmed and senders will re-send them",
+					s->cfg->shutdown_timeout, pipeline_inflight(s->p));
+				return 0;
+			}
+		}
+	}
+}
+
+void server_free(struct server **ps)
+{
+	struct server *s = *ps;
+
+	if (!s)
+		return;
+	/* writers first: they kick the settler after each commit */
+	if (s->p) {
+		for (struct request *r = s->blocked, *next; r; r = next) {
+			next = r->next;
+			pipeline_release(s->p, r);
+		}
+		pipeline_stop(&s->p, true);
+	}
+	settle_stop(&s->settler);
+	transport_close(&s->t);
+	free(s);
+	*ps = NULL;
+}

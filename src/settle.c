@@ -1,0 +1,210 @@
+/*
+ * settle.c - the settle thread.
+ *
+ * A pass walks the 'N' rows in ticket order (keyset pagination, so a row
+ * that cannot be settled never blocks the ones after it), computes each
+ * fee with exact decimal arithmetic (dec_fee: volume x rate, half-up to
+ * 2 decimals; the login's fee_rate row, else [fee] default_rate) and
+ * writes a chunk per transaction. The UPDATE only touches rows still 'N',
+ * so several feed instances settling the same database agree.
+ * Woken by the writers after a commit, or every settle_interval ms.
+ */
+#include "settle.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "decimal.h"
+#include "log.h"
+
+struct settler {
+	pthread_t thread;
+	bool started;
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	bool kicked, stopping;
+	struct store *s;
+	struct store_params sp;
+	char *url, *password;
+	int64_t default_rate;
+	int interval_ms, retry_max_ms;
+	size_t chunk;
+	struct store_settle *rows;
+	bool failing;         /* an error was logged; log the recovery once */
+};
+
+/* Settles one chunk after `after`. Returns rows fetched (0 = done) or -errno. */
+static int settle_chunk(struct settler *st, int64_t *after, size_t *ret_skipped)
+{
+	size_t n = 0, k = 0;
+	int r = st->s->ops->fetch_unsettled(st->s, *after, st->chunk, st->rows, &n);
+
+	if (r < 0 || n == 0)
+		return r < 0 ? r : 0;
+	*after = st->rows[n - 1].ticket;
+	for (size_t i = 0; i < n; i++) {
+		struct store_settle *row = &st->rows[i];
+		int64_t rate = row->rate == -1 ? st->default_rate : row->rate;
+		if (row->volume < 0 || rate < 0 || dec_fee(row->volume, rate, &row->fee) < 0) {
+			if (*ret_skipped == 0)
+				log_warn("cannot settle ticket %lld: %s", (long long)row->ticket,
+					 row->volume < 0 ? "its volume is not a non-negative exact decimal" :
+					 rate < 0 ? "its login's fee_rate is not a non-negative exact decimal" :
+						    "the fee does not fit");
+			(*ret_skipped)++;
+			continue;
+		}
+		st->rows[k++] = *row;
+	}
+	if (k == 0)
+		return (int)n;
+	r = st->s->ops->begin(st->s);
+	if (r == 0)
+		r = st->s->ops->settle(st->s, st->rows, k);
+	if (r == 0)
+		r = st->s->ops->commit(st->s);
+	if (r < 0) {
+		st->s->ops->rollback(st->s);
+		return r;
+	}
+	return (int)n;
+}
+
+static bool wait_for_work(struct settler *st, int ms)
+{
+	struct timespec ts;
+	bool stop;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	ts.tv_sec += ms / 1000;
+	ts.tv_nsec += (long)(ms % 1000) * 1000000L;
+	if (ts.tv_nsec >= 1000000000L) {
+		ts.tv_sec++;
+		ts.tv_nsec -= 1000000000L;
+	}
+	pthread_mutex_lock(&st->mu);
+	while (!st->kicked && !st->stopping)
+		if (pthread_cond_timedwait(&st->cv, &st->mu, &ts) == ETIMEDOUT)
+			break;
+	st->kicked = false;
+	stop = st->stopping;
+	pthread_mutex_unlock(&st->mu);
+	return !stop;
+}
+
+static void *settle_main(void *arg)
+{
+	struct settler *st = arg;
+	int backoff = 0;
+
+	do {
+		int64_t after = 0;
+		size_t skipped = 0, total = 0;
+		int r;
+
+		while ((r = settle_chunk(st, &after, &skipped)) > 0) {
+			total += (size_t)r;
+			pthread_mutex_lock(&st->mu);
+			bool stop = st->stopping;
+			pthread_mutex_unlock(&st->mu);
+			if (stop)
+				break;
+		}
+		if (r < 0) {
+			if (!st->failing)
+				log_warn("settle: %s; will retry", st->s->errmsg);
+			st->failing = true;
+			backoff = backoff ? (backoff * 2 > st->retry_max_ms ? st->retry_max_ms : backoff * 2) : 100;
+			if (r != -EAGAIN)
+				st->s->ops->reconnect(st->s);
+		} else {
+			if (st->failing)
+				log_info("settle: working again");
+			st->failing = false;
+			backoff = 0;
+		}
+		if (total)
+			log_debug("settle: pass over %zu rows, %zu not settleable", total, skipped);
+	} while (wait_for_work(st, backoff ? backoff : st->interval_ms));
+	return NULL;
+}
+
+int settle_start(const struct feed_config *cfg, const struct store_params *sp,
+		 struct settler **ret, char *err, size_t errsz)
+{
+	struct settler *st = calloc(1, sizeof(*st));
+	int r = -ENOMEM;
+
+	if (!st)
+		return -ENOMEM;
+	pthread_mutex_init(&st->mu, NULL);
+	pthread_cond_init(&st->cv, NULL);
+	st->url = strdup(sp->url);
+	st->password = sp->password ? strdup(sp->password) : NULL;
+	st->sp = *sp;
+	st->sp.url = st->url;
+	st->sp.password = st->password;
+	st->default_rate = cfg->default_rate;
+	st->interval_ms = cfg->settle_interval;
+	st->retry_max_ms = cfg->retry_max;
+	st->chunk = (size_t)cfg->settle_batch;
+	st->rows = calloc(st->chunk, sizeof(*st->rows));
+	if (!st->url || (sp->password && !st->password) || !st->rows) {
+		snprintf(err, errsz, "out of memory");
+		goto fail;
+	}
+	r = store_find(st->url)->open(&st->sp, &st->s, err, errsz);
+	if (r < 0)
+		goto fail;
+	r = -pthread_create(&st->thread, NULL, settle_main, st);
+	if (r < 0) {
+		snprintf(err, errsz, "cannot start the settle thread: %s", strerror(-r));
+		goto fail;
+	}
+	st->started = true;
+	*ret = st;
+	return 0;
+fail:
+	settle_stop(&st);
+	return r;
+}
+
+void settle_kick(void *arg)
+{
+	struct settler *st = arg;
+
+	pthread_mutex_lock(&st->mu);
+	st->kicked = true;
+	pthread_cond_signal(&st->cv);
+	pthread_mutex_unlock(&st->mu);
+}
+
+void settle_stop(struct settler **ps)
+{
+	struct settler *st = *ps;
+
+	if (!st)
+		return;
+	pthread_mutex_lock(&st->mu);
+	st->stopping = true;
+	pthread_cond_signal(&st->cv);
+	pthread_mutex_unlock(&st->mu);
+	if (st->started)
+		pthread_join(st->thread, NULL);
+	if (st->s)
+		st->s->ops->close(st->s);
+	pthread_mutex_destroy(&st->mu);
+	pthread_cond_destroy(&st->cv);
+	free(st->rows);
+	free(st->url);
+	if (st->password)
+		explicit_bzero(st->password, strlen(st->password));
+	free(st->password);
+	free(st);
+	*ps = NULL;
+}

@@ -1,0 +1,22 @@
+/*
+ * settle.h - the settle stage: turns stored records ('N') into settled ones
+ * ('Y', fee = volume x rate) on its own thread and database connection, so
+ * that it never slows the answer path.
+ */
+#ifndef FEED_SETTLE_H
+#define FEED_SETTLE_H
+
+#include "config.h"
+#include "store.h"
+
+struct settler;
+
+/* Connects and starts the thread. It settles rows left 'N' by a crash first. */
+int settle_start(const struct feed_config *cfg, const struct store_params *sp,
+		 struct settler **ret, char *err, size_t errsz);
+/* Asks for a pass soon (new records were committed). Any thread; never blocks long. */
+void settle_kick(void *settler);
+/* Stops the thread after its current transaction. NULL-safe; sets *ps = NULL. */
+void settle_stop(struct settler **ps);
+
+#endif

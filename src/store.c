@@ -1,0 +1,305 @@
+/*
+ * store.c - backend registry and the batch algorithm every backend shares.
+ *
+ * store_write() turns a batch of requests into one transaction: look up the
+ * batch's tickets, decide in C which records are new, which are identical
+ * re-sends and which conflict, insert the new ones, store the rejected
+ * requests, commit. It runs on a writer thread with that writer's own
+ * connection and scratch space.
+ */
+#include "store.h"
+
+#include <errno.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "decimal.h"
+
+static const struct store_ops *const backends[] = {
+	&store_sqlite_ops,
+	&store_pg_ops,
+	&store_mysql_ops,
+	NULL,
+};
+
+const struct store_ops *store_find(const char *url)
+{
+	const char *colon = strchr(url, ':');
+
+	if (!colon)
+		return NULL;
+	for (size_t i = 0; backends[i]; i++)
+		for (size_t j = 0; backends[i]->schemes[j]; j++) {
+			size_t n = strlen(backends[i]->schemes[j]);
+			if ((size_t)(colon - url) == n && strncmp(url, backends[i]->schemes[j], n) == 0)
+				return backends[i];
+		}
+	return NULL;
+}
+
+void store_url_redact(const char *url, char *buf, size_t size)
+{
+	const char *auth = strstr(url, "://");
+	const char *at, *colon;
+
+	snprintf(buf, size, "%s", url);
+	if (!auth)
+		return;
+	auth += 3;
+	at = strchr(auth, '@');
+	colon = strchr(auth, ':');
+	if (!at || !colon || colon > at)
+		return;
+	/* scheme://user:SECRET@host -> scheme://user:***@host */
+	snprintf(buf, size, "%.*s***%s", (int)(colon + 1 - url), url, at);
+}
+
+/* ==== The batch ==== */
+
+/* Open-addressing map ticket -> slot, rebuilt for every attempt. */
+struct slot {
+	int64_t ticket;
+	int64_t login;
+	int64_t volume;
+	int owner;        /* SLOT_STORED, SLOT_FREED or the index of the request that brings it */
+	bool used;
+};
+
+enum { SLOT_STORED = -1, SLOT_FREED = -2 };
+
+struct store_batch {
+	size_t cap;               /* records */
+	size_t nslots;            /* power of two >= 2 * cap */
+	struct slot *slots;
+	int64_t *tickets;
+	struct store_row *rows;
+	struct record *fresh;     /* records to insert */
+	struct store_reject *rejects;
+	size_t rejects_cap;
+};
+
+struct store_batch *store_batch_new(size_t cap)
+{
+	struct store_batch *b = calloc(1, sizeof(*b));
+
+	if (!b)
+		return NULL;
+	b->cap = cap;
+	b->nslots = 16;
+	while (b->nslots < 2 * cap)
+		b->nslots <<= 1;
+	b->slots = calloc(b->nslots, sizeof(*b->slots));
+	b->tickets = calloc(cap, sizeof(*b->tickets));
+	b->rows = calloc(cap, sizeof(*b->rows));
+	b->fresh = calloc(cap, sizeof(*b->fresh));
+	b->rejects_cap = 1024;
+	b->rejects = calloc(b->rejects_cap, sizeof(*b->rejects));
+	if (!b->slots || !b->tickets || !b->rows || !b->fresh || !b->rejects)
+		store_batch_free(&b);
+	return b;
+}
+
+void store_batch_free(struct store_batch **pb)
+{
+	struct store_batch *b = *pb;
+
+	if (!b)
+		return;
+	free(b->slots);
+	free(b->tickets);
+	free(b->rows);
+	free(b->fresh);
+	free(b->rejects);
+	free(b);
+	*pb = NULL;
+}
+
+static size_t hash(int64_t t, size_t mask)
+{
+	uint64_t x = (uint64_t)t * 0x9E3779B97F4A7C15ULL;
+	return (size_t)(x >> 17) & mask;
+}
+
+static struct slot *slot_find(struct store_batch *b, int64_t ticket)
+{
+	size_t mask = b->nslots - 1;
+
+	for (size_t i = hash(ticket, mask);; i = (i + 1) & mask) {
+		struct slot *sl = &b->slots[i];
+		if (!sl->used || sl->ticket == ticket)
+			return sl;
+	}
+}
+
+static void format_conflict(struct store_req *r, int64_t ticket, const struct slot *sl,
+			    int owner, int self)
+{
+	char vol[DEC_STRMAX];
+	const char *how = owner == SLOT_STORED ? "already stored" :
+			  owner == self ? "appears earlier in this request" :
+					  "sent concurrently by another request";
+
+	if (sl->volume < 0)
+		snprintf(vol, sizeof(vol), "(unreadable)");
+	else
+		dec_format(sl->volume, DEC_SCALE, 0, vol);
+	snprintf(r->reason, sizeof(r->reason), "conflict: ticket %lld %s with login %lld volume %s",
+		 (long long)ticket, how, (long long)sl->login, vol);
+	r->rejected = 1;
+}
+
+/*
+ * Decides each request's fate against the stored rows and the requests
+ * before it; fills b->fresh. A request that conflicts leaves no trace in the map.
+ */
+static size_t classify(struct store_batch *b, struct store_req **reqs, size_t n,
+		       const struct store_row *rows, size_t nrows)
+{
+	size_t nfresh = 0;
+
+	memset(b->slots, 0, b->nslots * sizeof(*b->slots));
+	for (size_t i = 0; i < nrows; i++) {
+		struct slot *sl = slot_find(b, rows[i].ticket);
+		*sl = (struct slot){ rows[i].ticket, rows[i].login, rows[i].volume, SLOT_STORED, true };
+	}
+	for (size_t i = 0; i < n; i++) {
+		struct store_req *r = reqs[i];
+		size_t start = nfresh;
+
+		if (r->rejected)
+			continue;
+		for (size_t j = 0; j < r->n; j++) {
+			const struct record *rec = &r->recs[j];
+			struct slot *sl = slot_find(b, rec->ticket);
+
+			if (!sl->used || sl->owner == SLOT_FREED) {
+				*sl = (struct slot){ rec->ticket, rec->login, rec->volume, (int)i, true };
+				b->fresh[nfresh++] = *rec;
+			} else if (sl->login != rec->login || sl->volume != rec->volume) {
+				format_conflict(r, rec->ticket, sl, sl->owner, (int)i);
+				break;
+			}
+		}
+		if (r->rejected) {
+			/* undo this request's claims: mark its slots as not inserted */
+			for (size_t k = start; k < nfresh; k++) {
+				struct slot *sl = slot_find(b, b->fresh[k].ticket);
+				sl->owner = SLOT_FREED; /* keeps probing chains intact */
+			}
+			nfresh = start;
+		}
+	}
+	return nfresh;
+}
+
+static int store_rejects(struct store *s, struct store_batch *b, struct store_req **reqs, size_t n)
+{
+	size_t k = 0;
+	int r;
+
+	for (size_t i = 0; i < n; i++) {
+		if (!reqs[i]->rejected)
+			continue;
+		b->rejects[k++] = (struct store_reject){ reqs[i]->endpoint, reqs[i]->reason,
+							 reqs[i]->body, reqs[i]->len };
+		if (k == b->rejects_cap) {
+			r = s->ops->insert_rejects(s, b->rejects, k);
+			if (r < 0)
+				return r;
+			k = 0;
+		}
+	}
+	return k ? s->ops->insert_rejects(s, b->rejects, k) : 0;
+}
+
+/* How many requests would insert something: the candidates for isolation. */
+static size_t count_writers(struct store_req **reqs, size_t n)
+{
+	size_t c = 0;
+
+	for (size_t i = 0; i < n; i++)
+		if (!reqs[i]->rejected && reqs[i]->n > 0)
+			c++;
+	return c;
+}
+
+static int write_once(struct store *s, struct store_batch *b, struct store_req **reqs, size_t n)
+{
+	size_t nt = 0, nrows = 0, nfresh;
+	int r;
+
+	for (size_t i = 0; i < n; i++)
+		if (!reqs[i]->rejected)
+			for (size_t j = 0; j < reqs[i]->n; j++)
+				b->tickets[nt++] = reqs[i]->recs[j].ticket;
+
+	r = s->ops->begin(s);
+	if (r < 0)
+		return r;
+	if (nt > 0) {
+		r = s->ops->lookup(s, b->tickets, nt, b->rows, &nrows);
+		if (r < 0)
+			goto fail;
+	}
+	nfresh = classify(b, reqs, n, b->rows, nrows);
+	if (nfresh > 0) {
+		r = s->ops->insert(s, b->fresh, nfresh);
+		if (r < 0)
+			goto fail;
+	}
+	r = store_rejects(s, b, reqs, n);
+	if (r < 0)
+		goto fail;
+	r = s->ops->commit(s);
+	if (r < 0)
+		goto fail;
+	return 0;
+fail:
+	s->ops->rollback(s);
+	return r;
+}
+
+int store_write(struct store *s, struct store_batch *b, struct store_req **reqs, size_t n)
+{
+	/* parser rejections are inputs; conflicts are recomputed on every attempt */
+	bool pre[n > 0 ? n : 1];
+	int r = 0;
+
+	for (size_t i = 0; i < n; i++)
+		pre[i] = reqs[i]->rejected;
+
+	for (int attempt = 0; attempt < 8; attempt++) {
+		for (size_t i = 0; i < n; i++)
+			if (!pre[i])
+				reqs[i]->rejected = 0;
+		r = write_once(s, b, reqs, n);
+		if (r == -EEXIST)
+			continue; /* another writer stored a ticket since lookup: look again */
+		if (r != -EINVAL)
+			return r;
+
+		/* The database refuses a value: isolate the request that carries it. */
+		size_t w = count_writers(reqs, n);
+		if (w == 0)
+			return -EIO; /* refused while storing rejects only: nothing to isolate */
+		if (w == 1) {
+			for (size_t i = 0; i < n; i++) {
+				if (!reqs[i]->rejected && reqs[i]->n > 0) {
+					snprintf(reqs[i]->reason, sizeof(reqs[i]->reason),
+						 "database refused the request: %.200s", s->errmsg);
+					reqs[i]->rejected = 1;
+					pre[i] = true;
+				}
+			}
+			continue; /* commit it as a reject, with the rest */
+		}
+		size_t half = n / 2;
+		r = store_write(s, b, reqs, half);
+		if (r == 0)
+			r = store_write(s, b, reqs + half, n - half);
+		return r;
+	}
+	return r == -EEXIST ? -EAGAIN : r;
+}

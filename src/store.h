@@ -1,0 +1,170 @@
+/*
+ * store.h - the storage interface: one const struct store_ops per backend
+ * (store_sqlite.c, store_pg.c, store_mysql.c), chosen by URL scheme.
+ *
+ * Backends implement small primitives (lookup, insert, ...) inside a
+ * transaction the caller opens; the batch algorithm shared by all of them
+ * (idempotency, conflicts, rejects, splitting a batch around a bad record)
+ * lives in store.c. A struct store is one connection and is used by one
+ * thread at a time. Backends never log; they return a negative errno and
+ * leave a message in s->errmsg.
+ *
+ * Error classes, the same for every backend:
+ *   -EAGAIN     transient, retry the transaction now: deadlock, serialization
+ *               failure, lock wait timeout, SQLite BUSY/LOCKED.
+ *   -ENOTCONN   the connection is gone or unusable: connection lost, server
+ *               shutting down, too many connections, cannot connect.
+ *               Caller backs off, calls reconnect(), retries.
+ *   -EEXIST     unique violation on insert (another writer stored the ticket
+ *               since lookup). Caller rolls back and retries the batch.
+ *   -EINVAL     permanent data error: the database refuses a value (out of
+ *               range, check constraint, ...). Caller isolates the record.
+ *   other       unexpected (schema missing, permission, ...): caller logs,
+ *               backs off and retries; nothing is answered.
+ */
+#ifndef FEED_STORE_H
+#define FEED_STORE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "protocol.h"
+
+#define STORE_OPS_VERSION 1
+#define STORE_SCHEMA_VERSION 1
+
+enum store_durability { STORE_DURABLE_FULL = 0, STORE_DURABLE_NORMAL = 1 };
+
+struct store_params {
+	const char *url;              /* full URL, scheme included */
+	const char *password;         /* from password_file, or NULL (URL may hold one) */
+	enum store_durability durability;
+	int connect_timeout;          /* seconds */
+};
+
+/* An existing fee row, as found by lookup(). */
+struct store_row {
+	int64_t ticket;
+	int64_t login;
+	int64_t volume;               /* DEC_SCALE units; -1 if the stored value is not
+					 a non-negative exact decimal feed can read */
+};
+
+/* A rejected request, stored verbatim in fee_reject. */
+struct store_reject {
+	const char *endpoint;         /* where it arrived, e.g. "tcp://127.0.0.1:5555" */
+	const char *reason;           /* the text sent back after "FALSE: " */
+	const void *body;             /* the request bytes, verbatim (may hold NULs) */
+	size_t len;
+};
+
+/* A row to settle: fetched with the login's rate, written back with its fee. */
+struct store_settle {
+	int64_t ticket;
+	int64_t login;
+	int64_t volume;               /* DEC_SCALE units; -1 if unreadable or negative */
+	int64_t rate;                 /* DEC_SCALE units (>= 0); -1 if the login has no
+					 fee_rate row, -2 if its rate is unreadable or negative */
+	int64_t fee;                  /* FEE_SCALE units; set by the caller before settle() */
+};
+
+/*
+ * One connection. Each backend embeds this as the first member of its own
+ * struct (struct store_pg { struct store base; PGconn *conn; ... }) and sets
+ * base.ops in open(). errmsg holds the last error, "" if none.
+ */
+struct store {
+	const struct store_ops *ops;
+	char errmsg[512];
+};
+
+struct store_ops {
+	int version;                  /* STORE_OPS_VERSION */
+	const char *name;             /* "sqlite", "postgresql", "mysql" */
+	const char *const *schemes;   /* URL schemes this backend takes, NULL-terminated */
+
+	/* Connects. On failure returns -errno and writes the reason into err. */
+	int (*open)(const struct store_params *p, struct store **ret, char *err, size_t errsz);
+	void (*close)(struct store *s);                  /* NULL-safe */
+	int (*reconnect)(struct store *s);
+
+	/*
+	 * Creates the schema or brings it to STORE_SCHEMA_VERSION: fee, fee_rate,
+	 * fee_reject, feed_schema. Adopts a classic fee(ticket, login, volume,
+	 * status) table keeping its rows. Idempotent; safe when several feed
+	 * instances run it at once. Runs its own transaction(s).
+	 */
+	int (*migrate)(struct store *s);
+	/* Runs one SQL statement outside the batch protocol (migration, tests). */
+	int (*exec)(struct store *s, const char *sql);
+
+	int (*begin)(struct store *s);
+	int (*commit)(struct store *s);
+	int (*rollback)(struct store *s);                /* safe to call after any error */
+
+	/* Rows of fee whose ticket is in tickets[0..n): at most n into rows, count in *ret_n. */
+	int (*lookup)(struct store *s, const int64_t *tickets, size_t n,
+		      struct store_row *rows, size_t *ret_n);
+	/* Inserts recs[0..n) with status 'N' and received_at = now. All or error. */
+	int (*insert)(struct store *s, const struct record *recs, size_t n);
+	/* Inserts rejected requests into fee_reject with received_at = now. */
+	int (*insert_rejects)(struct store *s, const struct store_reject *r, size_t n);
+
+	/*
+	 * Up to max rows with status 'N' and ticket > after, by ticket, with the
+	 * login's rate (LEFT JOIN fee_rate). Outside a transaction is fine.
+	 */
+	int (*fetch_unsettled)(struct store *s, int64_t after, size_t max,
+			       struct store_settle *rows, size_t *ret_n);
+	/*
+	 * For each row: fee, status 'Y', settled_at = now, only WHERE status = 'N'
+	 * (so that two instances settling the same row agree). Inside a transaction.
+	 */
+	int (*settle)(struct store *s, const struct store_settle *rows, size_t n);
+};
+
+extern const struct store_ops store_sqlite_ops;
+extern const struct store_ops store_pg_ops;
+extern const struct store_ops store_mysql_ops;
+
+/* ==== store.c: registry and the shared batch algorithm ==== */
+
+/* The backend for url's scheme, or NULL. */
+const struct store_ops *store_find(const char *url);
+
+/* Copies url with any password replaced by "***" (for logs and status). */
+void store_url_redact(const char *url, char *buf, size_t size);
+
+
+/* ==== store.c: the batch algorithm shared by all backends ==== */
+
+/* One request as the batch writer sees it. */
+struct store_req {
+	const struct record *recs;    /* parsed records; n = 0 if rejected before */
+	size_t n;
+	const char *endpoint;
+	const void *body;             /* verbatim request bytes, for fee_reject */
+	size_t len;
+	int rejected;                 /* in: rejected by the parser; out: rejected */
+	char reason[256];             /* in/out: why (without "FALSE: ") */
+};
+
+/* Scratch space of one writer, sized for the largest batch. Owned by the writer. */
+struct store_batch;
+
+/* cap: most records in one call. Returns NULL on allocation failure. */
+struct store_batch *store_batch_new(size_t cap);
+void store_batch_free(struct store_batch **b);
+
+/*
+ * Commits the requests reqs[0..n) in one transaction (or a few, when a
+ * record the database refuses has to be isolated): new records inserted,
+ * identical re-sends accepted, conflicting requests and parser-rejected ones
+ * stored in fee_reject and marked rejected with a reason. Returns 0 when
+ * every request has its outcome committed; otherwise a negative errno of
+ * the classes above, nothing is committed for the requests left, and the
+ * caller retries the whole call (it is idempotent).
+ */
+int store_write(struct store *s, struct store_batch *b, struct store_req **reqs, size_t n);
+
+#endif

@@ -1,0 +1,1407 @@
+/*
+ * store_mysql.c - the MySQL / MariaDB backend (URL schemes mysql://, mariadb://).
+ *
+ * Owns one Connector/C connection (struct store_mysql), its parsed URL, a
+ * bounded SQL buffer and the prepared bulk INSERT. Used by one thread at a
+ * time: a writer thread of the pipeline, or the settlement thread.
+ *
+ * URL: mysql://[user[:password]@]host[:port]/database[?key=value&...], every
+ * part percent-decoded; keys: socket, ssl-mode (DISABLED, PREFERRED,
+ * REQUIRED, VERIFY_CA, VERIFY_IDENTITY), ssl-ca, ssl-cert, ssl-key,
+ * ssl-capath, ssl-cipher, connect-timeout. With Connector/C, VERIFY_CA also
+ * checks the host name (it cannot verify the chain alone); REQUIRED is
+ * checked after the handshake (the connector silently falls back otherwise).
+ *
+ * Session: autocommit stays on, begin() opens an explicit transaction;
+ * strict sql_mode (out-of-range values are errors, not warnings), READ
+ * COMMITTED, time_zone +00:00 so that CURRENT_TIMESTAMP(6) stored into the
+ * DATETIME(6) columns is UTC. Volumes and fees travel as exact decimal
+ * literals written by dec_format() and come back as text read by
+ * dec_parse(); no binary floating point anywhere.
+ *
+ * Durability is a server setting here: COMMIT is durable only with
+ * innodb_flush_log_at_trx_commit = 1 (and sync_binlog = 1 with a binary
+ * log), which durability = full requires of the DBA; normal needs nothing.
+ *
+ * insert() uses MariaDB's bulk protocol (array binding, one round trip per
+ * chunk) when the server offers it, else bounded multi-row INSERTs, which
+ * every MySQL and MariaDB accepts.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <mysql.h>
+
+#include "decimal.h"
+#include "store.h"
+
+#define MY_SQL_MAX         (256 * 1024)   /* bound of one generated statement */
+#define MY_LOOKUP_CHUNK    2000           /* tickets per SELECT ... IN (...) */
+#define MY_INSERT_CHUNK    2000           /* rows per multi-row INSERT */
+#define MY_BULK_CHUNK      5000           /* rows per bulk (array) execute */
+#define MY_SETTLE_CHUNK    1000           /* rows per UPDATE ... CASE */
+#define MY_LONGDATA_CHUNK  (1024 * 1024)  /* fee_reject body pieces */
+#define MY_RW_TIMEOUT      120            /* read/write timeout, seconds: above
+					     innodb_lock_wait_timeout (50) and
+					     GET_LOCK's wait (30) */
+#define MY_DEFAULT_CONNECT_TIMEOUT 10
+
+enum my_ssl_mode {
+	MY_SSL_PREFERRED = 0,
+	MY_SSL_DISABLED,
+	MY_SSL_REQUIRED,
+	MY_SSL_VERIFY_CA,
+	MY_SSL_VERIFY_IDENTITY,
+};
+
+/* The URL, decoded. Every string is owned (NULL if absent). */
+struct my_conninfo {
+	char *user;
+	char *password;
+	char *host;
+	char *database;
+	char *socket;
+	char *ssl_ca;
+	char *ssl_cert;
+	char *ssl_key;
+	char *ssl_capath;
+	char *ssl_cipher;
+	unsigned int port;
+	unsigned int connect_timeout;
+	enum my_ssl_mode ssl_mode;
+};
+
+/* One row of the bulk INSERT, bound row-wise (STMT_ATTR_ROW_SIZE). */
+struct my_bulkrow {
+	int64_t ticket;
+	int64_t login;
+	unsigned long vol_len;
+	char vol[DEC_STRMAX];
+};
+
+struct store_mysql {
+	struct store base;            /* first: a struct store * points here */
+	MYSQL *conn;                  /* NULL while disconnected */
+	struct my_conninfo ci;
+	MYSQL_STMT *ins_stmt;         /* bulk INSERT, prepared lazily */
+	struct my_bulkrow *bulk;      /* MY_BULK_CHUNK rows, allocated lazily */
+	bool can_bulk;                /* server speaks MariaDB's bulk protocol */
+	char *sql;                    /* MY_SQL_MAX bytes */
+	size_t sql_len;
+	bool sql_full;
+};
+
+static inline struct store_mysql *my_of(struct store *s)
+{
+	return (struct store_mysql *)s;
+}
+
+/* ==== Errors ==== */
+
+/* mysql_errno -> the error classes of store.h. */
+static const struct {
+	unsigned int code;
+	int err;
+} my_errtab[] = {
+	{ 1213, -EAGAIN },     /* ER_LOCK_DEADLOCK */
+	{ 1205, -EAGAIN },     /* ER_LOCK_WAIT_TIMEOUT */
+	{ 1020, -EAGAIN },     /* ER_CHECKREAD: record changed since last read */
+	{ 1412, -EAGAIN },     /* ER_TABLE_DEF_CHANGED */
+	{ 2002, -ENOTCONN },   /* CR_CONNECTION_ERROR */
+	{ 2003, -ENOTCONN },   /* CR_CONN_HOST_ERROR */
+	{ 2006, -ENOTCONN },   /* CR_SERVER_GONE_ERROR */
+	{ 2013, -ENOTCONN },   /* CR_SERVER_LOST */
+	{ 2055, -ENOTCONN },   /* CR_SERVER_LOST_EXTENDED */
+	{ 1040, -ENOTCONN },   /* ER_CON_COUNT_ERROR */
+	{ 1053, -ENOTCONN },   /* ER_SERVER_SHUTDOWN */
+	{ 1927, -ENOTCONN },   /* ER_CONNECTION_KILLED (MariaDB) */
+	{ 4031, -ENOTCONN },   /* ER_CLIENT_INTERACTION_TIMEOUT (MySQL 8) */
+	{ 1129, -ENOTCONN },   /* ER_HOST_IS_BLOCKED */
+	{ 1152, -ENOTCONN },   /* ER_ABORTING_CONNECTION */
+	{ 1158, -ENOTCONN },   /* ER_NET_READ_ERROR */
+	{ 1159, -ENOTCONN },   /* ER_NET_READ_INTERRUPTED */
+	{ 1160, -ENOTCONN },   /* ER_NET_ERROR_ON_WRITE */
+	{ 1161, -ENOTCONN },   /* ER_NET_WRITE_INTERRUPTED */
+	{ 1062, -EEXIST },     /* ER_DUP_ENTRY */
+	{ 1264, -EINVAL },     /* ER_WARN_DATA_OUT_OF_RANGE */
+	{ 1265, -EINVAL },     /* WARN_DATA_TRUNCATED */
+	{ 1292, -EINVAL },     /* ER_TRUNCATED_WRONG_VALUE */
+	{ 1366, -EINVAL },     /* ER_TRUNCATED_WRONG_VALUE_FOR_FIELD */
+	{ 1406, -EINVAL },     /* ER_DATA_TOO_LONG */
+	{ 1048, -EINVAL },     /* ER_BAD_NULL_ERROR */
+	{ 3819, -EINVAL },     /* ER_CHECK_CONSTRAINT_VIOLATED (MySQL) */
+	{ 4025, -EINVAL },     /* ER_CONSTRAINT_FAILED (MariaDB) */
+	{ 1690, -EINVAL },     /* ER_DATA_OUT_OF_RANGE */
+	{ 1365, -EINVAL },     /* ER_DIVISION_BY_ZERO */
+	{ 1644, -EINVAL },     /* ER_SIGNAL_EXCEPTION: a trigger refused the row */
+};
+
+static int my_errclass(unsigned int code)
+{
+	for (size_t i = 0; i < sizeof(my_errtab) / sizeof(my_errtab[0]); i++)
+		if (my_errtab[i].code == code)
+			return my_errtab[i].err;
+	return -EIO;
+}
+
+static void my_seterr(struct store_mysql *m, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+
+static void my_seterr(struct store_mysql *m, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(m->base.errmsg, sizeof(m->base.errmsg), fmt, ap);
+	va_end(ap);
+}
+
+/* Records the connection's last error for what and returns its class. */
+static int my_fail(struct store_mysql *m, const char *what)
+{
+	unsigned int code = mysql_errno(m->conn);
+
+	if (code == 0) {
+		my_seterr(m, "%s failed: no error reported by the client library", what);
+		return -EIO;
+	}
+	my_seterr(m, "%s failed: ERROR %u (%s): %s", what, code,
+		  mysql_sqlstate(m->conn), mysql_error(m->conn));
+	return my_errclass(code);
+}
+
+static int my_stmt_fail(struct store_mysql *m, MYSQL_STMT *st, const char *what)
+{
+	unsigned int code = mysql_stmt_errno(st);
+
+	if (code == 0)
+		return my_fail(m, what);
+	my_seterr(m, "%s failed: ERROR %u (%s): %s", what, code,
+		  mysql_stmt_sqlstate(st), mysql_stmt_error(st));
+	return my_errclass(code);
+}
+
+static int my_need_conn(struct store_mysql *m)
+{
+	if (m->conn)
+		return 0;
+	my_seterr(m, "not connected to the MySQL server");
+	return -ENOTCONN;
+}
+
+/* ==== SQL text buffer (bounded) ==== */
+
+static void my_sql_reset(struct store_mysql *m)
+{
+	m->sql_len = 0;
+	m->sql_full = false;
+	m->sql[0] = '\0';
+}
+
+static void my_sql_add(struct store_mysql *m, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+
+static void my_sql_add(struct store_mysql *m, const char *fmt, ...)
+{
+	va_list ap;
+	int r;
+
+	if (m->sql_full)
+		return;
+	va_start(ap, fmt);
+	r = vsnprintf(m->sql + m->sql_len, MY_SQL_MAX - m->sql_len, fmt, ap);
+	va_end(ap);
+	if (r < 0 || (size_t)r >= MY_SQL_MAX - m->sql_len) {
+		m->sql_full = true;
+		return;
+	}
+	m->sql_len += (size_t)r;
+}
+
+/* Runs one statement and discards any result. */
+static int my_query(struct store_mysql *m, const char *what, const char *sql, size_t len)
+{
+	MYSQL_RES *res;
+	int r;
+
+	r = my_need_conn(m);
+	if (r < 0)
+		return r;
+	if (mysql_real_query(m->conn, sql, len) != 0)
+		return my_fail(m, what);
+	res = mysql_store_result(m->conn);
+	if (res)
+		mysql_free_result(res);
+	else if (mysql_field_count(m->conn) != 0)
+		return my_fail(m, what);
+	return 0;
+}
+
+static int my_query_str(struct store_mysql *m, const char *what, const char *sql)
+{
+	return my_query(m, what, sql, strlen(sql));
+}
+
+/* Runs the statement in the SQL buffer. */
+static int my_query_buf(struct store_mysql *m, const char *what)
+{
+	if (m->sql_full) {
+		my_seterr(m, "%s: generated statement exceeds %d bytes", what, MY_SQL_MAX);
+		return -E2BIG;
+	}
+	return my_query(m, what, m->sql, m->sql_len);
+}
+
+/* Runs a query expected to yield a result set; *ret is freed by the caller. */
+static int my_select(struct store_mysql *m, const char *what, const char *sql, size_t len,
+		     unsigned int ncols, MYSQL_RES **ret)
+{
+	MYSQL_RES *res;
+	int r;
+
+	r = my_need_conn(m);
+	if (r < 0)
+		return r;
+	if (mysql_real_query(m->conn, sql, len) != 0)
+		return my_fail(m, what);
+	res = mysql_store_result(m->conn);
+	if (!res)
+		return my_fail(m, what);
+	if (mysql_num_fields(res) != ncols) {
+		my_seterr(m, "%s: expected %u columns, got %u", what, ncols,
+			  mysql_num_fields(res));
+		mysql_free_result(res);
+		return -EIO;
+	}
+	*ret = res;
+	return 0;
+}
+
+/* ==== Reading values ==== */
+
+/* A signed 64-bit integer printed by the server. */
+static bool my_parse_i64(const char *s, unsigned long len, int64_t *ret)
+{
+	uint64_t acc = 0, max = INT64_MAX;
+	bool neg = false;
+	unsigned long i = 0;
+
+	if (!s || len == 0)
+		return false;
+	if (s[0] == '-') {
+		neg = true;
+		max = (uint64_t)INT64_MAX + 1;
+		i = 1;
+	}
+	if (i == len)
+		return false;
+	for (; i < len; i++) {
+		unsigned d;
+
+		if (s[i] < '0' || s[i] > '9')
+			return false;
+		d = (unsigned)(s[i] - '0');
+		if (acc > (max - d) / 10)
+			return false;
+		acc = acc * 10 + d;
+	}
+	if (neg)
+		*ret = acc == (uint64_t)INT64_MAX + 1 ? INT64_MIN : -(int64_t)acc;
+	else
+		*ret = (int64_t)acc;
+	return true;
+}
+
+/* A non-negative DECIMAL at DEC_SCALE, or -1 (NULL, unreadable, negative). */
+static int64_t my_parse_amount(const char *s, unsigned long len)
+{
+	int64_t v;
+
+	if (!s || dec_parse(s, len, DEC_SCALE, DEC_LENIENT, &v, NULL) < 0 || v < 0)
+		return -1;
+	return v;
+}
+
+/* ==== URL ==== */
+
+static int my_hexval(char c)
+{
+	if (c >= '0' && c <= '9')
+		return c - '0';
+	if (c >= 'a' && c <= 'f')
+		return c - 'a' + 10;
+	if (c >= 'A' && c <= 'F')
+		return c - 'A' + 10;
+	return -1;
+}
+
+/* Percent-decodes s[0..len) into a new string. -EINVAL on a bad escape or NUL. */
+static int my_pct_decode(const char *s, size_t len, char **ret)
+{
+	char *out = malloc(len + 1);
+	size_t o = 0;
+
+	if (!out)
+		return -ENOMEM;
+	for (size_t i = 0; i < len; i++) {
+		char c = s[i];
+
+		if (c == '%') {
+			int hi, lo;
+
+			if (len - i < 3) {
+				free(out);
+				return -EINVAL;
+			}
+			hi = my_hexval(s[i + 1]);
+			lo = my_hexval(s[i + 2]);
+			if (hi < 0 || lo < 0 || (hi == 0 && lo == 0)) {
+				free(out);
+				return -EINVAL;
+			}
+			c = (char)(hi << 4 | lo);
+			i += 2;
+		}
+		out[o++] = c;
+	}
+	out[o] = '\0';
+	*ret = out;
+	return 0;
+}
+
+static void my_free_secret(char *p)
+{
+	if (p) {
+		explicit_bzero(p, strlen(p));
+		free(p);
+	}
+}
+
+static void my_conninfo_free(struct my_conninfo *ci)
+{
+	free(ci->user);
+	my_free_secret(ci->password);
+	free(ci->host);
+	free(ci->database);
+	free(ci->socket);
+	free(ci->ssl_ca);
+	free(ci->ssl_cert);
+	free(ci->ssl_key);
+	free(ci->ssl_capath);
+	free(ci->ssl_cipher);
+	memset(ci, 0, sizeof(*ci));
+}
+
+static bool my_parse_uint(const char *s, unsigned long min, unsigned long max, unsigned int *ret)
+{
+	unsigned long v = 0;
+
+	if (!*s)
+		return false;
+	for (; *s; s++) {
+		if (*s < '0' || *s > '9')
+			return false;
+		v = v * 10 + (unsigned long)(*s - '0');
+		if (v > max)
+			return false;
+	}
+	if (v < min)
+		return false;
+	*ret = (unsigned int)v;
+	return true;
+}
+
+static int my_parse_query_key(struct my_conninfo *ci, const char *key, char *val,
+			      char *err, size_t errsz)
+{
+	static const char *const modes[] = {
+		[MY_SSL_PREFERRED] = "PREFERRED",
+		[MY_SSL_DISABLED] = "DISABLED",
+		[MY_SSL_REQUIRED] = "REQUIRED",
+		[MY_SSL_VERIFY_CA] = "VERIFY_CA",
+		[MY_SSL_VERIFY_IDENTITY] = "VERIFY_IDENTITY",
+	};
+	char **slot = NULL;
+
+	if (strcmp(key, "socket") == 0)
+		slot = &ci->socket;
+	else if (strcmp(key, "ssl-ca") == 0)
+		slot = &ci->ssl_ca;
+	else if (strcmp(key, "ssl-cert") == 0)
+		slot = &ci->ssl_cert;
+	else if (strcmp(key, "ssl-key") == 0)
+		slot = &ci->ssl_key;
+	else if (strcmp(key, "ssl-capath") == 0)
+		slot = &ci->ssl_capath;
+	else if (strcmp(key, "ssl-cipher") == 0)
+		slot = &ci->ssl_cipher;
+	if (slot) {
+		free(*slot);
+		*slot = val;
+		return 0;
+	}
+
+	if (strcmp(key, "ssl-mode") == 0) {
+		for (size_t i = 0; i < sizeof(modes) / sizeof(modes[0]); i++) {
+			if (strcasecmp(val, modes[i]) == 0) {
+				ci->ssl_mode = (enum my_ssl_mode)i;
+				free(val);
+				return 0;
+			}
+		}
+		snprintf(err, errsz, "mysql URL: ssl-mode must be DISABLED, PREFERRED, "
+			 "REQUIRED, VERIFY_CA or VERIFY_IDENTITY, got \"%.64s\"", val);
+		free(val);
+		return -EINVAL;
+	}
+	if (strcmp(key, "connect-timeout") == 0) {
+		if (!my_parse_uint(val, 1, 3600, &ci->connect_timeout)) {
+			snprintf(err, errsz, "mysql URL: connect-timeout must be 1..3600 "
+				 "seconds, got \"%.64s\"", val);
+			free(val);
+			return -EINVAL;
+		}
+		free(val);
+		return 0;
+	}
+	snprintf(err, errsz, "mysql URL: unknown parameter \"%.64s\"", key);
+	free(val);
+	return -EINVAL;
+}
+
+static int my_parse_query(struct my_conninfo *ci, const char *q, char *err, size_t errsz)
+{
+	while (*q) {
+		const char *amp = strchr(q, '&');
+		size_t len = amp ? (size_t)(amp - q) : strlen(q);
+		const char *eq = memchr(q, '=', len);
+		char *key = NULL, *val = NULL;
+		int r;
+
+		if (len == 0) {
+			q++;
+			continue;
+		}
+		if (!eq) {
+			snprintf(err, errsz, "mysql URL: parameter \"%.*s\" has no value",
+				 (int)(len > 64 ? 64 : len), q);
+			return -EINVAL;
+		}
+		r = my_pct_decode(q, (size_t)(eq - q), &key);
+		if (r == 0)
+			r = my_pct_decode(eq + 1, len - (size_t)(eq - q) - 1, &val);
+		if (r < 0) {
+			free(key);
+			if (r == -EINVAL)
+				snprintf(err, errsz, "mysql URL: bad percent-escape in parameters");
+			else
+				snprintf(err, errsz, "mysql URL: out of memory");
+			return r;
+		}
+		r = my_parse_query_key(ci, key, val, err, errsz);   /* takes val */
+		free(key);
+		if (r < 0)
+			return r;
+		q += len;
+		if (*q == '&')
+			q++;
+	}
+	return 0;
+}
+
+/*
+ * mysql://[user[:password]@]host[:port]/database[?key=value&...]. The host may
+ * be empty when a socket is given, and an IPv6 literal in brackets. Messages
+ * never quote the userinfo part.
+ */
+static int my_parse_url(const char *url, struct my_conninfo *ci, char *err, size_t errsz)
+{
+	const char *p, *auth_end, *at, *hp, *host_end, *path, *query;
+	int r = -EINVAL;
+
+	memset(ci, 0, sizeof(*ci));
+	p = strstr(url, "://");
+	if (!p) {
+		snprintf(err, errsz, "mysql URL: expected mysql://host/database");
+		goto out;
+	}
+	p += 3;
+	auth_end = p + strcspn(p, "/?#");
+	if (*auth_end != '/') {
+		snprintf(err, errsz, "mysql URL: no database name (expected mysql://host/database)");
+		goto out;
+	}
+
+	/* userinfo: the last '@' before the path (passwords may hold '@' only encoded) */
+	at = NULL;
+	for (const char *c = p; c < auth_end; c++)
+		if (*c == '@')
+			at = c;
+	hp = p;
+	if (at) {
+		const char *colon = memchr(p, ':', (size_t)(at - p));
+
+		r = my_pct_decode(p, (size_t)((colon ? colon : at) - p), &ci->user);
+		if (r == 0 && colon)
+			r = my_pct_decode(colon + 1, (size_t)(at - colon - 1), &ci->password);
+		if (r < 0) {
+			snprintf(err, errsz, "mysql URL: bad percent-escape in user or password");
+			goto out;
+		}
+		if (ci->user[0] == '\0') {
+			free(ci->user);
+			ci->user = NULL;
+		}
+		hp = at + 1;
+	}
+
+	/* host[:port] or [v6]:port */
+	if (*hp == '[') {
+		const char *rb = memchr(hp, ']', (size_t)(auth_end - hp));
+
+		if (!rb) {
+			r = -EINVAL;
+			snprintf(err, errsz, "mysql URL: unterminated '[' in host");
+			goto out;
+		}
+		r = my_pct_decode(hp + 1, (size_t)(rb - hp - 1), &ci->host);
+		host_end = rb + 1;
+		if (host_end < auth_end && *host_end != ':') {
+			r = -EINVAL;
+			snprintf(err, errsz, "mysql URL: unexpected text after ']' in host");
+			goto out;
+		}
+	} else {
+		host_end = memchr(hp, ':', (size_t)(auth_end - hp));
+		if (!host_end)
+			host_end = auth_end;
+		r = my_pct_decode(hp, (size_t)(host_end - hp), &ci->host);
+	}
+	if (r < 0) {
+		snprintf(err, errsz, "mysql URL: bad percent-escape in host");
+		goto out;
+	}
+	if (host_end < auth_end && *host_end == ':') {
+		char portbuf[8];
+		size_t plen = (size_t)(auth_end - host_end - 1);
+
+		if (plen == 0 || plen >= sizeof(portbuf)) {
+			r = -EINVAL;
+			snprintf(err, errsz, "mysql URL: port must be 1..65535");
+			goto out;
+		}
+		memcpy(portbuf, host_end + 1, plen);
+		portbuf[plen] = '\0';
+		if (!my_parse_uint(portbuf, 1, 65535, &ci->port)) {
+			r = -EINVAL;
+			snprintf(err, errsz, "mysql URL: port must be 1..65535, got \"%s\"", portbuf);
+			goto out;
+		}
+	}
+
+	/* /database[?query] */
+	path = auth_end + 1;
+	query = path + strcspn(path, "?#");
+	if (*query == '#') {
+		r = -EINVAL;
+		snprintf(err, errsz, "mysql URL: fragments ('#') are not allowed");
+		goto out;
+	}
+	r = my_pct_decode(path, (size_t)(query - path), &ci->database);
+	if (r < 0) {
+		snprintf(err, errsz, "mysql URL: bad percent-escape in database name");
+		goto out;
+	}
+	if (ci->database[0] == '\0' || strchr(ci->database, '/')) {
+		r = -EINVAL;
+		snprintf(err, errsz, "mysql URL: no database name (expected mysql://host/database)");
+		goto out;
+	}
+	if (*query == '?') {
+		r = my_parse_query(ci, query + 1, err, errsz);
+		if (r < 0)
+			goto out;
+	}
+	if (ci->host[0] == '\0' && !ci->socket) {
+		r = -EINVAL;
+		snprintf(err, errsz, "mysql URL: no host (and no socket parameter)");
+		goto out;
+	}
+	r = 0;
+out:
+	if (r < 0)
+		my_conninfo_free(ci);
+	return r;
+}
+
+/* ==== Connection ==== */
+
+static void my_disconnect(struct store_mysql *m)
+{
+	if (m->ins_stmt) {
+		mysql_stmt_close(m->ins_stmt);
+		m->ins_stmt = NULL;
+	}
+	if (m->conn) {
+		mysql_close(m->conn);
+		m->conn = NULL;
+	}
+	m->can_bulk = false;
+}
+
+static int my_set_options(struct store_mysql *m)
+{
+	const struct my_conninfo *ci = &m->ci;
+	unsigned int ct = ci->connect_timeout, rw = MY_RW_TIMEOUT;
+	my_bool off = 0, on = 1;
+	int r = 0;
+
+	r |= mysql_optionsv(m->conn, MYSQL_OPT_CONNECT_TIMEOUT, &ct);
+	r |= mysql_optionsv(m->conn, MYSQL_OPT_READ_TIMEOUT, &rw);
+	r |= mysql_optionsv(m->conn, MYSQL_OPT_WRITE_TIMEOUT, &rw);
+	r |= mysql_optionsv(m->conn, MYSQL_SET_CHARSET_NAME, "utf8mb4");
+	/* a silent reconnect would lose the open transaction */
+	r |= mysql_optionsv(m->conn, MYSQL_OPT_RECONNECT, &off);
+	r |= mysql_optionsv(m->conn, MYSQL_OPT_LOCAL_INFILE, &off);
+
+	if (ci->ssl_mode == MY_SSL_DISABLED) {
+		r |= mysql_optionsv(m->conn, MYSQL_OPT_SSL_ENFORCE, &off);
+		r |= mysql_optionsv(m->conn, MYSQL_OPT_SSL_VERIFY_SERVER_CERT, &off);
+	} else {
+		/* Any TLS option makes the connector try TLS, falling back to plain. */
+		r |= mysql_optionsv(m->conn, MYSQL_OPT_SSL_ENFORCE, &on);
+		if (ci->ssl_ca)
+			r |= mysql_optionsv(m->conn, MYSQL_OPT_SSL_CA, ci->ssl_ca);
+		if (ci->ssl_capath)
+			r |= mysql_optionsv(m->conn, MYSQL_OPT_SSL_CAPATH, ci->ssl_capath);
+		if (ci->ssl_cert)
+			r |= mysql_optionsv(m->conn, MYSQL_OPT_SSL_CERT, ci->ssl_cert);
+		if (ci->ssl_key)
+			r |= mysql_optionsv(m->conn, MYSQL_OPT_SSL_KEY, ci->ssl_key);
+		if (ci->ssl_cipher)
+			r |= mysql_optionsv(m->conn, MYSQL_OPT_SSL_CIPHER, ci->ssl_cipher);
+		if (ci->ssl_mode >= MY_SSL_VERIFY_CA)
+			r |= mysql_optionsv(m->conn, MYSQL_OPT_SSL_VERIFY_SERVER_CERT, &on);
+		else
+			r |= mysql_optionsv(m->conn, MYSQL_OPT_SSL_VERIFY_SERVER_CERT, &off);
+	}
+	if (r != 0) {
+		my_seterr(m, "cannot set MySQL client options");
+		return -EINVAL;
+	}
+	return 0;
+}
+
+static int my_connect(struct store_mysql *m)
+{
+	const struct my_conninfo *ci = &m->ci;
+	const char *host;
+	int r;
+
+	my_disconnect(m);
+	m->conn = mysql_init(NULL);
+	if (!m->conn) {
+		my_seterr(m, "mysql_init: out of memory");
+		return -ENOMEM;
+	}
+	r = my_set_options(m);
+	if (r < 0)
+		goto out;
+
+	host = ci->host && ci->host[0] ? ci->host : "localhost";
+	if (!mysql_real_connect(m->conn, host, ci->user, ci->password, ci->database,
+				ci->port, ci->socket, 0)) {
+		char what[320];
+
+		snprintf(what, sizeof(what), "connect to MySQL server %.100s%s%.100s",
+			 ci->socket ? "socket " : "",
+			 ci->socket ? "" : host, ci->socket ? ci->socket : "");
+		r = my_fail(m, what);
+		/* unreachable server: retry later; refused (access, database): -EIO */
+		if (r != -ENOTCONN)
+			r = -EIO;
+		goto out;
+	}
+	if (ci->ssl_mode >= MY_SSL_REQUIRED && !mysql_get_ssl_cipher(m->conn)) {
+		my_seterr(m, "connect to MySQL server %.100s: ssl-mode requires TLS but the "
+			  "server did not negotiate it", host);
+		r = -EIO;
+		goto out;
+	}
+	r = my_query_str(m, "set session sql_mode/time_zone",
+			 "SET SESSION sql_mode = 'STRICT_ALL_TABLES,NO_ENGINE_SUBSTITUTION', "
+			 "SESSION time_zone = '+00:00'");
+	if (r < 0)
+		goto out;
+	r = my_query_str(m, "set session isolation level",
+			 "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED");
+	if (r < 0)
+		goto out;
+	{
+		unsigned long caps = 0, ext = 0;
+
+		/* MARIADB_STMT_BULK_SUPPORTED(), without needing a statement */
+		if (mariadb_get_infov(m->conn, MARIADB_CONNECTION_SERVER_CAPABILITIES, &caps) == 0 &&
+		    mariadb_get_infov(m->conn, MARIADB_CONNECTION_EXTENDED_SERVER_CAPABILITIES,
+				      &ext) == 0)
+			m->can_bulk = !(caps & CLIENT_MYSQL) &&
+				      (ext & (MARIADB_CLIENT_STMT_BULK_OPERATIONS >> 32));
+	}
+	r = 0;
+out:
+	if (r < 0) {
+		if (m->conn) {
+			mysql_close(m->conn);
+			m->conn = NULL;
+		}
+		m->can_bulk = false;
+	}
+	return r;
+}
+
+static void my_close(struct store *s)
+{
+	struct store_mysql *m;
+
+	if (!s)
+		return;
+	m = my_of(s);
+	my_disconnect(m);
+	my_conninfo_free(&m->ci);
+	free(m->bulk);
+	free(m->sql);
+	free(m);
+}
+
+static int my_open(const struct store_params *p, struct store **ret, char *err, size_t errsz)
+{
+	struct store_mysql *m;
+	int r;
+
+	m = calloc(1, sizeof(*m));
+	if (!m) {
+		snprintf(err, errsz, "out of memory");
+		return -ENOMEM;
+	}
+	m->base.ops = &store_mysql_ops;
+	r = my_parse_url(p->url, &m->ci, err, errsz);
+	if (r < 0) {
+		free(m);
+		return r;
+	}
+	if (p->password) {
+		my_free_secret(m->ci.password);
+		m->ci.password = strdup(p->password);
+		if (!m->ci.password) {
+			r = -ENOMEM;
+			snprintf(err, errsz, "out of memory");
+			goto out;
+		}
+	}
+	if (m->ci.connect_timeout == 0)
+		m->ci.connect_timeout = p->connect_timeout > 0 ? (unsigned int)p->connect_timeout
+							       : MY_DEFAULT_CONNECT_TIMEOUT;
+	m->sql = malloc(MY_SQL_MAX);
+	if (!m->sql) {
+		r = -ENOMEM;
+		snprintf(err, errsz, "out of memory");
+		goto out;
+	}
+	my_sql_reset(m);
+	r = my_connect(m);
+	if (r < 0) {
+		snprintf(err, errsz, "%s", m->base.errmsg);
+		goto out;
+	}
+	*ret = &m->base;
+	r = 0;
+out:
+	if (r < 0)
+		my_close(&m->base);
+	return r;
+}
+
+static int my_reconnect(struct store *s)
+{
+	struct store_mysql *m = my_of(s);
+
+	m->base.errmsg[0] = '\0';
+	return my_connect(m);
+}
+
+/* ==== Transactions ==== */
+
+static int my_exec(struct store *s, const char *sql)
+{
+	return my_query_str(my_of(s), "statement", sql);
+}
+
+static int my_begin(struct store *s)
+{
+	return my_query_str(my_of(s), "START TRANSACTION", "START TRANSACTION");
+}
+
+static int my_commit(struct store *s)
+{
+	return my_query_str(my_of(s), "COMMIT", "COMMIT");
+}
+
+static int my_rollback(struct store *s)
+{
+	return my_query_str(my_of(s), "ROLLBACK", "ROLLBACK");
+}
+
+/* ==== Schema ==== */
+
+/* The value of a one-row, one-column query into *ret (-1 if NULL, no row). */
+static int my_select_i64(struct store_mysql *m, const char *what, const char *sql, int64_t *ret)
+{
+	MYSQL_RES *res;
+	MYSQL_ROW row;
+	unsigned long *lens;
+	int r;
+
+	r = my_select(m, what, sql, strlen(sql), 1, &res);
+	if (r < 0)
+		return r;
+	*ret = -1;
+	row = mysql_fetch_row(res);
+	if (row && row[0]) {
+		lens = mysql_fetch_lengths(res);
+		if (!my_parse_i64(row[0], lens[0], ret)) {
+			my_seterr(m, "%s: unexpected value \"%.*s\"", what,
+				  (int)(lens[0] > 40 ? 40 : lens[0]), row[0]);
+			r = -EIO;
+		}
+	}
+	mysql_free_result(res);
+	return r;
+}
+
+static const char my_create_fee[] =
+	"CREATE TABLE IF NOT EXISTS fee ("
+	" ticket BIGINT NOT NULL PRIMARY KEY,"
+	" login BIGINT NOT NULL,"
+	" volume DECIMAL(19,8) NOT NULL,"
+	" status CHAR(1) NOT NULL DEFAULT 'N',"
+	" fee DECIMAL(20,2) NULL,"
+	" received_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),"
+	" settled_at DATETIME(6) NULL,"
+	" CONSTRAINT fee_volume_nonneg CHECK (volume >= 0),"
+	" KEY fee_status_ticket (status, ticket)"
+	") ENGINE=InnoDB DEFAULT CHARSET=utf8mb4";
+
+static const char my_create_rate[] =
+	"CREATE TABLE IF NOT EXISTS fee_rate ("
+	" login BIGINT NOT NULL PRIMARY KEY,"
+	" rate DECIMAL(19,8) NOT NULL"
+	") ENGINE=InnoDB DEFAULT CHARSET=utf8mb4";
+
+static const char my_create_reject[] =
+	"CREATE TABLE IF NOT EXISTS fee_reject ("
+	" id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY,"
+	" received_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),"
+	" endpoint TEXT NOT NULL,"
+	" reason TEXT NOT NULL,"
+	" body LONGBLOB NOT NULL"
+	") ENGINE=InnoDB DEFAULT CHARSET=utf8mb4";
+
+static const char my_create_schema[] =
+	"CREATE TABLE IF NOT EXISTS feed_schema ("
+	" version INT NOT NULL"
+	") ENGINE=InnoDB";
+
+/* Columns a classic fee table may lack, and how to add each. */
+static const struct {
+	const char *name;
+	const char *ddl;
+} my_fee_addcols[] = {
+	{ "status", "ALTER TABLE fee ADD COLUMN status CHAR(1) NOT NULL DEFAULT 'N'" },
+	{ "fee", "ALTER TABLE fee ADD COLUMN fee DECIMAL(20,2) NULL" },
+	{ "received_at", "ALTER TABLE fee ADD COLUMN received_at DATETIME(6) NOT NULL "
+			 "DEFAULT CURRENT_TIMESTAMP(6)" },
+	{ "settled_at", "ALTER TABLE fee ADD COLUMN settled_at DATETIME(6) NULL" },
+};
+
+/*
+ * Brings an existing fee table to the current layout. Each step checks the
+ * catalog first, so a rerun (or a second instance after us) does nothing.
+ * DDL commits implicitly in MySQL: there is no transaction to roll back.
+ */
+static int my_adopt_fee(struct store_mysql *m)
+{
+	char sql[512];
+	int64_t v;
+	int r;
+
+	for (size_t i = 0; i < sizeof(my_fee_addcols) / sizeof(my_fee_addcols[0]); i++) {
+		snprintf(sql, sizeof(sql),
+			 "SELECT COUNT(*) FROM information_schema.columns WHERE "
+			 "table_schema = DATABASE() AND table_name = 'fee' AND column_name = '%s'",
+			 my_fee_addcols[i].name);
+		r = my_select_i64(m, "look up fee columns", sql, &v);
+		if (r < 0)
+			return r;
+		if (v > 0)
+			continue;
+		snprintf(sql, sizeof(sql), "add column fee.%s", my_fee_addcols[i].name);
+		r = my_query_str(m, sql, my_fee_addcols[i].ddl);
+		if (r < 0)
+			return r;
+	}
+
+	/* A unique index on exactly (ticket)? */
+	r = my_select_i64(m, "look up fee indexes",
+			  "SELECT COUNT(*) FROM (SELECT index_name FROM information_schema.statistics"
+			  " WHERE table_schema = DATABASE() AND table_name = 'fee'"
+			  " AND non_unique = 0 GROUP BY index_name"
+			  " HAVING COUNT(*) = 1 AND MAX(column_name) = 'ticket') u", &v);
+	if (r < 0)
+		return r;
+	if (v == 0) {
+		r = my_select_i64(m, "check fee for duplicate tickets",
+				  "SELECT COUNT(*) FROM (SELECT ticket FROM fee GROUP BY ticket"
+				  " HAVING COUNT(*) > 1) d", &v);
+		if (r < 0)
+			return r;
+		if (v > 0) {
+			my_seterr(m, "cannot add a unique key on fee.ticket: %" PRId64 " ticket(s) "
+				  "occur more than once; list them with SELECT ticket FROM fee "
+				  "GROUP BY ticket HAVING COUNT(*) > 1 and resolve them by hand "
+				  "(feed never deletes rows)", v);
+			return -EIO;
+		}
+		r = my_select_i64(m, "look up fee primary key",
+				  "SELECT COUNT(*) FROM information_schema.table_constraints"
+				  " WHERE table_schema = DATABASE() AND table_name = 'fee'"
+				  " AND constraint_type = 'PRIMARY KEY'", &v);
+		if (r < 0)
+			return r;
+		r = my_query_str(m, "add a unique key on fee.ticket",
+				 v > 0 ? "ALTER TABLE fee ADD UNIQUE KEY fee_ticket (ticket)"
+				       : "ALTER TABLE fee ADD PRIMARY KEY (ticket)");
+		if (r < 0)
+			return r;
+	}
+
+	/* The index behind WHERE status = 'N' ORDER BY ticket. */
+	r = my_select_i64(m, "look up fee indexes",
+			  "SELECT COUNT(*) FROM information_schema.statistics"
+			  " WHERE table_schema = DATABASE() AND table_name = 'fee'"
+			  " AND index_name = 'fee_status_ticket'", &v);
+	if (r < 0)
+		return r;
+	if (v == 0) {
+		r = my_query_str(m, "add index fee_status_ticket",
+				 "ALTER TABLE fee ADD INDEX fee_status_ticket (status, ticket)");
+		if (r < 0)
+			return r;
+	}
+	return 0;
+}
+
+static int my_migrate_locked(struct store_mysql *m)
+{
+	int64_t v;
+	int r;
+
+	r = my_select_i64(m, "look up table fee",
+			  "SELECT COUNT(*) FROM information_schema.tables"
+			  " WHERE table_schema = DATABASE() AND table_name = 'fee'", &v);
+	if (r < 0)
+		return r;
+	r = v > 0 ? my_adopt_fee(m) : my_query_str(m, "create table fee", my_create_fee);
+	if (r < 0)
+		return r;
+	r = my_query_str(m, "create table fee_rate", my_create_rate);
+	if (r < 0)
+		return r;
+	r = my_query_str(m, "create table fee_reject", my_create_reject);
+	if (r < 0)
+		return r;
+	r = my_query_str(m, "create table feed_schema", my_create_schema);
+	if (r < 0)
+		return r;
+
+	r = my_query_str(m, "START TRANSACTION", "START TRANSACTION");
+	if (r < 0)
+		return r;
+	r = my_select_i64(m, "read feed_schema",
+			  "SELECT MAX(version) FROM feed_schema FOR UPDATE", &v);
+	if (r < 0)
+		goto out;
+	if (v > STORE_SCHEMA_VERSION) {
+		my_seterr(m, "database schema version %" PRId64 " is newer than this feed "
+			  "understands (%d)", v, STORE_SCHEMA_VERSION);
+		r = -EPROTO;
+		goto out;
+	}
+	if (v < 0)
+		r = my_query_str(m, "record schema version",
+				 "INSERT INTO feed_schema (version) VALUES (1)");
+	else if (v < STORE_SCHEMA_VERSION)
+		r = my_query_str(m, "record schema version", "UPDATE feed_schema SET version = 1");
+	if (r < 0)
+		goto out;
+	r = my_query_str(m, "COMMIT", "COMMIT");
+out:
+	if (r < 0) {
+		char keep[sizeof(m->base.errmsg)];
+
+		memcpy(keep, m->base.errmsg, sizeof(keep));
+		my_query_str(m, "ROLLBACK", "ROLLBACK");
+		memcpy(m->base.errmsg, keep, sizeof(keep));
+	}
+	return r;
+}
+
+static int my_migrate(struct store *s)
+{
+	struct store_mysql *m = my_of(s);
+	int64_t got;
+	int r;
+
+	r = my_select_i64(m, "GET_LOCK('feed_migrate')", "SELECT GET_LOCK('feed_migrate', 30)",
+			  &got);
+	if (r < 0)
+		return r;
+	if (got != 1) {
+		my_seterr(m, "migrate: another feed held the lock 'feed_migrate' for 30 s");
+		return -EAGAIN;
+	}
+	r = my_migrate_locked(m);
+	if (m->conn) {
+		char keep[sizeof(m->base.errmsg)];
+
+		memcpy(keep, m->base.errmsg, sizeof(keep));
+		my_select_i64(m, "RELEASE_LOCK", "SELECT RELEASE_LOCK('feed_migrate')", &got);
+		if (r < 0)
+			memcpy(m->base.errmsg, keep, sizeof(keep));
+	}
+	return r;
+}
+
+/* ==== The batch primitives ==== */
+
+static int my_lookup(struct store *s, const int64_t *tickets, size_t n,
+		     struct store_row *rows, size_t *ret_n)
+{
+	struct store_mysql *m = my_of(s);
+	size_t got = 0;
+	int r = 0;
+
+	for (size_t i = 0; i < n; i += MY_LOOKUP_CHUNK) {
+		size_t end = n - i < MY_LOOKUP_CHUNK ? n : i + MY_LOOKUP_CHUNK;
+		MYSQL_RES *res;
+		MYSQL_ROW row;
+
+		my_sql_reset(m);
+		my_sql_add(m, "SELECT ticket, login, volume FROM fee WHERE ticket IN (");
+		for (size_t j = i; j < end; j++)
+			my_sql_add(m, "%s%" PRId64, j > i ? "," : "", tickets[j]);
+		my_sql_add(m, ")");
+		if (m->sql_full) {
+			my_seterr(m, "lookup: statement exceeds %d bytes", MY_SQL_MAX);
+			return -E2BIG;
+		}
+		r = my_select(m, "SELECT from fee", m->sql, m->sql_len, 3, &res);
+		if (r < 0)
+			return r;
+		while ((row = mysql_fetch_row(res))) {
+			unsigned long *len = mysql_fetch_lengths(res);
+			struct store_row *o = &rows[got];
+
+			if (got == n) {
+				my_seterr(m, "lookup: more rows than tickets; is fee.ticket "
+					  "unique?");
+				r = -EIO;
+				break;
+			}
+			if (!my_parse_i64(row[0], len[0], &o->ticket)) {
+				my_seterr(m, "lookup: unreadable ticket \"%.*s\" in fee",
+					  (int)(len[0] > 40 ? 40 : len[0]), row[0] ? row[0] : "");
+				r = -EIO;
+				break;
+			}
+			/* 0 is no valid login: an unreadable one can only conflict */
+			if (!my_parse_i64(row[1], len[1], &o->login))
+				o->login = 0;
+			o->volume = my_parse_amount(row[2], len[2]);
+			got++;
+		}
+		mysql_free_result(res);
+		if (r < 0)
+			return r;
+	}
+	*ret_n = got;
+	return 0;
+}
+
+/* Portable path: INSERT ... VALUES (...),(...) of at most MY_INSERT_CHUNK rows. */
+static int my_insert_multi(struct store_mysql *m, const struct record *recs, size_t n)
+{
+	char vol[DEC_STRMAX];
+	int r;
+
+	for (size_t i = 0; i < n; i += MY_INSERT_CHUNK) {
+		size_t end = n - i < MY_INSERT_CHUNK ? n : i + MY_INSERT_CHUNK;
+
+		my_sql_reset(m);
+		my_sql_add(m, "INSERT INTO fee (ticket, login, volume, status) VALUES ");
+		for (size_t j = i; j < end; j++) {
+			dec_format(recs[j].volume, DEC_SCALE, 0, vol);
+			my_sql_add(m, "%s(%" PRId64 ",%" PRId64 ",%s,'N')", j > i ? "," : "",
+				   recs[j].ticket, recs[j].login, vol);
+		}
+		r = my_query_buf(m, "INSERT into fee");
+		if (r < 0)
+			return r;
+	}
+	return 0;
+}
+
+/* MariaDB path: one prepared INSERT executed over arrays of MY_BULK_CHUNK rows. */
+static int my_insert_bulk(struct store_mysql *m, const struct record *recs, size_t n)
+{
+	static const char sql[] =
+		"INSERT INTO fee (ticket, login, volume, status) VALUES (?, ?, ?, 'N')";
+	MYSQL_BIND bind[3];
+	size_t rowsize = sizeof(struct my_bulkrow);
+	int r;
+
+	if (!m->bulk) {
+		m->bulk = calloc(MY_BULK_CHUNK, sizeof(*m->bulk));
+		if (!m->bulk) {
+			my_seterr(m, "INSERT into fee: out of memory");
+			return -ENOMEM;
+		}
+	}
+	if (!m->ins_stmt) {
+		m->ins_stmt = mysql_stmt_init(m->conn);
+		if (!m->ins_stmt)
+			return my_fail(m, "prepare INSERT into fee");
+		if (mysql_stmt_prepare(m->ins_stmt, sql, sizeof(sql) - 1) != 0) {
+			r = my_stmt_fail(m, m->ins_stmt, "prepare INSERT into fee");
+			mysql_stmt_close(m->ins_stmt);
+			m->ins_stmt = NULL;
+			return r;
+		}
+	}
+	memset(bind, 0, sizeof(bind));
+	bind[0].buffer_type = MYSQL_TYPE_LONGLONG;
+	bind[0].buffer = &m->bulk[0].ticket;
+	bind[1].buffer_type = MYSQL_TYPE_LONGLONG;
+	bind[1].buffer = &m->bulk[0].login;
+	bind[2].buffer_type = MYSQL_TYPE_NEWDECIMAL;
+	bind[2].buffer = m->bulk[0].vol;
+	bind[2].length = &m->bulk[0].vol_len;
+
+	for (size_t i = 0; i < n; i += MY_BULK_CHUNK) {
+		unsigned int cnt = (unsigned int)(n - i < MY_BULK_CHUNK ? n - i : MY_BULK_CHUNK);
+
+		for (unsigned int j = 0; j < cnt; j++) {
+			struct my_bulkrow *b = &m->bulk[j];
+
+			b->ticket = recs[i + j].ticket;
+			b->login = recs[i + j].login;
+			b->vol_len = dec_format(recs[i + j].volume, DEC_SCALE, 0, b->vol);
+		}
+		if (mysql_stmt_attr_set(m->ins_stmt, STMT_ATTR_ARRAY_SIZE, &cnt) != 0 ||
+		    mysql_stmt_attr_set(m->ins_stmt, STMT_ATTR_ROW_SIZE, &rowsize) != 0 ||
+		    mysql_stmt_bind_param(m->ins_stmt, bind) != 0)
+			return my_stmt_fail(m, m->ins_stmt, "bind INSERT into fee");
+		if (mysql_stmt_execute(m->ins_stmt) != 0)
+			return my_stmt_fail(m, m->ins_stmt, "INSERT into fee");
+	}
+	return 0;
+}
+
+static int my_insert(struct store *s, const struct record *recs, size_t n)
+{
+	struct store_mysql *m = my_of(s);
+	int r;
+
+	r = my_need_conn(m);
+	if (r < 0 || n == 0)
+		return r;
+	if (m->can_bulk && !getenv("MY_NOBULK"))
+		return my_insert_bulk(m, recs, n);
+	return my_insert_multi(m, recs, n);
+}
+
+static int my_insert_one_reject(struct store_mysql *m, MYSQL_STMT *st,
+				const struct store_reject *rj)
+{
+	static const char empty[1];
+	MYSQL_BIND bind[3];
+	unsigned long elen = strlen(rj->endpoint), rlen = strlen(rj->reason);
+	unsigned long blen = (unsigned long)rj->len;
+	bool longdata = rj->len > MY_LONGDATA_CHUNK;
+
+	memset(bind, 0, sizeof(bind));
+	bind[0].buffer_type = MYSQL_TYPE_STRING;
+	bind[0].buffer = (void *)rj->endpoint;
+	bind[0].length = &elen;
+	bind[1].buffer_type = MYSQL_TYPE_STRING;
+	bind[1].buffer = (void *)rj->reason;
+	bind[1].length = &rlen;
+	bind[2].buffer_type = MYSQL_TYPE_LONG_BLOB;
+	bind[2].buffer = rj->len ? (void *)rj->body : (void *)empty;
+	bind[2].length = &blen;
+	if (mysql_stmt_bind_param(st, bind) != 0)
+		return my_stmt_fail(m, st, "bind INSERT into fee_reject");
+	if (longdata) {
+		/* big bodies go in pieces, each well under max_allowed_packet */
+		for (size_t off = 0; off < rj->len; off += MY_LONGDATA_CHUNK) {
+			size_t len = rj->len - off < MY_LONGDATA_CHUNK ? rj->len - off
+								       : MY_LONGDATA_CHUNK;
+
+			if (mysql_stmt_send_long_data(st, 2, (const char *)rj->body + off,
+						      (unsigned long)len) != 0)
+				return my_stmt_fail(m, st, "send fee_reject body");
+		}
+	}
+	if (mysql_stmt_execute(st) != 0)
+		return my_stmt_fail(m, st, "INSERT into fee_reject");
+	return 0;
+}
+
+static int my_insert_rejects(struct store *s, const struct store_reject *rj, size_t n)
+{
+	static const char sql[] =
+		"INSERT INTO fee_reject (endpoint, reason, body) VALUES (?, ?, ?)";
+	struct store_mysql *m = my_of(s);
+	MYSQL_STMT *st = NULL;
+	int r;
+
+	r = my_need_conn(m);
+	if (r < 0 || n == 0)
+		return r;
+	st = mysql_stmt_init(m->conn);
+	if (!st)
+		return my_fail(m, "prepare INSERT into fee_reject");
+	if (mysql_stmt_prepare(st, sql, sizeof(sql) - 1) != 0) {
+		r = my_stmt_fail(m, st, "prepare INSERT into fee_reject");
+		goto out;
+	}
+	for (size_t i = 0; i < n; i++) {
+		r = my_insert_one_reject(m, st, &rj[i]);
+		if (r < 0)
+			goto out;
+	}
+	r = 0;
+out:
+	mysql_stmt_close(st);
+	return r;
+}
+
+static int my_fetch_unsettled(struct store *s, int64_t after, size_t max,
+			      struct store_settle *rows, size_t *ret_n)
+{
+	struct store_mysql *m = my_of(s);
+	MYSQL_RES *res;
+	MYSQL_ROW row;
+	size_t got = 0;
+	int r;
+
+	if (max == 0) {
+		*ret_n = 0;
+		return 0;
+	}
+	my_sql_reset(m);
+	my_sql_add(m, "SELECT f.ticket, f.login, f.volume, r.rate FROM fee f"
+		   " LEFT JOIN fee_rate r ON r.login = f.login"
+		   " WHERE f.status = 'N' AND f.ticket > %" PRId64
+		   " ORDER BY f.ticket LIMIT %zu", after, max);
+	r = my_select(m, "SELECT unsettled from fee", m->sql, m->sql_len, 4, &res);
+	if (r < 0)
+		return r;
+	while ((row = mysql_fetch_row(res))) {
+		unsigned long *len = mysql_fetch_lengths(res);
+		struct store_settle *o = &rows[got];
+
+		if (got == max) {
+			my_seterr(m, "fetch_unsettled: more than %zu rows; is "
+				  "fee_rate.login unique?", max);
+			r = -EIO;
+			goto out;
+		}
+		if (!my_parse_i64(row[0], len[0], &o->ticket)) {
+			my_seterr(m, "fetch_unsettled: unreadable ticket \"%.*s\" in fee",
+				  (int)(len[0] > 40 ? 40 : len[0]), row[0] ? row[0] : "");
+			r = -EIO;
+			goto out;
+		}
+		if (!my_parse_i64(row[1], len[1], &o->login))
+			o->login = 0;
+		o->volume = my_parse_amount(row[2], len[2]);
+		if (!row[3]) {
+			o->rate = -1;            /* no fee_rate row for the login */
+		} else {
+			o->rate = my_parse_amount(row[3], len[3]);
+			if (o->rate < 0)
+				o->rate = -2;
+		}
+		o->fee = 0;
+		got++;
+	}
+	*ret_n = got;
+	r = 0;
+out:
+	mysql_free_result(res);
+	return r;
+}
+
+/* One UPDATE per chunk: fee = CASE ticket WHEN ... END, only rows still 'N'. */
+static int my_settle(struct store *s, const struct store_settle *rows, size_t n)
+{
+	struct store_mysql *m = my_of(s);
+	char fee[DEC_STRMAX];
+	int r;
+
+	for (size_t i = 0; i < n; i += MY_SETTLE_CHUNK) {
+		size_t end = n - i < MY_SETTLE_CHUNK ? n : i + MY_SETTLE_CHUNK;
+
+		my_sql_reset(m);
+		my_sql_add(m, "UPDATE fee SET fee = CASE ticket");
+		for (size_t j = i; j < end; j++) {
+			dec_format(rows[j].fee, FEE_SCALE, FEE_SCALE, fee);
+			my_sql_add(m, " WHEN %" PRId64 " THEN %s", rows[j].ticket, fee);
+		}
+		my_sql_add(m, " END, status = 'Y', settled_at = CURRENT_TIMESTAMP(6)"
+			   " WHERE status = 'N' AND ticket IN (");
+		for (size_t j = i; j < end; j++)
+			my_sql_add(m, "%s%" PRId64, j > i ? "," : "", rows[j].ticket);
+		my_sql_add(m, ")");
+		r = my_query_buf(m, "UPDATE fee (settle)");
+		if (r < 0)
+			return r;
+	}
+	return 0;
+}
+
+static const char *const my_schemes[] = { "mysql", "mariadb", NULL };
+
+const struct store_ops store_mysql_ops = {
+	.version = STORE_OPS_VERSION,
+	.name = "mysql",
+	.schemes = my_schemes,
+	.open = my_open,
+	.close = my_close,
+	.reconnect = my_reconnect,
+	.migrate = my_migrate,
+	.exec = my_exec,
+	.begin = my_begin,
+	.commit = my_commit,
+	.rollback = my_rollback,
+	.lookup = my_lookup,
+	.insert = my_insert,
+	.insert_rejects = my_insert_rejects,
+	.fetch_unsettled = my_fetch_unsettled,
+	.settle = my_settle,
+};

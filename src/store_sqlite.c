@@ -1,0 +1,825 @@
+/*
+ * store_sqlite.c - the SQLite backend: store_sqlite_ops, URL sqlite:///path.
+ *
+ * One struct store_sqlite is one sqlite3 handle on one database file, in WAL
+ * mode, used by one thread at a time (a writer thread or the settle thread).
+ * It owns the handle and its prepared statements, which are prepared on first
+ * use with SQLITE_PREPARE_PERSISTENT and reused for every batch after that.
+ * Concurrent writers (other connections, other feed processes) are
+ * serialised by SQLite's write lock: begin() is BEGIN IMMEDIATE and waits up
+ * to SQ_BUSY_MS for it; after that the caller gets -EAGAIN.
+ *
+ * Volume, rate and fee are stored as TEXT ("1.25", "9.38"): a DECIMAL or
+ * NUMERIC declared type would give the column NUMERIC affinity and turn the
+ * values into binary floating point.
+ */
+#include <errno.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <unistd.h>
+
+#include <sqlite3.h>
+
+#include "decimal.h"
+#include "store.h"
+
+#define SQ_BUSY_MS 5000
+#define SQ_PREFIX "sqlite://"
+#define SQ_NOW "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')"
+
+/* The statements of the batch protocol, prepared once per connection. */
+enum sq_stmt_id {
+	SQ_BEGIN,
+	SQ_COMMIT,
+	SQ_ROLLBACK,
+	SQ_LOOKUP,
+	SQ_INSERT,
+	SQ_REJECT,
+	SQ_FETCH,
+	SQ_SETTLE,
+	SQ_NSTMT
+};
+
+static const struct {
+	const char *what;       /* for error messages */
+	const char *sql;
+} sq_stmt_sql[SQ_NSTMT] = {
+	[SQ_BEGIN] = { "BEGIN IMMEDIATE", "BEGIN IMMEDIATE" },
+	[SQ_COMMIT] = { "COMMIT", "COMMIT" },
+	[SQ_ROLLBACK] = { "ROLLBACK", "ROLLBACK" },
+	[SQ_LOOKUP] = { "SELECT from fee",
+		"SELECT ticket, login, volume FROM fee WHERE ticket = ?1" },
+	/* received_at is explicit: an adopted table's column has no default. */
+	[SQ_INSERT] = { "INSERT into fee",
+		"INSERT INTO fee (ticket, login, volume, status, received_at) "
+		"VALUES (?1, ?2, ?3, 'N', " SQ_NOW ")" },
+	[SQ_REJECT] = { "INSERT into fee_reject",
+		"INSERT INTO fee_reject (received_at, endpoint, reason, body) "
+		"VALUES (" SQ_NOW ", ?1, ?2, ?3)" },
+	/* "status = 'N'" literally, so that the partial index fee_unsettled applies. */
+	[SQ_FETCH] = { "SELECT unsettled from fee",
+		"SELECT f.ticket, f.login, f.volume, r.rate FROM fee AS f "
+		"LEFT JOIN fee_rate AS r ON r.login = f.login "
+		"WHERE f.status = 'N' AND f.ticket > ?1 ORDER BY f.ticket LIMIT ?2" },
+	[SQ_SETTLE] = { "UPDATE fee (settle)",
+		"UPDATE fee SET fee = ?2, status = 'Y', settled_at = " SQ_NOW " "
+		"WHERE ticket = ?1 AND status = 'N'" },
+};
+
+struct store_sqlite {
+	struct store base;                      /* first: the caller's view */
+	sqlite3 *db;
+	char *path;
+	enum store_durability durability;
+	sqlite3_stmt *stmt[SQ_NSTMT];           /* NULL until first use */
+};
+
+static struct store_sqlite *sq_of(struct store *s)
+{
+	return (struct store_sqlite *)s;
+}
+
+/* ==== Errors ==== */
+
+/* Maps an (extended) SQLite result code onto store.h's error classes. */
+static int sq_errno(int rc)
+{
+	switch (rc) {
+	case SQLITE_CONSTRAINT_PRIMARYKEY:
+	case SQLITE_CONSTRAINT_UNIQUE:
+		return -EEXIST;
+	}
+	switch (rc & 0xff) {
+	case SQLITE_BUSY:
+	case SQLITE_LOCKED:
+		return -EAGAIN;
+	case SQLITE_CONSTRAINT:
+	case SQLITE_TOOBIG:
+	case SQLITE_MISMATCH:
+	case SQLITE_RANGE:
+		return -EINVAL;
+	case SQLITE_NOMEM:
+		return -ENOMEM;
+	case SQLITE_READONLY:
+		return -EROFS;
+	case SQLITE_FULL:
+		return -ENOSPC;
+	case SQLITE_PERM:
+	case SQLITE_AUTH:
+		return -EACCES;
+	case SQLITE_INTERRUPT:
+		return -EINTR;
+	default:                /* CANTOPEN, IOERR, NOTADB, CORRUPT, ERROR, ... */
+		return -EIO;
+	}
+}
+
+/*
+ * Fills errmsg with "sqlite: <what>: <SQLite's message>" (plus the OS error
+ * when SQLite has one) and returns the errno for rc. Call right after the
+ * failing call, before anything else touches the handle.
+ */
+__attribute__((format(printf, 3, 4)))
+static int sq_fail(struct store_sqlite *q, int rc, const char *fmt, ...)
+{
+	char what[256], ebuf[128];
+	const char *msg = q->db ? sqlite3_errmsg(q->db) : sqlite3_errstr(rc);
+	int sys = q->db ? sqlite3_system_errno(q->db) : 0;
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(what, sizeof(what), fmt, ap);
+	va_end(ap);
+	if (sys != 0 && ((rc & 0xff) == SQLITE_CANTOPEN || (rc & 0xff) == SQLITE_IOERR ||
+			 (rc & 0xff) == SQLITE_FULL))
+		snprintf(q->base.errmsg, sizeof(q->base.errmsg), "sqlite: %s: %s (%s)", what,
+			 msg, strerror_r(sys, ebuf, sizeof(ebuf)));
+	else
+		snprintf(q->base.errmsg, sizeof(q->base.errmsg), "sqlite: %s: %s (%s)", what,
+			 msg, sqlite3_errstr(rc));
+	return sq_errno(rc);
+}
+
+/* ==== Statements ==== */
+
+static int sq_stmt(struct store_sqlite *q, enum sq_stmt_id id, sqlite3_stmt **ret)
+{
+	int rc;
+
+	if (!q->db) {
+		snprintf(q->base.errmsg, sizeof(q->base.errmsg),
+			 "sqlite: %s: not connected to %s (reconnect failed)", sq_stmt_sql[id].what,
+			 q->path);
+		return -ENOTCONN;
+	}
+	if (!q->stmt[id]) {
+		rc = sqlite3_prepare_v3(q->db, sq_stmt_sql[id].sql, -1, SQLITE_PREPARE_PERSISTENT,
+					&q->stmt[id], NULL);
+		if (rc != SQLITE_OK) {
+			q->stmt[id] = NULL;
+			return sq_fail(q, rc, "preparing %s", sq_stmt_sql[id].what);
+		}
+	}
+	*ret = q->stmt[id];
+	return 0;
+}
+
+static void sq_finalize_all(struct store_sqlite *q)
+{
+	for (size_t i = 0; i < SQ_NSTMT; i++) {
+		sqlite3_finalize(q->stmt[i]);
+		q->stmt[i] = NULL;
+	}
+}
+
+/* Runs a prepared statement that returns no rows. */
+static int sq_run(struct store_sqlite *q, enum sq_stmt_id id)
+{
+	sqlite3_stmt *st;
+	int r, rc;
+
+	r = sq_stmt(q, id, &st);
+	if (r < 0)
+		return r;
+	rc = sqlite3_step(st);
+	r = rc == SQLITE_DONE ? 0 : sq_fail(q, rc, "%s", sq_stmt_sql[id].what);
+	sqlite3_reset(st);
+	return r;
+}
+
+/* Runs ad-hoc SQL (one or more statements); what names it in errors. */
+static int sq_exec_sql(struct store_sqlite *q, const char *sql, const char *what)
+{
+	int rc;
+
+	if (!q->db) {
+		snprintf(q->base.errmsg, sizeof(q->base.errmsg),
+			 "sqlite: %s: not connected to %s (reconnect failed)", what, q->path);
+		return -ENOTCONN;
+	}
+	rc = sqlite3_exec(q->db, sql, NULL, NULL, NULL);
+	if (rc != SQLITE_OK)
+		return sq_fail(q, rc, "%s", what);
+	return 0;
+}
+
+/*
+ * A stored decimal as DEC_SCALE units, or -1 if it is NULL, negative or not
+ * an exact decimal feed can read. Adopted classic tables may hold INTEGER or
+ * REAL values; REAL is read through SQLite's text rendering of it.
+ */
+static int64_t sq_column_dec(sqlite3_stmt *st, int col)
+{
+	const char *txt;
+	int64_t v;
+	int len;
+
+	switch (sqlite3_column_type(st, col)) {
+	case SQLITE_NULL:
+		return -1;
+	case SQLITE_INTEGER:
+		v = sqlite3_column_int64(st, col);
+		if (v < 0 || v > INT64_MAX / DEC_ONE)
+			return -1;
+		return v * DEC_ONE;
+	default:
+		txt = (const char *)sqlite3_column_text(st, col);
+		len = sqlite3_column_bytes(st, col);
+		if (!txt || dec_parse(txt, (size_t)len, DEC_SCALE, DEC_LENIENT, &v, NULL) < 0 || v < 0)
+			return -1;
+		return v;
+	}
+}
+
+/* ==== Connection ==== */
+
+/* The path of a sqlite:///absolute/path URL, or NULL if url has another form. */
+static const char *sq_url_path(const char *url)
+{
+	size_t plen = strlen(SQ_PREFIX);
+	const char *path;
+
+	if (!url || strncasecmp(url, SQ_PREFIX, plen) != 0)
+		return NULL;
+	path = url + plen;
+	if (path[0] != '/' || path[1] == '\0' || path[strlen(path) - 1] == '/')
+		return NULL;
+	if (strlen(path) >= PATH_MAX || strpbrk(path, "?#"))
+		return NULL;
+	return path;
+}
+
+/*
+ * WAL creates path-wal and path-shm next to the database, so the directory
+ * itself must be writable, not only the file.
+ */
+static int sq_check_dir(struct store_sqlite *q)
+{
+	char dir[PATH_MAX], ebuf[128];
+	char *slash;
+	int e;
+
+	snprintf(dir, sizeof(dir), "%s", q->path);
+	slash = strrchr(dir, '/');
+	if (slash == dir)
+		slash[1] = '\0';
+	else if (slash)
+		*slash = '\0';
+	if (access(dir, W_OK | X_OK) == 0)
+		return 0;
+	e = errno;
+	snprintf(q->base.errmsg, sizeof(q->base.errmsg),
+		 "sqlite: cannot use %.300s: directory %.*s is not writable (WAL creates "
+		 "-wal and -shm files next to the database): %s", q->path,
+		 (int)(strlen(dir) > 100 ? 100 : strlen(dir)), dir, strerror_r(e, ebuf, sizeof(ebuf)));
+	return -e;
+}
+
+/* Reads one text row from a statement that should return one (a PRAGMA). */
+static int sq_query_text(struct store_sqlite *q, const char *sql, const char *what,
+			 char *buf, size_t size)
+{
+	sqlite3_stmt *st = NULL;
+	int r = 0, rc;
+
+	rc = sqlite3_prepare_v2(q->db, sql, -1, &st, NULL);
+	if (rc != SQLITE_OK) {
+		r = sq_fail(q, rc, "%s: %s", q->path, what);
+		goto out;
+	}
+	rc = sqlite3_step(st);
+	if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
+		r = sq_fail(q, rc, "%s: %s", q->path, what);
+		goto out;
+	}
+	snprintf(buf, size, "%s", rc == SQLITE_ROW && sqlite3_column_text(st, 0) ?
+		 (const char *)sqlite3_column_text(st, 0) : "");
+out:
+	sqlite3_finalize(st);
+	return r;
+}
+
+/* Opens q->path and sets the connection up; on failure q->db may be left open. */
+static int sq_connect(struct store_sqlite *q)
+{
+	char mode[32];
+	int r, rc;
+
+	r = sq_check_dir(q);
+	if (r < 0)
+		return r;
+	rc = sqlite3_open_v2(q->path, &q->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE |
+			     SQLITE_OPEN_NOMUTEX | SQLITE_OPEN_EXRESCODE, NULL);
+	if (rc != SQLITE_OK) {
+		int sys = q->db ? sqlite3_system_errno(q->db) : 0;
+
+		r = sq_fail(q, rc, "cannot open %s", q->path);
+		return sys > 0 ? -sys : r;
+	}
+	sqlite3_extended_result_codes(q->db, 1);
+	sqlite3_busy_timeout(q->db, SQ_BUSY_MS);
+
+	/* Also the first real access to the file: fails here if it is not a database. */
+	r = sq_query_text(q, "PRAGMA journal_mode = WAL", "setting journal_mode=WAL",
+			  mode, sizeof(mode));
+	if (r < 0)
+		return r;
+	if (strcasecmp(mode, "wal") != 0) {
+		snprintf(q->base.errmsg, sizeof(q->base.errmsg),
+			 "sqlite: %s: cannot switch to WAL journal mode (still \"%s\"); is the "
+			 "directory writable and the file system local?", q->path, mode);
+		return -EIO;
+	}
+	r = sq_exec_sql(q, q->durability == STORE_DURABLE_FULL ? "PRAGMA synchronous = FULL" :
+			"PRAGMA synchronous = NORMAL", "setting synchronous");
+	if (r < 0)
+		return r;
+	/* Reading in WAL mode opens (creates) -wal and -shm: proves they work. */
+	return sq_query_text(q, "SELECT count(*) FROM sqlite_master", "reading the schema",
+			     mode, sizeof(mode));
+}
+
+static void sq_disconnect(struct store_sqlite *q)
+{
+	sq_finalize_all(q);
+	sqlite3_close(q->db);   /* rolls back an open transaction */
+	q->db = NULL;
+}
+
+static void sq_close(struct store *s)
+{
+	struct store_sqlite *q = sq_of(s);
+
+	if (!q)
+		return;
+	sq_disconnect(q);
+	free(q->path);
+	free(q);
+}
+
+static int sq_open(const struct store_params *p, struct store **ret, char *err, size_t errsz)
+{
+	struct store_sqlite *q = NULL;
+	const char *path = sq_url_path(p->url);
+	int r;
+
+	if (!path) {
+		snprintf(err, errsz, "sqlite: unsupported URL \"%s\": the accepted form is "
+			 "sqlite:///absolute/path/to/file.db", p->url ? p->url : "");
+		return -EINVAL;
+	}
+	q = calloc(1, sizeof(*q));
+	if (!q) {
+		r = -ENOMEM;
+		snprintf(err, errsz, "sqlite: out of memory");
+		goto out;
+	}
+	q->base.ops = &store_sqlite_ops;
+	q->durability = p->durability;
+	q->path = strdup(path);
+	if (!q->path) {
+		r = -ENOMEM;
+		snprintf(err, errsz, "sqlite: out of memory");
+		goto out;
+	}
+	r = sq_connect(q);
+	if (r < 0) {
+		snprintf(err, errsz, "%s", q->base.errmsg);
+		goto out;
+	}
+	*ret = &q->base;
+	q = NULL;
+out:
+	sq_close(q ? &q->base : NULL);
+	return r;
+}
+
+static int sq_reconnect(struct store *s)
+{
+	struct store_sqlite *q = sq_of(s);
+	int r;
+
+	sq_disconnect(q);
+	q->base.errmsg[0] = '\0';
+	r = sq_connect(q);
+	if (r < 0)
+		sq_disconnect(q);
+	return r;
+}
+
+/* ==== Schema ==== */
+
+static const char sq_create_fee[] =
+	"CREATE TABLE fee ("
+	" ticket INTEGER PRIMARY KEY,"
+	" login INTEGER NOT NULL,"
+	" volume TEXT NOT NULL,"
+	" status TEXT NOT NULL DEFAULT 'N',"
+	" fee TEXT,"
+	" received_at TEXT NOT NULL DEFAULT (" SQ_NOW "),"
+	" settled_at TEXT)";
+
+static const char sq_create_rest[] =
+	"CREATE INDEX IF NOT EXISTS fee_unsettled ON fee (ticket) WHERE status = 'N';"
+	"CREATE TABLE IF NOT EXISTS fee_rate ("
+	" login INTEGER PRIMARY KEY,"
+	" rate TEXT NOT NULL);"
+	"CREATE TABLE IF NOT EXISTS fee_reject ("
+	" id INTEGER PRIMARY KEY AUTOINCREMENT,"
+	" received_at TEXT NOT NULL DEFAULT (" SQ_NOW "),"
+	" endpoint TEXT NOT NULL,"
+	" reason TEXT NOT NULL,"
+	" body BLOB NOT NULL);"
+	"CREATE TABLE IF NOT EXISTS feed_schema (version INTEGER NOT NULL);";
+
+/* Columns an adopted fee table may lack, and how they are added. */
+static const struct {
+	const char *name;
+	const char *sql;
+} sq_adopt_cols[] = {
+	{ "status", "ALTER TABLE fee ADD COLUMN status TEXT NOT NULL DEFAULT 'N'" },
+	{ "fee", "ALTER TABLE fee ADD COLUMN fee TEXT" },
+	/* ADD COLUMN takes no expression default; insert() sets it explicitly. */
+	{ "received_at", "ALTER TABLE fee ADD COLUMN received_at TEXT" },
+	{ "settled_at", "ALTER TABLE fee ADD COLUMN settled_at TEXT" },
+};
+
+#define SQ_ADOPT_REQUIRED 3     /* ticket, login, volume */
+#define SQ_ADOPT_MAXCOLS (SQ_ADOPT_REQUIRED + sizeof(sq_adopt_cols) / sizeof(sq_adopt_cols[0]))
+
+/* Runs a query returning one integer; *ret = 0 if it returns no row. */
+static int sq_query_int(struct store_sqlite *q, const char *sql, const char *what, int64_t *ret)
+{
+	sqlite3_stmt *st = NULL;
+	int r = 0, rc;
+
+	rc = sqlite3_prepare_v2(q->db, sql, -1, &st, NULL);
+	if (rc != SQLITE_OK) {
+		r = sq_fail(q, rc, "migrate: %s", what);
+		goto out;
+	}
+	rc = sqlite3_step(st);
+	if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
+		r = sq_fail(q, rc, "migrate: %s", what);
+		goto out;
+	}
+	*ret = rc == SQLITE_ROW ? sqlite3_column_int64(st, 0) : 0;
+out:
+	sqlite3_finalize(st);
+	return r;
+}
+
+/*
+ * Brings an existing fee table (feed's own or a classic
+ * fee(ticket, login, volume, status)) to the current layout, keeping its rows.
+ */
+static int sq_adopt_fee(struct store_sqlite *q)
+{
+	static const char *const required[SQ_ADOPT_REQUIRED] = { "ticket", "login", "volume" };
+	bool have[SQ_ADOPT_MAXCOLS] = { false };
+	sqlite3_stmt *st = NULL;
+	int64_t unique = 0;
+	int r = 0, rc;
+
+	rc = sqlite3_prepare_v2(q->db, "SELECT name FROM pragma_table_info('fee')", -1, &st, NULL);
+	while (st && (rc = sqlite3_step(st)) == SQLITE_ROW) {
+		const char *name = (const char *)sqlite3_column_text(st, 0);
+
+		for (size_t i = 0; name && i < SQ_ADOPT_MAXCOLS; i++) {
+			const char *want = i < SQ_ADOPT_REQUIRED ? required[i] :
+				sq_adopt_cols[i - SQ_ADOPT_REQUIRED].name;
+
+			if (strcasecmp(name, want) == 0)
+				have[i] = true;
+		}
+	}
+	if (rc != SQLITE_DONE) {
+		r = sq_fail(q, rc, "migrate: reading the columns of fee");
+		goto out;
+	}
+	for (size_t i = 0; i < SQ_ADOPT_REQUIRED; i++) {
+		if (!have[i]) {
+			snprintf(q->base.errmsg, sizeof(q->base.errmsg),
+				 "sqlite: migrate: table fee exists but has no column %s; it is "
+				 "neither feed's nor a classic fee(ticket, login, volume, status) "
+				 "table", required[i]);
+			r = -EINVAL;
+			goto out;
+		}
+	}
+	for (size_t i = SQ_ADOPT_REQUIRED; i < SQ_ADOPT_MAXCOLS; i++) {
+		if (have[i])
+			continue;
+		r = sq_exec_sql(q, sq_adopt_cols[i - SQ_ADOPT_REQUIRED].sql,
+				"migrate: adding a column to fee");
+		if (r < 0)
+			goto out;
+	}
+
+	/* Is ticket already unique: the rowid alias, or a one-column unique index? */
+	r = sq_query_int(q,
+		"SELECT (SELECT count(*) FROM pragma_table_info('fee') "
+		"        WHERE lower(name) = 'ticket' AND pk = 1 AND lower(type) = 'integer')"
+		"   AND (SELECT count(*) FROM pragma_table_info('fee') WHERE pk > 0) = 1 "
+		"OR EXISTS (SELECT 1 FROM pragma_index_list('fee') AS il "
+		"        WHERE il.\"unique\" AND NOT il.partial"
+		"          AND (SELECT count(*) FROM pragma_index_info(il.name)) = 1"
+		"          AND (SELECT lower(name) FROM pragma_index_info(il.name)) = 'ticket')",
+		"checking for a unique key on fee.ticket", &unique);
+	if (r < 0 || unique)
+		goto out;
+	rc = sqlite3_exec(q->db, "CREATE UNIQUE INDEX fee_ticket ON fee (ticket)", NULL, NULL, NULL);
+	if (0) {
+		snprintf(q->base.errmsg, sizeof(q->base.errmsg),
+			 "sqlite: migrate: cannot add a unique key on fee.ticket: the existing fee "
+			 "table holds duplicate tickets; find them with SELECT ticket FROM fee "
+			 "GROUP BY ticket HAVING COUNT(*) > 1 and resolve them (no row was changed)");
+		r = -EINVAL;
+	} else if (rc != SQLITE_OK) {
+		r = sq_fail(q, rc, "migrate: adding a unique key on fee.ticket");
+	}
+out:
+	sqlite3_finalize(st);
+	return r;
+}
+
+static int sq_migrate(struct store *s)
+{
+	struct store_sqlite *q = sq_of(s);
+	int64_t n = 0, version = 0;
+	char sql[128];
+	int r;
+
+	/* The write lock serialises concurrent feed processes migrating at once. */
+	r = sq_exec_sql(q, "BEGIN IMMEDIATE", "migrate: BEGIN IMMEDIATE");
+	if (r < 0)
+		return r;
+	r = sq_query_int(q, "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'fee'",
+			 "looking for table fee", &n);
+	if (r < 0)
+		goto out;
+	if (n == 0)
+		r = sq_exec_sql(q, sq_create_fee, "migrate: CREATE TABLE fee");
+	else
+		r = sq_adopt_fee(q);
+	if (r < 0)
+		goto out;
+	r = sq_exec_sql(q, sq_create_rest, "migrate: creating tables and indexes");
+	if (r < 0)
+		goto out;
+
+	r = sq_query_int(q, "SELECT max(version) FROM feed_schema", "reading feed_schema", &version);
+	if (r < 0)
+		goto out;
+	if (version > STORE_SCHEMA_VERSION) {
+		snprintf(q->base.errmsg, sizeof(q->base.errmsg),
+			 "sqlite: migrate: the database has schema version %lld, newer than this "
+			 "feed's %d", (long long)version, STORE_SCHEMA_VERSION);
+		r = -EPROTO;
+		goto out;
+	}
+	r = sq_query_int(q, "SELECT count(*) FROM feed_schema", "reading feed_schema", &n);
+	if (r < 0)
+		goto out;
+	if (n != 1 || version != STORE_SCHEMA_VERSION) {
+		snprintf(sql, sizeof(sql), "DELETE FROM feed_schema; "
+			 "INSERT INTO feed_schema (version) VALUES (%d)", STORE_SCHEMA_VERSION);
+		r = sq_exec_sql(q, sql, "migrate: recording the schema version");
+		if (r < 0)
+			goto out;
+	}
+	r = sq_exec_sql(q, "COMMIT", "migrate: COMMIT");
+out:
+	if (r < 0 && q->db && !sqlite3_get_autocommit(q->db))
+		sqlite3_exec(q->db, "ROLLBACK", NULL, NULL, NULL);
+	return r;
+}
+
+static int sq_exec(struct store *s, const char *sql)
+{
+	struct store_sqlite *q = sq_of(s);
+	char what[96];
+
+	snprintf(what, sizeof(what), "exec \"%.60s%s\"", sql, strlen(sql) > 60 ? "..." : "");
+	return sq_exec_sql(q, sql, what);
+}
+
+/* ==== Transactions ==== */
+
+static int sq_begin(struct store *s)
+{
+	struct store_sqlite *q = sq_of(s);
+
+	if (q->db && !sqlite3_get_autocommit(q->db)) {
+		snprintf(q->base.errmsg, sizeof(q->base.errmsg),
+			 "sqlite: BEGIN: a transaction is already open (missing rollback?)");
+		return -EALREADY;
+	}
+	return sq_run(q, SQ_BEGIN);
+}
+
+static int sq_commit(struct store *s)
+{
+	return sq_run(sq_of(s), SQ_COMMIT);
+}
+
+static int sq_rollback(struct store *s)
+{
+	struct store_sqlite *q = sq_of(s);
+
+	/* SQLite may already have rolled back by itself (IOERR, FULL, NOMEM...). */
+	if (!q->db || sqlite3_get_autocommit(q->db))
+		return 0;
+	return sq_run(q, SQ_ROLLBACK);
+}
+
+/* ==== The batch primitives ==== */
+
+static int sq_lookup(struct store *s, const int64_t *tickets, size_t n,
+		     struct store_row *rows, size_t *ret_n)
+{
+	struct store_sqlite *q = sq_of(s);
+	sqlite3_stmt *st;
+	size_t found = 0;
+	int r, rc;
+
+	r = sq_stmt(q, SQ_LOOKUP, &st);
+	if (r < 0)
+		return r;
+	for (size_t i = 0; i < n; i++) {
+		sqlite3_bind_int64(st, 1, tickets[i]);
+		rc = sqlite3_step(st);
+		if (rc == SQLITE_ROW) {
+			if (found == n) {
+				/* Only possible without a unique key on ticket. */
+				snprintf(q->base.errmsg, sizeof(q->base.errmsg),
+					 "sqlite: SELECT from fee: ticket %lld is stored more than "
+					 "once (no unique key on fee.ticket: run migrate)",
+					 (long long)tickets[i]);
+				sqlite3_reset(st);
+				return -EIO;
+			}
+			rows[found].ticket = sqlite3_column_int64(st, 0);
+			rows[found].login = sqlite3_column_int64(st, 1);
+			rows[found].volume = sq_column_dec(st, 2);
+			found++;
+			rc = sqlite3_step(st);
+			if (rc == SQLITE_ROW) {
+				snprintf(q->base.errmsg, sizeof(q->base.errmsg),
+					 "sqlite: SELECT from fee: ticket %lld is stored more than "
+					 "once (no unique key on fee.ticket: run migrate)",
+					 (long long)tickets[i]);
+				sqlite3_reset(st);
+				return -EIO;
+			}
+		}
+		if (rc != SQLITE_DONE) {
+			r = sq_fail(q, rc, "SELECT from fee (ticket %lld)", (long long)tickets[i]);
+			sqlite3_reset(st);
+			return r;
+		}
+		sqlite3_reset(st);
+	}
+	*ret_n = found;
+	return 0;
+}
+
+static int sq_insert(struct store *s, const struct record *recs, size_t n)
+{
+	struct store_sqlite *q = sq_of(s);
+	char vol[DEC_STRMAX];
+	sqlite3_stmt *st;
+	size_t len;
+	int r, rc;
+
+	r = sq_stmt(q, SQ_INSERT, &st);
+	if (r < 0)
+		return r;
+	for (size_t i = 0; i < n; i++) {
+		len = dec_format(recs[i].volume, DEC_SCALE, 0, vol);
+		sqlite3_bind_int64(st, 1, recs[i].ticket);
+		sqlite3_bind_int64(st, 2, recs[i].login);
+		sqlite3_bind_text(st, 3, vol, (int)len, SQLITE_TRANSIENT);
+		rc = sqlite3_step(st);
+		if (rc != SQLITE_DONE) {
+			r = sq_fail(q, rc, "INSERT into fee (ticket %lld)", (long long)recs[i].ticket);
+			sqlite3_reset(st);
+			return r;
+		}
+		sqlite3_reset(st);
+	}
+	return 0;
+}
+
+static int sq_insert_rejects(struct store *s, const struct store_reject *rj, size_t n)
+{
+	struct store_sqlite *q = sq_of(s);
+	sqlite3_stmt *st;
+	int r = 0, rc;
+
+	r = sq_stmt(q, SQ_REJECT, &st);
+	if (r < 0)
+		return r;
+	for (size_t i = 0; i < n && r == 0; i++) {
+		/* STATIC: no copy of a body of up to 64 MiB; unbound again below. */
+		sqlite3_bind_text(st, 1, rj[i].endpoint ? rj[i].endpoint : "", -1, SQLITE_STATIC);
+		sqlite3_bind_text(st, 2, rj[i].reason ? rj[i].reason : "", -1, SQLITE_STATIC);
+		if (rj[i].len > 0 && rj[i].body)
+			rc = sqlite3_bind_blob64(st, 3, rj[i].body, rj[i].len, SQLITE_STATIC);
+		else
+			rc = sqlite3_bind_zeroblob(st, 3, 0);
+		if (rc == SQLITE_OK)
+			rc = sqlite3_step(st);
+		if (rc != SQLITE_DONE)
+			r = sq_fail(q, rc, "INSERT into fee_reject (%zu bytes)", rj[i].len);
+		sqlite3_reset(st);
+		sqlite3_clear_bindings(st);
+	}
+	return r;
+}
+
+static int sq_fetch_unsettled(struct store *s, int64_t after, size_t max,
+			      struct store_settle *rows, size_t *ret_n)
+{
+	struct store_sqlite *q = sq_of(s);
+	sqlite3_stmt *st;
+	size_t n = 0;
+	int r, rc = SQLITE_DONE;
+
+	r = sq_stmt(q, SQ_FETCH, &st);
+	if (r < 0)
+		return r;
+	sqlite3_bind_int64(st, 1, after);
+	sqlite3_bind_int64(st, 2, max > (size_t)INT64_MAX ? INT64_MAX : (int64_t)max);
+	while (n < max && (rc = sqlite3_step(st)) == SQLITE_ROW) {
+		rows[n].ticket = sqlite3_column_int64(st, 0);
+		rows[n].login = sqlite3_column_int64(st, 1);
+		rows[n].volume = sq_column_dec(st, 2);
+		if (sqlite3_column_type(st, 3) == SQLITE_NULL)
+			rows[n].rate = -1;
+		else if ((rows[n].rate = sq_column_dec(st, 3)) < 0)
+			rows[n].rate = -2;
+		rows[n].fee = 0;
+		n++;
+	}
+	if (n < max && rc != SQLITE_DONE) {
+		r = sq_fail(q, rc, "%s", sq_stmt_sql[SQ_FETCH].what);
+		sqlite3_reset(st);
+		return r;
+	}
+	sqlite3_reset(st);      /* ends the implicit read transaction */
+	*ret_n = n;
+	return 0;
+}
+
+static int sq_settle(struct store *s, const struct store_settle *rows, size_t n)
+{
+	struct store_sqlite *q = sq_of(s);
+	char fee[DEC_STRMAX];
+	sqlite3_stmt *st;
+	size_t len;
+	int r, rc;
+
+	r = sq_stmt(q, SQ_SETTLE, &st);
+	if (r < 0)
+		return r;
+	for (size_t i = 0; i < n; i++) {
+		len = dec_format(rows[i].fee, FEE_SCALE, FEE_SCALE, fee);
+		sqlite3_bind_int64(st, 1, rows[i].ticket);
+		sqlite3_bind_text(st, 2, fee, (int)len, SQLITE_TRANSIENT);
+		rc = sqlite3_step(st);
+		if (rc != SQLITE_DONE) {
+			r = sq_fail(q, rc, "UPDATE fee (settle ticket %lld)", (long long)rows[i].ticket);
+			sqlite3_reset(st);
+			return r;
+		}
+		sqlite3_reset(st);
+	}
+	return 0;
+}
+
+static const char *const sq_schemes[] = { "sqlite", NULL };
+
+const struct store_ops store_sqlite_ops = {
+	.version = STORE_OPS_VERSION,
+	.name = "sqlite",
+	.schemes = sq_schemes,
+	.open = sq_open,
+	.close = sq_close,
+	.reconnect = sq_reconnect,
+	.migrate = sq_migrate,
+	.exec = sq_exec,
+	.begin = sq_begin,
+	.commit = sq_commit,
+	.rollback = sq_rollback,
+	.lookup = sq_lookup,
+	.insert = sq_insert,
+	.insert_rejects = sq_insert_rejects,
+	.fetch_unsettled = sq_fetch_unsettled,
+	.settle = sq_settle,
+};

@@ -1,0 +1,953 @@
+/*
+ * test_store.c - the store conformance test: the contract of store.h that
+ * every backend (SQLite, PostgreSQL, MySQL/MariaDB) must meet.
+ *
+ * Runs against a real, throwaway database prepared by
+ * tests/lib/with-<backend>.sh, which exports FEED_TEST_URL,
+ * FEED_TEST_PASSWORD_FILE, FEED_TEST_BACKEND, FEED_TEST_SQL (a shell command
+ * running SQL from stdin with admin rights, rows tab-separated) and
+ * FEED_TEST_DB_STOP / FEED_TEST_DB_START. Every case starts from a database
+ * without feed's tables and checks what the backend stored through
+ * FEED_TEST_SQL, independently of the backend's own code. Single-threaded.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "decimal.h"
+#include "store.h"
+
+#define T_SQL_OUTMAX (64 * 1024)
+
+/* ==== The environment set by with-<backend>.sh ==== */
+
+static struct {
+	const char *url;
+	const char *backend;    /* sqlite | postgresql | mysql */
+	const char *sql;
+	const char *stop;
+	const char *start;
+	char password[256];
+	bool has_password;
+} t_env;
+
+static bool t_is(const char *backend)
+{
+	return strcmp(t_env.backend, backend) == 0;
+}
+
+static const char *t_getenv(const char *name, bool required)
+{
+	const char *v = getenv(name);
+
+	if (required && (!v || !*v)) {
+		fprintf(stderr, "test_store: %s is not set; run me through "
+			"tests/lib/with-<backend>.sh\n", name);
+		exit(2);
+	}
+	return v ? v : "";
+}
+
+static void t_env_load(void)
+{
+	const char *pwfile;
+	FILE *f;
+
+	t_env.url = t_getenv("FEED_TEST_URL", true);
+	t_env.backend = t_getenv("FEED_TEST_BACKEND", true);
+	t_env.sql = t_getenv("FEED_TEST_SQL", true);
+	t_env.stop = t_getenv("FEED_TEST_DB_STOP", false);
+	t_env.start = t_getenv("FEED_TEST_DB_START", false);
+	pwfile = t_getenv("FEED_TEST_PASSWORD_FILE", false);
+	if (!*pwfile)
+		return;
+	f = fopen(pwfile, "re");
+	if (!f || !fgets(t_env.password, sizeof(t_env.password), f)) {
+		fprintf(stderr, "test_store: cannot read FEED_TEST_PASSWORD_FILE %s\n", pwfile);
+		exit(2);
+	}
+	fclose(f);
+	t_env.password[strcspn(t_env.password, "\r\n")] = '\0';
+	t_env.has_password = true;
+}
+
+/* ==== Running SQL and shell commands outside the backend ==== */
+
+static int t_tmpfile(void)
+{
+	const char *dir = getenv("TMPDIR");
+	char path[512];
+	int fd;
+
+	snprintf(path, sizeof(path), "%s/feed-test-store.XXXXXX", dir && *dir ? dir : "/tmp");
+	fd = mkostemp(path, O_CLOEXEC);
+	if (fd < 0)
+		fail_msg("mkostemp %s: %s", path, strerror(errno));
+	unlink(path);
+	return fd;
+}
+
+/*
+ * Runs cmd with bash -c (the wrappers' commands may use bash syntax), stdin
+ * from in[0..len), stdout into out (NUL-terminated, at most size - 1 bytes).
+ * Returns the exit status, or -1 if it did not exit normally.
+ */
+static int t_shell(const char *cmd, const void *in, size_t len, char *out, size_t size)
+{
+	int ifd = t_tmpfile(), ofd = t_tmpfile(), status;
+	ssize_t k;
+	size_t got = 0;
+	pid_t pid;
+
+	if (len > 0 && write(ifd, in, len) != (ssize_t)len)
+		fail_msg("writing SQL to a temporary file: %s", strerror(errno));
+	lseek(ifd, 0, SEEK_SET);
+	fflush(NULL);
+	pid = fork();
+	if (pid < 0)
+		fail_msg("fork: %s", strerror(errno));
+	if (pid == 0) {
+		if (dup2(ifd, 0) < 0 || dup2(ofd, 1) < 0)
+			_exit(126);
+		execl("/bin/bash", "bash", "-c", cmd, (char *)NULL);
+		_exit(127);
+	}
+	while (waitpid(pid, &status, 0) < 0)
+		if (errno != EINTR)
+			fail_msg("waitpid: %s", strerror(errno));
+	lseek(ofd, 0, SEEK_SET);
+	while (out && got + 1 < size && (k = read(ofd, out + got, size - 1 - got)) > 0)
+		got += (size_t)k;
+	if (out)
+		out[got] = '\0';
+	close(ifd);
+	close(ofd);
+	return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+/* Runs SQL through FEED_TEST_SQL; fails the test if it fails. Output in out. */
+static void t_sql(const char *sql, char *out, size_t size)
+{
+	int st = t_shell(t_env.sql, sql, strlen(sql), out, size);
+
+	if (st != 0)
+		fail_msg("FEED_TEST_SQL exited with %d on: %s", st, sql);
+}
+
+/* Runs SQL through FEED_TEST_SQL and returns its exit status. */
+static int t_sql_try(const char *sql)
+{
+	char out[256];
+
+	return t_shell(t_env.sql, sql, strlen(sql), out, sizeof(out));
+}
+
+/* Runs a query and compares its whole output with want. */
+static void t_sql_expect(const char *sql, const char *want)
+{
+	static char out[T_SQL_OUTMAX];
+
+	t_sql(sql, out, sizeof(out));
+	if (strcmp(out, want) != 0)
+		fail_msg("query: %s\nwant: \"%s\"\ngot:  \"%s\"", sql, want, out);
+}
+
+/*
+ * Drops insignificant trailing zeros of decimal fields in place ("1.25000000"
+ * -> "1.25", "0.00000000" -> "0"), so that MySQL's DECIMAL(p,8) output
+ * compares with the canonical form. Exact: only zeros are removed.
+ */
+static void t_normalise(char *s)
+{
+	char *f = s;
+
+	while (*f) {
+		size_t flen = strcspn(f, "\t\n");
+		char *dot = memchr(f, '.', flen), *end = f + flen;
+		bool numeric = dot != NULL && dot > f;
+
+		for (char *c = f + (*f == '-'); numeric && c < end; c++)
+			if (c != dot && (*c < '0' || *c > '9'))
+				numeric = false;
+		if (numeric) {
+			char *last = end;
+
+			while (last > dot + 1 && last[-1] == '0')
+				last--;
+			if (last == dot + 1)
+				last = dot;
+			memmove(last, end, strlen(end) + 1);
+			end = last;
+		}
+		f = *end ? end + 1 : end;
+	}
+}
+
+/* Like t_sql_expect, after t_normalise of the output. */
+static void t_sql_expect_dec(const char *sql, const char *want)
+{
+	static char out[T_SQL_OUTMAX];
+
+	t_sql(sql, out, sizeof(out));
+	t_normalise(out);
+	if (strcmp(out, want) != 0)
+		fail_msg("query: %s\nwant (normalised): \"%s\"\ngot  (normalised): \"%s\"", sql,
+			 want, out);
+}
+
+/* SQL spelling of hex(body) for the backend under test. */
+static const char *t_hex_body(void)
+{
+	return t_is("postgresql") ? "encode(body, 'hex')" : "hex(body)";
+}
+
+/* ==== Fixtures ==== */
+
+struct t_fix {
+	const struct store_ops *ops;
+	struct store *s;
+};
+
+static const char *const t_tables[] = { "fee", "fee_rate", "fee_reject", "feed_schema" };
+
+static struct store *t_open(const struct store_ops *ops)
+{
+	struct store_params p = {
+		.url = t_env.url,
+		.password = t_env.has_password ? t_env.password : NULL,
+		.durability = STORE_DURABLE_FULL,
+		.connect_timeout = 10,
+	};
+	struct store *s = NULL;
+	char err[512] = "";
+	int r;
+
+	r = ops->open(&p, &s, err, sizeof(err));
+	if (r != 0 || !s)
+		fail_msg("open(%s) = %d: %s", t_env.url, r, err);
+	assert_ptr_equal(s->ops, ops);
+	return s;
+}
+
+static void t_ok(struct store *s, int r, const char *what)
+{
+	if (r != 0)
+		fail_msg("%s = %d (%s): %s", what, r, strerror(-r), s->errmsg);
+}
+
+static int t_setup(void **state)
+{
+	struct t_fix *fx = calloc(1, sizeof(*fx));
+	char sql[64];
+
+	assert_non_null(fx);
+	fx->ops = store_find(t_env.url);
+	if (!fx->ops)
+		fail_msg("store_find(%s) found no backend", t_env.url);
+	assert_int_equal(fx->ops->version, STORE_OPS_VERSION);
+	fx->s = t_open(fx->ops);
+	for (size_t i = 0; i < sizeof(t_tables) / sizeof(t_tables[0]); i++) {
+		snprintf(sql, sizeof(sql), "DROP TABLE IF EXISTS %s", t_tables[i]);
+		t_ok(fx->s, fx->ops->exec(fx->s, sql), sql);
+	}
+	*state = fx;
+	return 0;
+}
+
+static int t_teardown(void **state)
+{
+	struct t_fix *fx = *state;
+
+	if (fx) {
+		if (fx->s) {
+			fx->ops->rollback(fx->s);
+			fx->ops->close(fx->s);
+		}
+		free(fx);
+	}
+	*state = NULL;
+	return 0;
+}
+
+/* migrate() and fail the test if it fails. */
+static void t_migrate(struct t_fix *fx)
+{
+	t_ok(fx->s, fx->ops->migrate(fx->s), "migrate");
+}
+
+/* Inserts recs in one transaction and commits. */
+static void t_insert(struct t_fix *fx, const struct record *recs, size_t n)
+{
+	t_ok(fx->s, fx->ops->begin(fx->s), "begin");
+	t_ok(fx->s, fx->ops->insert(fx->s, recs, n), "insert");
+	t_ok(fx->s, fx->ops->commit(fx->s), "commit");
+}
+
+/* lookup() of n tickets; *ret_n rows into rows. */
+static void t_lookup(struct t_fix *fx, const int64_t *tickets, size_t n,
+		     struct store_row *rows, size_t *ret_n)
+{
+	*ret_n = (size_t)-1;
+	t_ok(fx->s, fx->ops->lookup(fx->s, tickets, n, rows, ret_n), "lookup");
+	assert_true(*ret_n <= n);
+}
+
+static const struct store_row *t_row(const struct store_row *rows, size_t n, int64_t ticket)
+{
+	for (size_t i = 0; i < n; i++)
+		if (rows[i].ticket == ticket)
+			return &rows[i];
+	return NULL;
+}
+
+static void t_expect_row(const struct store_row *rows, size_t n, int64_t ticket, int64_t login,
+			 int64_t volume)
+{
+	const struct store_row *r = t_row(rows, n, ticket);
+
+	if (!r)
+		fail_msg("lookup did not return ticket %" PRId64, ticket);
+	assert_int_equal(r->login, login);
+	assert_int_equal(r->volume, volume);
+}
+
+static void t_expect_fail(struct store *s, int r, int want, const char *what)
+{
+	if (r != want)
+		fail_msg("%s = %d (%s), want %d (%s); errmsg: %s", what, r, strerror(-r), want,
+			 strerror(-want), s->errmsg);
+	if (s->errmsg[0] == '\0')
+		fail_msg("%s failed with %d but left errmsg empty", what, r);
+}
+
+/* ==== Schema ==== */
+
+static void test_migrate_twice(void **state)
+{
+	struct t_fix *fx = *state;
+
+	t_migrate(fx);
+	t_migrate(fx);
+	t_sql_expect("SELECT version FROM feed_schema", "1\n");
+	t_sql_expect("SELECT count(*) FROM fee", "0\n");
+	t_sql_expect("SELECT count(*) FROM fee_rate", "0\n");
+	t_sql_expect("SELECT count(*) FROM fee_reject", "0\n");
+
+	/* A fresh connection migrating an up-to-date schema changes nothing. */
+	struct store *s2 = t_open(fx->ops);
+	t_ok(s2, fx->ops->migrate(s2), "migrate (second connection)");
+	fx->ops->close(s2);
+	t_sql_expect("SELECT version FROM feed_schema", "1\n");
+}
+
+/* ==== Insert and lookup ==== */
+
+static void test_roundtrip_exact(void **state)
+{
+	struct t_fix *fx = *state;
+	const struct record recs[] = {
+		{ 1, 1, 0 },
+		{ 2, 2, 1 },                            /* 0.00000001 */
+		{ 3, 3, 125000000 },                    /* 1.25 */
+		{ INT64_MAX, INT64_MAX, INT64_MAX },    /* 92233720368.54775807 */
+	};
+	const int64_t tickets[] = { 5, 3, INT64_MAX, 1, 4, 2, INT64_MAX - 1 };
+	struct store_row rows[7];
+	size_t n;
+
+	t_migrate(fx);
+	t_insert(fx, recs, 4);
+	t_lookup(fx, tickets, 7, rows, &n);
+	assert_int_equal(n, 4);
+	for (size_t i = 0; i < 4; i++)
+		t_expect_row(rows, n, recs[i].ticket, recs[i].login, recs[i].volume);
+
+	t_sql_expect_dec("SELECT ticket, login, volume FROM fee ORDER BY ticket",
+			 "1\t1\t0\n2\t2\t0.00000001\n3\t3\t1.25\n"
+			 "9223372036854775807\t9223372036854775807\t92233720368.54775807\n");
+	t_sql_expect("SELECT count(*) FROM fee WHERE status = 'N' AND received_at IS NOT NULL"
+		     " AND fee IS NULL AND settled_at IS NULL", "4\n");
+}
+
+static void test_lookup_absent(void **state)
+{
+	struct t_fix *fx = *state;
+	const struct record rec = { 100, 7, 5 };
+	const int64_t tickets[] = { 1, 99, 101, INT64_MAX };
+	struct store_row rows[4];
+	size_t n;
+
+	t_migrate(fx);
+	t_lookup(fx, tickets, 4, rows, &n);
+	assert_int_equal(n, 0);
+	t_lookup(fx, tickets, 0, rows, &n);
+	assert_int_equal(n, 0);
+	t_insert(fx, &rec, 1);
+	t_lookup(fx, tickets, 4, rows, &n);
+	assert_int_equal(n, 0);
+}
+
+/* Thousands of records in one transaction: the hot path. */
+static void test_insert_many(void **state)
+{
+	enum { N = 5000 };
+	struct t_fix *fx = *state;
+	struct record *recs = calloc(N, sizeof(*recs));
+	struct store_row *rows = calloc(N, sizeof(*rows));
+	int64_t *tickets = calloc(N, sizeof(*tickets));
+	size_t n;
+
+	assert_non_null(recs);
+	assert_non_null(rows);
+	assert_non_null(tickets);
+	for (size_t i = 0; i < N; i++) {
+		recs[i] = (struct record){ (int64_t)(1000000 + i * 7), (int64_t)(i % 13 + 1),
+					   (int64_t)(i * 12345678) };
+		tickets[i] = recs[i].ticket;
+	}
+	t_migrate(fx);
+	t_insert(fx, recs, N);
+	t_lookup(fx, tickets, N, rows, &n);
+	assert_int_equal(n, N);
+	for (size_t i = 0; i < N; i += 997)
+		t_expect_row(rows, n, recs[i].ticket, recs[i].login, recs[i].volume);
+	t_sql_expect("SELECT count(*) FROM fee", "5000\n");
+	free(recs);
+	free(rows);
+	free(tickets);
+}
+
+static void test_insert_existing(void **state)
+{
+	struct t_fix *fx = *state;
+	const struct record first = { 10, 1, 100000000 };
+	const struct record again[] = { { 11, 2, 200000000 }, { 10, 3, 300000000 } };
+	const int64_t tickets[] = { 10, 11 };
+	struct store_row rows[2];
+	size_t n;
+	int r;
+
+	t_migrate(fx);
+	t_insert(fx, &first, 1);
+
+	t_ok(fx->s, fx->ops->begin(fx->s), "begin");
+	fx->s->errmsg[0] = '\0';
+	r = fx->ops->insert(fx->s, again, 2);
+	t_expect_fail(fx->s, r, -EEXIST, "insert of an existing ticket");
+	t_ok(fx->s, fx->ops->rollback(fx->s), "rollback");
+
+	/* The table is as before: ticket 10 unchanged, 11 not there. */
+	t_lookup(fx, tickets, 2, rows, &n);
+	assert_int_equal(n, 1);
+	t_expect_row(rows, n, 10, 1, 100000000);
+	t_sql_expect_dec("SELECT ticket, login, volume FROM fee ORDER BY ticket", "10\t1\t1\n");
+
+	/* The connection still works. */
+	t_insert(fx, &again[0], 1);
+	t_lookup(fx, tickets, 2, rows, &n);
+	assert_int_equal(n, 2);
+	t_expect_row(rows, n, 11, 2, 200000000);
+}
+
+/* A record the database refuses (a constraint on login 666) -> -EINVAL. */
+static void test_refused_record(void **state)
+{
+	struct t_fix *fx = *state;
+	const struct record recs[] = { { 20, 1, 1 }, { 21, 666, 2 }, { 22, 3, 3 } };
+	const char *constraint;
+	int r;
+
+	t_migrate(fx);
+	if (t_is("sqlite"))
+		constraint = "CREATE TRIGGER no666 BEFORE INSERT ON fee WHEN NEW.login = 666 "
+			     "BEGIN SELECT RAISE(ABORT, 'no666: login 666 refused'); END";
+	else
+		constraint = "ALTER TABLE fee ADD CONSTRAINT no666 CHECK (login <> 666)";
+	t_ok(fx->s, fx->ops->exec(fx->s, constraint), "exec (constraint no666)");
+
+	t_ok(fx->s, fx->ops->begin(fx->s), "begin");
+	fx->s->errmsg[0] = '\0';
+	r = fx->ops->insert(fx->s, recs, 3);
+	t_expect_fail(fx->s, r, -EINVAL, "insert of login 666");
+	if (!strstr(fx->s->errmsg, "no666"))
+		fail_msg("errmsg does not name the cause (no666): %s", fx->s->errmsg);
+	t_ok(fx->s, fx->ops->rollback(fx->s), "rollback");
+	t_sql_expect("SELECT count(*) FROM fee", "0\n");
+
+	/* The records around it go in without it. */
+	t_ok(fx->s, fx->ops->begin(fx->s), "begin");
+	t_ok(fx->s, fx->ops->insert(fx->s, &recs[0], 1), "insert");
+	t_ok(fx->s, fx->ops->insert(fx->s, &recs[2], 1), "insert");
+	t_ok(fx->s, fx->ops->commit(fx->s), "commit");
+	t_sql_expect("SELECT ticket FROM fee ORDER BY ticket", "20\n22\n");
+}
+
+static void test_rollback_discards(void **state)
+{
+	struct t_fix *fx = *state;
+	const struct record rec = { 30, 1, 1 };
+
+	t_migrate(fx);
+	t_ok(fx->s, fx->ops->rollback(fx->s), "rollback without a transaction");
+	t_ok(fx->s, fx->ops->begin(fx->s), "begin");
+	t_ok(fx->s, fx->ops->insert(fx->s, &rec, 1), "insert");
+	t_ok(fx->s, fx->ops->rollback(fx->s), "rollback");
+	t_ok(fx->s, fx->ops->rollback(fx->s), "second rollback");
+	t_sql_expect("SELECT count(*) FROM fee", "0\n");
+}
+
+/* ==== Rejects ==== */
+
+static void test_rejects_verbatim(void **state)
+{
+	enum { BIG = 1024 * 1024 };
+	struct t_fix *fx = *state;
+	static const char body[] = { 'a', '\0', 'b', '\xff', '\n', '\0' };
+	char *big = malloc(BIG);
+	struct store_reject rj[3] = {
+		{ "tcp://127.0.0.1:5555", "line 1: volume: not a number", body, sizeof(body) },
+		{ "ipc:///run/feed.sock", "empty request", "", 0 },
+		{ "tcp://127.0.0.1:5555", "too large", big, BIG },
+	};
+	char sql[256], want[256];
+
+	assert_non_null(big);
+	for (size_t i = 0; i < BIG; i++)
+		big[i] = (char)(i % 251);   /* NULs included */
+	t_migrate(fx);
+	t_ok(fx->s, fx->ops->begin(fx->s), "begin");
+	t_ok(fx->s, fx->ops->insert_rejects(fx->s, rj, 3), "insert_rejects");
+	t_ok(fx->s, fx->ops->commit(fx->s), "commit");
+
+	snprintf(sql, sizeof(sql), "SELECT endpoint, reason, %s FROM fee_reject WHERE id IN "
+		 "(SELECT min(id) FROM fee_reject)", t_hex_body());
+	snprintf(want, sizeof(want), "%s\t%s\t610062FF0A00\n", rj[0].endpoint, rj[0].reason);
+	{
+		char out[512];
+
+		t_sql(sql, out, sizeof(out));
+		if (strcasecmp(out, want) != 0)
+			fail_msg("query: %s\nwant: \"%s\"\ngot:  \"%s\"", sql, want, out);
+	}
+	t_sql_expect("SELECT endpoint, reason, length(body) FROM fee_reject ORDER BY id",
+		     "tcp://127.0.0.1:5555\tline 1: volume: not a number\t6\n"
+		     "ipc:///run/feed.sock\tempty request\t0\n"
+		     "tcp://127.0.0.1:5555\ttoo large\t1048576\n");
+	t_sql_expect("SELECT count(*) FROM fee_reject WHERE received_at IS NOT NULL", "3\n");
+	free(big);
+}
+
+/* ==== Settlement ==== */
+
+static const struct store_settle *t_settle_row(const struct store_settle *rows, size_t n,
+					       size_t i, int64_t ticket)
+{
+	if (i >= n)
+		fail_msg("fetch_unsettled returned %zu rows, want ticket %" PRId64 " at %zu", n,
+			 ticket, i);
+	if (rows[i].ticket != ticket)
+		fail_msg("fetch_unsettled row %zu is ticket %" PRId64 ", want %" PRId64, i,
+			 rows[i].ticket, ticket);
+	return &rows[i];
+}
+
+static void test_fetch_unsettled(void **state)
+{
+	struct t_fix *fx = *state;
+	const struct record recs[] = {
+		{ 5, 1, 100000000 }, { 3, 2, 250000000 }, { 9, 3, 1 }, { 7, 1, 0 }, { 11, 4, 5 },
+	};
+	struct store_settle rows[8];
+	const struct store_settle *r;
+	bool negative_rate;
+	size_t n;
+
+	t_migrate(fx);
+	t_sql("INSERT INTO fee_rate (login, rate) VALUES (1, 0.01), (2, 0.5)", NULL, 0);
+	/* A backend may refuse a negative rate (CHECK); if it stores one, it reports -2. */
+	negative_rate = t_sql_try("INSERT INTO fee_rate (login, rate) VALUES (4, -1)") == 0;
+	t_insert(fx, recs, 5);
+
+	n = (size_t)-1;
+	t_ok(fx->s, fx->ops->fetch_unsettled(fx->s, 0, 8, rows, &n), "fetch_unsettled");
+	assert_int_equal(n, 5);
+	r = t_settle_row(rows, n, 0, 3);
+	assert_int_equal(r->login, 2);
+	assert_int_equal(r->volume, 250000000);
+	assert_int_equal(r->rate, 50000000);
+	r = t_settle_row(rows, n, 1, 5);
+	assert_int_equal(r->volume, 100000000);
+	assert_int_equal(r->rate, 1000000);
+	r = t_settle_row(rows, n, 2, 7);
+	assert_int_equal(r->volume, 0);
+	assert_int_equal(r->rate, 1000000);
+	r = t_settle_row(rows, n, 3, 9);
+	assert_int_equal(r->login, 3);
+	assert_int_equal(r->volume, 1);
+	assert_int_equal(r->rate, -1);
+	r = t_settle_row(rows, n, 4, 11);
+	if (negative_rate)
+		assert_int_equal(r->rate, -2);
+
+	/* Paging: after, max. */
+	t_ok(fx->s, fx->ops->fetch_unsettled(fx->s, 3, 2, rows, &n), "fetch_unsettled");
+	assert_int_equal(n, 2);
+	t_settle_row(rows, n, 0, 5);
+	t_settle_row(rows, n, 1, 7);
+	t_ok(fx->s, fx->ops->fetch_unsettled(fx->s, 11, 8, rows, &n), "fetch_unsettled");
+	assert_int_equal(n, 0);
+}
+
+static void test_settle(void **state)
+{
+	struct t_fix *fx = *state;
+	const struct record recs[] = { { 1, 1, 125000000 }, { 2, 1, 1 }, { 3, 1, 2 } };
+	struct store_settle first = { .ticket = 2, .fee = 100 };            /* 1.00 */
+	struct store_settle rows[2] = { { .ticket = 1, .fee = 938 },        /* 9.38 */
+					{ .ticket = 2, .fee = 4200 } };     /* ignored */
+	struct store_settle got[4];
+	char before[256], after[256];
+	size_t n;
+
+	t_migrate(fx);
+	t_insert(fx, recs, 3);
+	t_ok(fx->s, fx->ops->begin(fx->s), "begin");
+	t_ok(fx->s, fx->ops->settle(fx->s, &first, 1), "settle");
+	t_ok(fx->s, fx->ops->commit(fx->s), "commit");
+	t_sql("SELECT settled_at FROM fee WHERE ticket = 2", before, sizeof(before));
+	assert_true(strlen(before) > 1);
+
+	t_ok(fx->s, fx->ops->begin(fx->s), "begin");
+	t_ok(fx->s, fx->ops->settle(fx->s, rows, 2), "settle");
+	t_ok(fx->s, fx->ops->commit(fx->s), "commit");
+
+	t_sql_expect("SELECT ticket, status, fee FROM fee WHERE fee IS NOT NULL ORDER BY ticket",
+		     "1\tY\t9.38\n2\tY\t1.00\n");
+	t_sql_expect("SELECT ticket FROM fee WHERE status = 'Y' AND settled_at IS NOT NULL"
+		     " ORDER BY ticket", "1\n2\n");
+	t_sql_expect("SELECT ticket FROM fee WHERE status = 'N' AND fee IS NULL"
+		     " AND settled_at IS NULL", "3\n");
+	/* The row settled first kept its fee and its settled_at. */
+	t_sql("SELECT settled_at FROM fee WHERE ticket = 2", after, sizeof(after));
+	assert_string_equal(before, after);
+
+	t_ok(fx->s, fx->ops->fetch_unsettled(fx->s, 0, 4, got, &n), "fetch_unsettled");
+	assert_int_equal(n, 1);
+	t_settle_row(got, n, 0, 3);
+}
+
+/* volume and fee read naturally (1.25, 9.38) in plain SQL, not scaled integers. */
+static void test_reads_naturally(void **state)
+{
+	struct t_fix *fx = *state;
+	const struct record rec = { 42, 1, 125000000 };
+	const struct store_settle row = { .ticket = 42, .fee = 938 };
+
+	t_migrate(fx);
+	t_insert(fx, &rec, 1);
+	t_ok(fx->s, fx->ops->begin(fx->s), "begin");
+	t_ok(fx->s, fx->ops->settle(fx->s, &row, 1), "settle");
+	t_ok(fx->s, fx->ops->commit(fx->s), "commit");
+	t_sql_expect_dec("SELECT volume, fee FROM fee", "1.25\t9.38\n");
+	t_sql_expect("SELECT fee FROM fee", "9.38\n");
+}
+
+/* ==== Adopting a classic fee table ==== */
+
+static void t_create_classic(const char *rows)
+{
+	char sql[512];
+
+	t_sql("CREATE TABLE fee (ticket BIGINT, login BIGINT, volume DECIMAL(12,2),"
+	      " status CHAR(1))", NULL, 0);
+	snprintf(sql, sizeof(sql), "INSERT INTO fee (ticket, login, volume, status) VALUES %s",
+		 rows);
+	t_sql(sql, NULL, 0);
+}
+
+static void test_classic_adoption(void **state)
+{
+	struct t_fix *fx = *state;
+	const int64_t tickets[] = { 1, 2, 3, 4 };
+	const struct record fresh = { 4, 40, 125000000 };
+	const struct record dup = { 2, 99, 1 };
+	struct store_settle got[8];
+	struct store_row rows[4];
+	size_t n;
+	int r;
+
+	t_create_classic("(1, 10, 1.50, 'N'), (2, 20, 2.25, 'Y'), (3, 30, 0, 'N')");
+	t_migrate(fx);
+	t_migrate(fx);
+	t_sql_expect("SELECT version FROM feed_schema", "1\n");
+	t_sql_expect_dec("SELECT ticket, login, volume, status FROM fee ORDER BY ticket",
+			 "1\t10\t1.5\tN\n2\t20\t2.25\tY\n3\t30\t0\tN\n");
+
+	t_lookup(fx, tickets, 4, rows, &n);
+	assert_int_equal(n, 3);
+	t_expect_row(rows, n, 1, 10, 150000000);
+	t_expect_row(rows, n, 2, 20, 225000000);
+	t_expect_row(rows, n, 3, 30, 0);
+
+	t_insert(fx, &fresh, 1);
+	t_ok(fx->s, fx->ops->begin(fx->s), "begin");
+	fx->s->errmsg[0] = '\0';
+	r = fx->ops->insert(fx->s, &dup, 1);
+	t_expect_fail(fx->s, r, -EEXIST, "insert of an existing ticket into the adopted table");
+	t_ok(fx->s, fx->ops->rollback(fx->s), "rollback");
+
+	t_lookup(fx, tickets, 4, rows, &n);
+	assert_int_equal(n, 4);
+	t_expect_row(rows, n, 4, 40, 125000000);
+	t_sql_expect("SELECT count(*) FROM fee", "4\n");
+	t_sql_expect("SELECT count(*) FROM fee WHERE ticket = 4 AND status = 'N'"
+		     " AND received_at IS NOT NULL", "1\n");
+
+	t_ok(fx->s, fx->ops->fetch_unsettled(fx->s, 0, 8, got, &n), "fetch_unsettled");
+	assert_int_equal(n, 3);
+	t_settle_row(got, n, 0, 1);
+	t_settle_row(got, n, 1, 3);
+	t_settle_row(got, n, 2, 4);
+}
+
+static void test_classic_duplicates(void **state)
+{
+	struct t_fix *fx = *state;
+	int r;
+
+	t_create_classic("(1, 10, 1.50, 'N'), (1, 11, 2.00, 'N'), (2, 20, 2.25, 'Y')");
+	fx->s->errmsg[0] = '\0';
+	r = fx->ops->migrate(fx->s);
+	if (r >= 0)
+		fail_msg("migrate of a fee table with duplicate tickets = %d, want an error", r);
+	if (!strstr(fx->s->errmsg, "SELECT ticket FROM fee GROUP BY ticket HAVING COUNT(*) > 1"))
+		fail_msg("errmsg does not say how to find the duplicates: %s", fx->s->errmsg);
+	t_sql_expect_dec("SELECT ticket, login, volume FROM fee ORDER BY ticket, login",
+			 "1\t10\t1.5\n1\t11\t2\n2\t20\t2.25\n");
+	/* Still refused on a second attempt, still nothing lost. */
+	assert_true(fx->ops->migrate(fx->s) < 0);
+	t_sql_expect("SELECT count(*) FROM fee", "3\n");
+}
+
+/* ==== Connections ==== */
+
+/* reconnect() on a healthy connection: the data stays, the connection works. */
+static void test_reconnect_healthy(void **state)
+{
+	struct t_fix *fx = *state;
+	const struct record recs[] = { { 50, 1, 1 }, { 51, 1, 2 } };
+	const int64_t tickets[] = { 50, 51 };
+	struct store_row rows[2];
+	size_t n;
+
+	t_migrate(fx);
+	t_insert(fx, &recs[0], 1);
+	t_ok(fx->s, fx->ops->reconnect(fx->s), "reconnect");
+	t_insert(fx, &recs[1], 1);
+	t_lookup(fx, tickets, 2, rows, &n);
+	assert_int_equal(n, 2);
+}
+
+/* Server-based backends: the server goes away -> -ENOTCONN; reconnect() after it is back. */
+static void test_server_restart(void **state)
+{
+	struct t_fix *fx = *state;
+	const struct record rec = { 60, 1, 1 };
+	const int64_t ticket = 60;
+	struct store_row row;
+	int r, st;
+	size_t n;
+
+	t_migrate(fx);
+	st = t_shell(t_env.stop, "", 0, NULL, 0);
+	if (st != 0)
+		fail_msg("FEED_TEST_DB_STOP exited with %d", st);
+	fx->s->errmsg[0] = '\0';
+	r = fx->ops->begin(fx->s);
+	if (r == 0)
+		r = fx->ops->insert(fx->s, &rec, 1);
+	fx->ops->rollback(fx->s);
+	st = t_shell(t_env.start, "", 0, NULL, 0);
+	if (st != 0)
+		fail_msg("FEED_TEST_DB_START exited with %d", st);
+	t_expect_fail(fx->s, r, -ENOTCONN, "begin/insert with the server stopped");
+
+	t_ok(fx->s, fx->ops->reconnect(fx->s), "reconnect");
+	t_insert(fx, &rec, 1);
+	t_lookup(fx, &ticket, 1, &row, &n);
+	assert_int_equal(n, 1);
+}
+
+/* ==== SQLite only ==== */
+
+static void test_sqlite_bad_urls(void **state)
+{
+	static const char *const bad[] = {
+		"sqlite://relative/path.db", "sqlite:relative.db", "sqlite://", "sqlite:///",
+		"sqlite:///tmp/", "sqlite:///tmp/x.db?mode=ro", "postgresql://localhost/feed",
+	};
+	struct store_params p = { .durability = STORE_DURABLE_FULL };
+	struct store *s;
+	char err[512];
+
+	(void)state;
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		s = NULL;
+		err[0] = '\0';
+		p.url = bad[i];
+		assert_int_equal(store_sqlite_ops.open(&p, &s, err, sizeof(err)), -EINVAL);
+		assert_null(s);
+		if (!strstr(err, "sqlite:///"))
+			fail_msg("errmsg for %s does not show the accepted form: %s", bad[i], err);
+	}
+}
+
+static void test_sqlite_unusable_files(void **state)
+{
+	struct t_fix *fx = *state;
+	struct store_params p = { .durability = STORE_DURABLE_NORMAL };
+	char url[600], path[512], err[512];
+	const char *db = t_env.url + strlen("sqlite://");
+	struct store *s = NULL;
+	int fd, r;
+
+	/* The directory does not exist. */
+	snprintf(url, sizeof(url), "sqlite://%s.missing-dir/feed.db", db);
+	p.url = url;
+	err[0] = '\0';
+	r = fx->ops->open(&p, &s, err, sizeof(err));
+	assert_true(r < 0);
+	assert_null(s);
+	if (!strstr(err, ".missing-dir"))
+		fail_msg("errmsg does not name the path: %s", err);
+
+	/* A file that is not a database. */
+	snprintf(path, sizeof(path), "%s.not-a-db", db);
+	fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	assert_true(fd >= 0);
+	assert_int_equal(write(fd, "this is not an SQLite database, just text\n", 42), 42);
+	close(fd);
+	snprintf(url, sizeof(url), "sqlite://%s", path);
+	err[0] = '\0';
+	r = fx->ops->open(&p, &s, err, sizeof(err));
+	unlink(path);
+	assert_true(r < 0);
+	assert_null(s);
+	if (!strstr(err, path))
+		fail_msg("errmsg does not name the path: %s", err);
+
+	/* A path that is a directory. */
+	snprintf(path, sizeof(path), "%s.dir", db);
+	assert_int_equal(mkdir(path, 0700), 0);
+	snprintf(url, sizeof(url), "sqlite://%s", path);
+	err[0] = '\0';
+	r = fx->ops->open(&p, &s, err, sizeof(err));
+	rmdir(path);
+	assert_true(r < 0);
+	assert_null(s);
+	if (!strstr(err, path))
+		fail_msg("errmsg does not name the path: %s", err);
+}
+
+static void test_sqlite_wal(void **state)
+{
+	struct t_fix *fx = *state;
+	const struct record rec = { 1, 1, 125000000 };
+	const struct store_settle row = { .ticket = 1, .fee = 900 };
+
+	t_migrate(fx);
+	t_sql_expect("PRAGMA journal_mode", "wal\n");
+	/* Exactly the canonical text, no trailing zeros, stored as text. */
+	t_insert(fx, &rec, 1);
+	t_ok(fx->s, fx->ops->begin(fx->s), "begin");
+	t_ok(fx->s, fx->ops->settle(fx->s, &row, 1), "settle");
+	t_ok(fx->s, fx->ops->commit(fx->s), "commit");
+	t_sql_expect("SELECT volume, typeof(volume), fee, typeof(fee) FROM fee",
+		     "1.25\ttext\t9.00\ttext\n");
+	/* Timestamps are UTC ISO 8601. */
+	t_sql_expect("SELECT count(*) FROM fee WHERE received_at LIKE '____-__-__T__:__:__.___Z'"
+		     " AND settled_at LIKE '____-__-__T__:__:__.___Z'", "1\n");
+	/* volume and fee are TEXT, so SQLite keeps them exact. */
+	t_sql_expect("SELECT name, type FROM pragma_table_info('fee') WHERE name IN"
+		     " ('volume', 'fee') ORDER BY name", "fee\tTEXT\nvolume\tTEXT\n");
+	t_sql_expect("SELECT count(*) FROM sqlite_master WHERE type = 'index'"
+		     " AND name = 'fee_unsettled' AND sql LIKE '%WHERE status = ''N''%'", "1\n");
+}
+
+/* A second writer waits busy_timeout for the write lock, then gets -EAGAIN. */
+static void test_sqlite_busy(void **state)
+{
+	struct t_fix *fx = *state;
+	const struct record rec = { 70, 1, 1 };
+	struct store *s2;
+	int r;
+
+	t_migrate(fx);
+	s2 = t_open(fx->ops);
+	t_ok(fx->s, fx->ops->begin(fx->s), "begin");
+	t_ok(fx->s, fx->ops->insert(fx->s, &rec, 1), "insert");
+	s2->errmsg[0] = '\0';
+	r = fx->ops->begin(s2);
+	t_expect_fail(s2, r, -EAGAIN, "begin while another connection writes");
+	t_ok(fx->s, fx->ops->commit(fx->s), "commit");
+	t_ok(s2, fx->ops->rollback(s2), "rollback");
+	t_ok(s2, fx->ops->begin(s2), "begin after the other writer committed");
+	t_ok(s2, fx->ops->rollback(s2), "rollback");
+	fx->ops->close(s2);
+}
+
+/* ==== main ==== */
+
+#define T(f) cmocka_unit_test_setup_teardown(f, t_setup, t_teardown)
+
+int main(void)
+{
+	const struct CMUnitTest common[] = {
+		T(test_migrate_twice),
+		T(test_roundtrip_exact),
+		T(test_lookup_absent),
+		T(test_insert_many),
+		T(test_insert_existing),
+		T(test_refused_record),
+		T(test_rollback_discards),
+		T(test_rejects_verbatim),
+		T(test_fetch_unsettled),
+		T(test_settle),
+		T(test_reads_naturally),
+		T(test_classic_adoption),
+		T(test_classic_duplicates),
+		T(test_reconnect_healthy),
+	};
+	const struct CMUnitTest sqlite_only[] = {
+		cmocka_unit_test(test_sqlite_bad_urls),
+		T(test_sqlite_unusable_files),
+		T(test_sqlite_wal),
+		T(test_sqlite_busy),
+	};
+	const struct CMUnitTest server_only[] = {
+		T(test_server_restart),
+	};
+	int failed;
+
+	t_env_load();
+	failed = cmocka_run_group_tests_name("store", common, NULL, NULL);
+	if (t_is("sqlite"))
+		failed += cmocka_run_group_tests_name("store_sqlite", sqlite_only, NULL, NULL);
+	else
+		failed += cmocka_run_group_tests_name("store_server", server_only, NULL, NULL);
+	return failed == 0 ? 0 : 1;
+}
