@@ -12,7 +12,8 @@
  */
 #include "daemon.h"
 
-#include <libutil.h>
+#include <bsd/libutil.h>
+#include <bsd/unistd.h>
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>

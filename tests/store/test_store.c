@@ -259,6 +259,11 @@ static int t_setup(void **state)
 	if (!fx->ops)
 		fail_msg("store_find(%s) found no backend", t_env.url);
 	assert_int_equal(fx->ops->version, STORE_OPS_VERSION);
+	if (!fx->ops->open || !fx->ops->close || !fx->ops->reconnect || !fx->ops->migrate ||
+	    !fx->ops->exec || !fx->ops->begin || !fx->ops->commit || !fx->ops->rollback ||
+	    !fx->ops->lookup || !fx->ops->insert || !fx->ops->insert_rejects ||
+	    !fx->ops->fetch_unsettled || !fx->ops->settle)
+		fail_msg("backend %s leaves an operation NULL", fx->ops->name);
 	fx->s = t_open(fx->ops);
 	for (size_t i = 0; i < sizeof(t_tables) / sizeof(t_tables[0]); i++) {
 		snprintf(sql, sizeof(sql), "DROP TABLE IF EXISTS %s", t_tables[i]);

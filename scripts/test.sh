@@ -1,0 +1,25 @@
+#!/bin/bash
+# test.sh - the README's second command: set up, build, run the whole test suite.
+#
+# 1. build/ with -Wall -Wextra -Werror, all tests (unit, store conformance on
+#    SQLite, PostgreSQL and MariaDB, end-to-end on all three);
+# 2. build-asan/ with AddressSanitizer + UndefinedBehaviorSanitizer, all tests again;
+# 3. the protocol fuzzer for FUZZ_SECONDS (default 60).
+# Database servers are throwaway ones the tests start themselves.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/setup.sh --test
+jobs=${TEST_JOBS:-2}
+
+cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo -DFEED_WERROR=ON >/dev/null
+cmake --build build -j"$(nproc)"
+ctest --test-dir build --output-on-failure -j"$jobs"
+
+cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DFEED_WERROR=ON -DFEED_SANITIZE=ON >/dev/null
+cmake --build build-asan -j"$(nproc)"
+ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+	ctest --test-dir build-asan --output-on-failure -j"$jobs"
+
+FUZZ_SECONDS=${FUZZ_SECONDS:-60} scripts/fuzz.sh
+echo "test.sh: all tests passed"
