@@ -917,8 +917,15 @@ int client_send(const char *default_endpoint, int argc, char **argv)
 	char **av = NULL;
 	int r, ret = 2;
 
+	/*
+	 * getopt wants a program name in argv[0]. client.h says argv starts after
+	 * "send"; main.c passes "send" itself as argv[0]. Take either.
+	 */
+	if (argc > 0 && strcmp(argv[0], "send") == 0) {
+		argc--;
+		argv++;
+	}
 	c = calloc(1, sizeof(*c));
-	/* getopt wants a program name in argv[0]; ours starts at the first argument */
 	av = calloc((size_t)argc + 2, sizeof(*av));
 	if (!c || !av) {
 		fprintf(stderr, "feed send: out of memory\n");

@@ -22,6 +22,9 @@
 
 enum key_type { K_STR, K_INT, K_ENUM, K_RATE, K_OCTAL };
 
+/* Checks a K_STR value; returns NULL if fine, else why not (a static string). */
+typedef const char *(*str_check_fn)(const char *v);
+
 struct key {
 	const char *section;
 	const char *name;
@@ -31,6 +34,7 @@ struct key {
 	long min, max;                /* K_INT, K_OCTAL */
 	const char *const *choices;   /* K_ENUM: index = stored int */
 	const char *help;
+	str_check_fn check;           /* K_STR, optional */
 };
 
 static const char *const log_levels[] = { "error", "warning", "info", "debug", NULL };
@@ -38,57 +42,92 @@ static const char *const durabilities[] = { "full", "normal", NULL };
 
 #define OFF(f) offsetof(struct feed_config, f)
 
+/*
+ * String checks run where the value is set, so that the error names its
+ * origin (FILE:LINE or the command-line option), like every other key.
+ */
+static const char *check_abs_path(const char *v)
+{
+	return v[0] == '/' ? NULL : "must be an absolute path";
+}
+
+static const char *check_opt_abs_path(const char *v)
+{
+	return v[0] == '\0' || v[0] == '/' ? NULL : "must be empty or an absolute path";
+}
+
+static const char *check_log(const char *v)
+{
+	if (strcmp(v, "auto") == 0 || strcmp(v, "stderr") == 0 || strcmp(v, "syslog") == 0 || v[0] == '/')
+		return NULL;
+	return "must be stderr, syslog, auto or an absolute path";
+}
+
+static const char *check_endpoint(const char *v)
+{
+	v += strspn(v, " \t,");
+	return *v ? NULL : "at least one ZeroMQ endpoint is needed (e.g. tcp://127.0.0.1:5555)";
+}
+
+static const char *check_url(const char *v)
+{
+	return store_find(v) ? NULL :
+	       "unsupported scheme (accepted: sqlite:///abs/path, postgresql://..., postgres://..., mysql://..., mariadb://...)";
+}
+
 /* The table. Order is the order of `feed example-config` and the docs. */
 static const struct key keys[] = {
 	{ "daemon", "pidfile", K_STR, OFF(pidfile), "/run/feed/feed.pid", 0, 0, NULL,
-	  "Pidfile, locked for the daemon's whole life (single instance). Its directory must be writable by `user`." },
+	  "Pidfile, locked for the daemon's whole life (single instance). Its directory must be writable by `user`.",
+	  check_abs_path },
 	{ "daemon", "user", K_STR, OFF(user), "", 0, 0, NULL,
-	  "User to run as after binding (required when started as root)." },
+	  "User to run as after binding (required when started as root).", NULL },
 	{ "daemon", "group", K_STR, OFF(group), "", 0, 0, NULL,
-	  "Group to run as (default: the user's primary group)." },
+	  "Group to run as (default: the user's primary group).", NULL },
 	{ "daemon", "log", K_STR, OFF(log), "auto", 0, 0, NULL,
-	  "stderr | syslog | /absolute/path | auto (stderr for `run`, syslog for `start`)." },
+	  "stderr | syslog | /absolute/path | auto (stderr for `run`, syslog for `start`).", check_log },
 	{ "daemon", "log_level", K_ENUM, OFF(log_level), "info", 0, 0, log_levels,
-	  "error | warning | info | debug." },
+	  "error | warning | info | debug.", NULL },
 	{ "daemon", "umask", K_OCTAL, OFF(umask), "027", 01, 0777, NULL,
-	  "File creation mask of the daemon, octal, 001..777 (never 0)." },
+	  "File creation mask of the daemon, octal, 001..777 (never 0).", NULL },
 	{ "daemon", "shutdown_timeout", K_INT, OFF(shutdown_timeout), "25", 1, 3600, NULL,
-	  "Seconds `stop` lets the daemon commit and answer in-flight records before it gives up on them." },
+	  "Seconds `stop` lets the daemon commit and answer in-flight records before it gives up on them.", NULL },
 
 	{ "listen", "endpoint", K_STR, OFF(endpoint), "tcp://127.0.0.1:5555", 0, 0, NULL,
-	  "ZeroMQ endpoint(s) to bind, comma separated (tcp://host:port, ipc:///path)." },
-	{ "listen", "max_message_bytes", K_INT, OFF(max_message_bytes), "1048576", 64, 67108864, NULL,
-	  "Largest request body accepted; larger ones are answered FALSE and stored in fee_reject." },
+	  "ZeroMQ endpoint(s) to bind, comma separated (tcp://host:port, ipc:///path).", check_endpoint },
+	{ "listen", "max_message_bytes", K_INT, OFF(max_message_bytes), "1048576", 64, 2097152, NULL,
+	  "Largest request body accepted; larger ones are answered FALSE and stored in fee_reject.", NULL },
 	{ "listen", "max_records", K_INT, OFF(max_records), "10000", 1, 1000000, NULL,
-	  "Most records in one request." },
+	  "Most records in one request.", NULL },
 	{ "listen", "hwm", K_INT, OFF(hwm), "10000", 10, 10000000, NULL,
-	  "ZeroMQ high-water mark per peer, in messages (send and receive)." },
+	  "ZeroMQ high-water mark per peer, in messages (send and receive).", NULL },
 	{ "listen", "queue_records", K_INT, OFF(queue_records), "200000", 1, 100000000, NULL,
-	  "Records admitted but not yet answered; when reached, feed stops reading its sockets." },
+	  "Records admitted but not yet answered; when reached, feed stops reading its sockets.", NULL },
 	{ "listen", "queue_bytes", K_INT, OFF(queue_bytes), "67108864", 65536, 2000000000, NULL,
-	  "Request bytes admitted but not yet answered; when reached, feed stops reading its sockets." },
+	  "Request bytes admitted but not yet answered; when reached, feed stops reading its sockets.", NULL },
 
 	{ "database", "url", K_STR, OFF(url), "sqlite:///var/lib/feed/feed.db", 0, 0, NULL,
-	  "sqlite:///abs/path.db | postgresql://user@host:port/db?... | mysql://user@host:port/db?..." },
+	  "sqlite:///abs/path.db | postgresql://user@host:port/db?... | mysql://user@host:port/db?...", check_url },
 	{ "database", "password_file", K_STR, OFF(password_file), "", 0, 0, NULL,
-	  "File whose first line is the database password (keeps it off command lines and URLs)." },
+	  "File whose first line is the database password (keeps it off command lines and URLs).",
+	  check_opt_abs_path },
 	{ "database", "durability", K_ENUM, OFF(durability), "full", 0, 0, durabilities,
-	  "full: TRUE only once the commit is on disk | normal: safe against a crash of feed, not of the machine." },
+	  "full: TRUE only once the commit is on disk | normal: safe against a crash of feed, not of the machine.", NULL },
 	{ "database", "writers", K_INT, OFF(writers), "0", 0, 64, NULL,
-	  "Writer threads/connections; 0 = automatic (1 for SQLite, 2 for servers)." },
+	  "Writer threads/connections; 0 = automatic (1 for SQLite, 2 for servers).", NULL },
 	{ "database", "batch_max", K_INT, OFF(batch_max), "20000", 1, 1000000, NULL,
-	  "Most records committed in one transaction (batches grow with load, no timer)." },
+	  "Most records committed in one transaction (batches grow with load, no timer).", NULL },
 	{ "database", "connect_timeout", K_INT, OFF(connect_timeout), "10", 1, 600, NULL,
-	  "Seconds to wait for a database connection." },
+	  "Seconds to wait for a database connection.", NULL },
 	{ "database", "retry_max", K_INT, OFF(retry_max), "5000", 10, 600000, NULL,
-	  "Cap of the reconnect backoff, milliseconds." },
+	  "Cap of the reconnect backoff, milliseconds.", NULL },
 
 	{ "fee", "default_rate", K_RATE, OFF(default_rate), "0", 0, 0, NULL,
-	  "Rate for logins without a fee_rate row: fee = volume x rate, rounded half-up to 2 decimals." },
+	  "Rate for logins without a fee_rate row: fee = volume x rate, rounded half-up to 2 decimals.", NULL },
 	{ "fee", "settle_interval", K_INT, OFF(settle_interval), "1000", 10, 3600000, NULL,
-	  "Milliseconds between settle passes when nothing new arrives." },
-	{ "fee", "settle_batch", K_INT, OFF(settle_batch), "5000", 1, 1000000, NULL,
-	  "Rows settled per transaction." },
+	  "Milliseconds between settle passes when nothing new arrives.", NULL },
+	{ "fee", "settle_batch", K_INT, OFF(settle_batch), "1000", 1, 1000000, NULL,
+	  "Rows settled per transaction.", NULL },
 };
 
 #define NKEYS (sizeof(keys) / sizeof(keys[0]))
@@ -124,6 +163,14 @@ static int set_value(struct feed_config *c, const struct key *k, const char *v,
 
 	switch (k->type) {
 	case K_STR: {
+		const char *why = k->check ? k->check(v) : NULL;
+		if (why) {
+			char shown[256];
+			/* a URL may carry a password: never echo it */
+			store_url_redact(v, shown, sizeof(shown));
+			fprintf(errs, "%s: [%s] %s: %s, got \"%s\"\n", origin, k->section, k->name, why, shown);
+			return -EINVAL;
+		}
 		char *dup = strdup(v);
 		if (!dup)
 			return -ENOMEM;
@@ -288,29 +335,7 @@ int config_validate(const struct feed_config *c, FILE *errs)
 {
 	int nerr = 0;
 
-	if (!store_find(c->url)) {
-		fprintf(errs, "[database] url: unsupported scheme in \"%.200s\" (accepted: sqlite:///abs/path, postgresql://..., postgres://..., mysql://..., mariadb://...)\n",
-			c->url);
-		nerr++;
-	}
-	const char *e = c->endpoint;
-	e += strspn(e, " \t,");
-	if (*e == '\0') {
-		fprintf(errs, "[listen] endpoint: at least one ZeroMQ endpoint is needed (e.g. tcp://127.0.0.1:5555)\n");
-		nerr++;
-	}
-	if (strcmp(c->log, "auto") && strcmp(c->log, "stderr") && strcmp(c->log, "syslog") && c->log[0] != '/') {
-		fprintf(errs, "[daemon] log: must be stderr, syslog, auto or an absolute path, got \"%s\"\n", c->log);
-		nerr++;
-	}
-	if (c->pidfile[0] != '/') {
-		fprintf(errs, "[daemon] pidfile: must be an absolute path, got \"%s\"\n", c->pidfile);
-		nerr++;
-	}
-	if (c->password_file[0] && c->password_file[0] != '/') {
-		fprintf(errs, "[database] password_file: must be an absolute path, got \"%s\"\n", c->password_file);
-		nerr++;
-	}
+	/* single-key checks are done by set_value(); only cross-key ones remain */
 	if ((long)c->max_message_bytes * 2 > (long)c->queue_bytes) {
 		fprintf(errs, "[listen] queue_bytes (%d) must be at least twice max_message_bytes (%d)\n",
 			c->queue_bytes, c->max_message_bytes);

@@ -50,7 +50,7 @@ struct pipeline {
 	struct request *qhead, **qtail;
 	bool stopping, abandon;
 	struct pipeline_stats st;
-	int retrying;                /* writers currently backing off */
+	int idle;                    /* writers waiting for work */
 
 	pthread_mutex_t done_mu;
 	struct request *dhead, **dtail;
@@ -113,6 +113,7 @@ static int commit_batch(struct writer *w, size_t n)
 {
 	struct pipeline *p = w->p;
 	int backoff = 50, busy = 0;
+	bool fresh = false;           /* reconnected once already in this call */
 
 	for (;;) {
 		int r = store_write(w->s, w->batch, w->reqs, n);
@@ -131,6 +132,16 @@ static int commit_batch(struct writer *w, size_t n)
 			log_debug("writer %d: transient database error, retrying: %s", w->idx, w->s->errmsg);
 			sleep_ms_unless_abandoned(p, 2 * busy);
 			continue;
+		}
+		/*
+		 * A connection that died in an outage the other writers already
+		 * saw end fails once more: reconnect at once and retry before
+		 * calling the database down, so that one outage is logged once.
+		 */
+		if (r != -EAGAIN && !fresh) {
+			fresh = true;
+			if (w->s->ops->reconnect(w->s) == 0)
+				continue;
 		}
 		db_down(p, w, r);
 		sleep_ms_unless_abandoned(p, backoff);
@@ -157,7 +168,9 @@ static void *writer_main(void *arg)
 			struct timespec ts;
 			clock_gettime(CLOCK_REALTIME, &ts);
 			ts.tv_sec += 1; /* bounded wait; the signal is the real wake-up */
+			p->idle++;
 			pthread_cond_timedwait(&p->cv, &p->mu, &ts);
+			p->idle--;
 		}
 		if (!p->qhead || p->abandon) {
 			pthread_mutex_unlock(&p->mu);
@@ -314,7 +327,8 @@ void pipeline_submit(struct pipeline *p, struct request *r)
 	pthread_mutex_lock(&p->mu);
 	*p->qtail = r;
 	p->qtail = &r->next;
-	pthread_cond_signal(&p->cv);
+	if (p->idle > 0) /* busy writers look at the queue when they finish */
+		pthread_cond_signal(&p->cv);
 	pthread_mutex_unlock(&p->mu);
 }
 

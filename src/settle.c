@@ -5,7 +5,9 @@
  * that cannot be settled never blocks the ones after it), computes each
  * fee with exact decimal arithmetic (dec_fee: volume x rate, half-up to
  * 2 decimals; the login's fee_rate row, else [fee] default_rate) and
- * writes a chunk per transaction. The UPDATE only touches rows still 'N',
+ * writes a chunk per transaction. While writers keep committing, it settles
+ * one chunk per SETTLE_MIN_GAP_MS so as not to compete with the answer path,
+ * and catches up at full speed when they pause. The UPDATE only touches rows still 'N',
  * so several feed instances settling the same database agree.
  * Woken by the writers after a commit, or every settle_interval ms.
  */
@@ -21,6 +23,8 @@
 
 #include "decimal.h"
 #include "log.h"
+
+#define SETTLE_MIN_GAP_MS 200
 
 struct settler {
 	pthread_t thread;
@@ -97,6 +101,22 @@ static bool wait_for_work(struct settler *st, int ms)
 	return !stop;
 }
 
+/* Sleeps ms, woken early only by stop (kicks stay pending for the next wait). */
+static void pause_unless_stopping(struct settler *st, int ms)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	ts.tv_nsec += (long)ms * 1000000L;
+	ts.tv_sec += ts.tv_nsec / 1000000000L;
+	ts.tv_nsec %= 1000000000L;
+	pthread_mutex_lock(&st->mu);
+	while (!st->stopping)
+		if (pthread_cond_timedwait(&st->cv, &st->mu, &ts) == ETIMEDOUT)
+			break;
+	pthread_mutex_unlock(&st->mu);
+}
+
 static void *settle_main(void *arg)
 {
 	struct settler *st = arg;
@@ -110,10 +130,18 @@ static void *settle_main(void *arg)
 		while ((r = settle_chunk(st, &after, &skipped)) > 0) {
 			total += (size_t)r;
 			pthread_mutex_lock(&st->mu);
-			bool stop = st->stopping;
+			bool stop = st->stopping, busy = st->kicked;
+			st->kicked = false;
 			pthread_mutex_unlock(&st->mu);
 			if (stop)
 				break;
+			/*
+			 * Writers committed meanwhile: the answer path is busy.
+			 * Settle one chunk per SETTLE_MIN_GAP_MS then, and catch up
+			 * at full speed when the load eases.
+			 */
+			if (busy)
+				pause_unless_stopping(st, SETTLE_MIN_GAP_MS);
 		}
 		if (r < 0) {
 			if (!st->failing)
@@ -149,6 +177,7 @@ int settle_start(const struct feed_config *cfg, const struct store_params *sp,
 	st->sp = *sp;
 	st->sp.url = st->url;
 	st->sp.password = st->password;
+	st->sp.background = true;
 	st->default_rate = cfg->default_rate;
 	st->interval_ms = cfg->settle_interval;
 	st->retry_max_ms = cfg->retry_max;

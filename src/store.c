@@ -72,6 +72,7 @@ enum { SLOT_STORED = -1, SLOT_FREED = -2 };
 struct store_batch {
 	size_t cap;               /* records */
 	size_t nslots;            /* power of two >= 2 * cap */
+	size_t mask;              /* of the part in use for this batch */
 	struct slot *slots;
 	int64_t *tickets;
 	struct store_row *rows;
@@ -124,7 +125,7 @@ static size_t hash(int64_t t, size_t mask)
 
 static struct slot *slot_find(struct store_batch *b, int64_t ticket)
 {
-	size_t mask = b->nslots - 1;
+	size_t mask = b->mask;
 
 	for (size_t i = hash(ticket, mask);; i = (i + 1) & mask) {
 		struct slot *sl = &b->slots[i];
@@ -157,9 +158,15 @@ static void format_conflict(struct store_req *r, int64_t ticket, const struct sl
 static size_t classify(struct store_batch *b, struct store_req **reqs, size_t n,
 		       const struct store_row *rows, size_t nrows)
 {
-	size_t nfresh = 0;
+	size_t nfresh = 0, want = 16, entries = nrows;
 
-	memset(b->slots, 0, b->nslots * sizeof(*b->slots));
+	/* a map twice the size of this batch: clearing all of it would cost more than the batch */
+	for (size_t i = 0; i < n; i++)
+		entries += reqs[i]->n;
+	while (want < 2 * entries && want < b->nslots)
+		want <<= 1;
+	b->mask = want - 1;
+	memset(b->slots, 0, want * sizeof(*b->slots));
 	for (size_t i = 0; i < nrows; i++) {
 		struct slot *sl = slot_find(b, rows[i].ticket);
 		*sl = (struct slot){ rows[i].ticket, rows[i].login, rows[i].volume, SLOT_STORED, true };

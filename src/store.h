@@ -25,6 +25,7 @@
 #ifndef FEED_STORE_H
 #define FEED_STORE_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -40,6 +41,8 @@ struct store_params {
 	const char *password;         /* from password_file, or NULL (URL may hold one) */
 	enum store_durability durability;
 	int connect_timeout;          /* seconds */
+	bool background;              /* settle connection: yields to the writers where
+					 the database has one write lock (SQLite) */
 };
 
 /* An existing fee row, as found by lookup(). */

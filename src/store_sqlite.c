@@ -21,6 +21,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <pthread.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <sqlite3.h>
@@ -42,6 +44,7 @@ enum sq_stmt_id {
 	SQ_COMMIT,
 	SQ_ROLLBACK,
 	SQ_LOOKUP,
+	SQ_MAXTICKET,
 	SQ_INSERT,
 	SQ_REJECT,
 	SQ_FETCH,
@@ -56,12 +59,13 @@ static const struct {
 	[SQ_BEGIN] = { "BEGIN IMMEDIATE", "BEGIN IMMEDIATE" },
 	[SQ_COMMIT] = { "COMMIT", "COMMIT" },
 	[SQ_ROLLBACK] = { "ROLLBACK", "ROLLBACK" },
+	[SQ_MAXTICKET] = { "SELECT max(ticket) from fee", "SELECT max(ticket) FROM fee" },
 	[SQ_LOOKUP] = { "SELECT from fee",
 		"SELECT ticket, login, volume FROM fee WHERE ticket = ?1" },
 	/* received_at is explicit: an adopted table's column has no default. */
 	[SQ_INSERT] = { "INSERT into fee",
 		"INSERT INTO fee (ticket, login, volume, status, received_at) "
-		"VALUES (?1, ?2, ?3, 'N', " SQ_NOW ")" },
+		"VALUES (?1, ?2, ?3, 'N', ?4)" },
 	[SQ_REJECT] = { "INSERT into fee_reject",
 		"INSERT INTO fee_reject (received_at, endpoint, reason, body) "
 		"VALUES (" SQ_NOW ", ?1, ?2, ?3)" },
@@ -71,7 +75,7 @@ static const struct {
 		"LEFT JOIN fee_rate AS r ON r.login = f.login "
 		"WHERE f.status = 'N' AND f.ticket > ?1 ORDER BY f.ticket LIMIT ?2" },
 	[SQ_SETTLE] = { "UPDATE fee (settle)",
-		"UPDATE fee SET fee = ?2, status = 'Y', settled_at = " SQ_NOW " "
+		"UPDATE fee SET fee = ?2, status = 'Y', settled_at = ?3 "
 		"WHERE ticket = ?1 AND status = 'N'" },
 };
 
@@ -81,7 +85,65 @@ struct store_sqlite {
 	char *path;
 	enum store_durability durability;
 	sqlite3_stmt *stmt[SQ_NSTMT];           /* NULL until first use */
+	bool holds_write_mu;
+	bool background;
 };
+
+/*
+ * SQLite has one write lock per database. This process's connections (the
+ * writers, the settler) take turns through this gate instead of SQLite's
+ * busy handler, which sleeps in steps of up to 100 ms; and a background
+ * (settle) connection lets any waiting writer go first, so settlement does
+ * not hold up answers. Other processes still meet the busy handler.
+ */
+static pthread_mutex_t sq_gate_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t sq_gate_cv = PTHREAD_COND_INITIALIZER;
+static bool sq_gate_busy;
+static int sq_gate_writers_waiting;
+
+static void sq_write_lock(struct store_sqlite *q)
+{
+	if (q->holds_write_mu)
+		return;
+	pthread_mutex_lock(&sq_gate_mu);
+	if (!q->background)
+		sq_gate_writers_waiting++;
+	while (sq_gate_busy || (q->background && sq_gate_writers_waiting > 0)) {
+		struct timespec ts;
+		clock_gettime(CLOCK_REALTIME, &ts);
+		ts.tv_sec += 1; /* bounded wait; the broadcast is the real wake-up */
+		pthread_cond_timedwait(&sq_gate_cv, &sq_gate_mu, &ts);
+	}
+	if (!q->background)
+		sq_gate_writers_waiting--;
+	sq_gate_busy = true;
+	q->holds_write_mu = true;
+	pthread_mutex_unlock(&sq_gate_mu);
+}
+
+static void sq_write_unlock(struct store_sqlite *q)
+{
+	if (!q->holds_write_mu)
+		return;
+	q->holds_write_mu = false;
+	pthread_mutex_lock(&sq_gate_mu);
+	sq_gate_busy = false;
+	pthread_cond_broadcast(&sq_gate_cv);
+	pthread_mutex_unlock(&sq_gate_mu);
+}
+
+/* "now" as SQLite's strftime('%Y-%m-%dT%H:%M:%fZ') prints it, computed once per call. */
+static size_t sq_now(char buf[static 32])
+{
+	struct timespec ts;
+	struct tm tm;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	gmtime_r(&ts.tv_sec, &tm);
+	return (size_t)snprintf(buf, 32, "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ", tm.tm_year + 1900,
+				tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
+				ts.tv_nsec / 1000000);
+}
 
 static struct store_sqlite *sq_of(struct store *s)
 {
@@ -363,6 +425,7 @@ static void sq_disconnect(struct store_sqlite *q)
 	sq_finalize_all(q);
 	sqlite3_close(q->db);   /* rolls back an open transaction */
 	q->db = NULL;
+	sq_write_unlock(q);
 }
 
 static void sq_close(struct store *s)
@@ -395,6 +458,7 @@ static int sq_open(const struct store_params *p, struct store **ret, char *err, 
 	}
 	q->base.ops = &store_sqlite_ops;
 	q->durability = p->durability;
+	q->background = p->background;
 	q->path = strdup(path);
 	if (!q->path) {
 		r = -ENOMEM;
@@ -570,9 +634,12 @@ static int sq_migrate(struct store *s)
 	int r;
 
 	/* The write lock serialises concurrent feed processes migrating at once. */
+	sq_write_lock(q);
 	r = sq_exec_sql(q, "BEGIN IMMEDIATE", "migrate: BEGIN IMMEDIATE");
-	if (r < 0)
+	if (r < 0) {
+		sq_write_unlock(q);
 		return r;
+	}
 	r = sq_query_int(q, "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'fee'",
 			 "looking for table fee", &n);
 	if (r < 0)
@@ -611,6 +678,7 @@ static int sq_migrate(struct store *s)
 out:
 	if (r < 0 && q->db && !sqlite3_get_autocommit(q->db))
 		sqlite3_exec(q->db, "ROLLBACK", NULL, NULL, NULL);
+	sq_write_unlock(q);
 	return r;
 }
 
@@ -634,22 +702,34 @@ static int sq_begin(struct store *s)
 			 "sqlite: BEGIN: a transaction is already open (missing rollback?)");
 		return -EALREADY;
 	}
-	return sq_run(q, SQ_BEGIN);
+	sq_write_lock(q);
+	int r = sq_run(q, SQ_BEGIN);
+	if (r < 0)
+		sq_write_unlock(q);
+	return r;
 }
 
 static int sq_commit(struct store *s)
 {
-	return sq_run(sq_of(s), SQ_COMMIT);
+	struct store_sqlite *q = sq_of(s);
+	int r = sq_run(q, SQ_COMMIT);
+
+	if (r == 0 || !q->db || sqlite3_get_autocommit(q->db))
+		sq_write_unlock(q);
+	return r;
 }
 
 static int sq_rollback(struct store *s)
 {
 	struct store_sqlite *q = sq_of(s);
 
+	int r = 0;
+
 	/* SQLite may already have rolled back by itself (IOERR, FULL, NOMEM...). */
-	if (!q->db || sqlite3_get_autocommit(q->db))
-		return 0;
-	return sq_run(q, SQ_ROLLBACK);
+	if (q->db && !sqlite3_get_autocommit(q->db))
+		r = sq_run(q, SQ_ROLLBACK);
+	sq_write_unlock(q);
+	return r;
 }
 
 /* ==== The batch primitives ==== */
@@ -662,10 +742,29 @@ static int sq_lookup(struct store *s, const int64_t *tickets, size_t n,
 	size_t found = 0;
 	int r, rc;
 
+	/*
+	 * Tickets mostly grow: one probe of the index's end spares a lookup
+	 * for every ticket above the largest stored one.
+	 */
+	int64_t max = INT64_MAX;
+	r = sq_stmt(q, SQ_MAXTICKET, &st);
+	if (r < 0)
+		return r;
+	rc = sqlite3_step(st);
+	if (rc == SQLITE_ROW)
+		max = sqlite3_column_type(st, 0) == SQLITE_NULL ? 0 : sqlite3_column_int64(st, 0);
+	else
+		r = sq_fail(q, rc, "%s", sq_stmt_sql[SQ_MAXTICKET].what);
+	sqlite3_reset(st);
+	if (r < 0)
+		return r;
+
 	r = sq_stmt(q, SQ_LOOKUP, &st);
 	if (r < 0)
 		return r;
 	for (size_t i = 0; i < n; i++) {
+		if (tickets[i] > max)
+			continue;
 		sqlite3_bind_int64(st, 1, tickets[i]);
 		rc = sqlite3_step(st);
 		if (rc == SQLITE_ROW) {
@@ -706,7 +805,7 @@ static int sq_lookup(struct store *s, const int64_t *tickets, size_t n,
 static int sq_insert(struct store *s, const struct record *recs, size_t n)
 {
 	struct store_sqlite *q = sq_of(s);
-	char vol[DEC_STRMAX];
+	char vol[DEC_STRMAX], now[32];
 	sqlite3_stmt *st;
 	size_t len;
 	int r, rc;
@@ -714,6 +813,7 @@ static int sq_insert(struct store *s, const struct record *recs, size_t n)
 	r = sq_stmt(q, SQ_INSERT, &st);
 	if (r < 0)
 		return r;
+	sqlite3_bind_text(st, 4, now, (int)sq_now(now), SQLITE_STATIC); /* bindings survive reset */
 	for (size_t i = 0; i < n; i++) {
 		len = dec_format(recs[i].volume, DEC_SCALE, 0, vol);
 		sqlite3_bind_int64(st, 1, recs[i].ticket);
@@ -794,7 +894,7 @@ static int sq_fetch_unsettled(struct store *s, int64_t after, size_t max,
 static int sq_settle(struct store *s, const struct store_settle *rows, size_t n)
 {
 	struct store_sqlite *q = sq_of(s);
-	char fee[DEC_STRMAX];
+	char fee[DEC_STRMAX], now[32];
 	sqlite3_stmt *st;
 	size_t len;
 	int r, rc;
@@ -802,6 +902,7 @@ static int sq_settle(struct store *s, const struct store_settle *rows, size_t n)
 	r = sq_stmt(q, SQ_SETTLE, &st);
 	if (r < 0)
 		return r;
+	sqlite3_bind_text(st, 3, now, (int)sq_now(now), SQLITE_STATIC);
 	for (size_t i = 0; i < n; i++) {
 		len = dec_format(rows[i].fee, FEE_SCALE, FEE_SCALE, fee);
 		sqlite3_bind_int64(st, 1, rows[i].ticket);

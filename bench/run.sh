@@ -1,0 +1,375 @@
+#!/bin/bash
+#
+# run.sh - feed's benchmark: one command, one markdown page of results.
+#
+# Usage: bench/run.sh [--backend sqlite|postgres|mariadb] [--quick]
+#
+# Expects a Release build in BUILD_DIR (default: build/ at the top of the
+# repository): BUILD_DIR/feed and BUILD_DIR/bench/{load,classic,raw_*}. Runs
+# itself inside tests/lib/with-<backend>.sh (a throwaway database: a
+# temporary SQLite file, or a private PostgreSQL / MariaDB server), then
+# measures, each with nothing else running:
+#   raw limits   raw_zmq (DEALER -> ROUTER echo), raw_sqlite / raw_pg / raw_mysql
+#   classic loop bench/classic: 1 lone REQ client, then 64 REQ clients
+#   feed         `feed run` (durability = full): 1 lone REQ client, 64 REQ
+#                clients, 1 DEALER (window 1000) with 1 and with 100 records
+#                per request
+# After every scenario the table's row count is checked against the records
+# acknowledged TRUE. Prints the results as markdown and writes them to
+# bench/results-<backend>-<date>.md. Exit status 0 if every scenario ran
+# and every check passed (whether the targets are met is in the report).
+#
+set -euo pipefail
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+backend=sqlite
+quick=0
+
+usage() {
+	echo "usage: bench/run.sh [--backend sqlite|postgres|mariadb] [--quick]" >&2
+	exit 2
+}
+
+while [ $# -gt 0 ]; do
+	case $1 in
+	--backend) [ $# -ge 2 ] || usage; backend=$2; shift 2 ;;
+	--backend=*) backend=${1#--backend=}; shift ;;
+	--quick) quick=1; shift ;;
+	-h|--help) sed -n '3,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+	*) usage ;;
+	esac
+done
+case $backend in
+sqlite|postgres|mariadb) ;;
+postgresql) backend=postgres ;;
+mysql) backend=mariadb ;;
+*) usage ;;
+esac
+
+BUILD_DIR=${BUILD_DIR:-$root/build}
+case $BUILD_DIR in /*) ;; *) BUILD_DIR=$PWD/$BUILD_DIR ;; esac
+export BUILD_DIR
+
+# ==== outside: re-run inside the throwaway database ====
+if [ -z "${FEED_BENCH_INNER:-}" ]; then
+	for p in feed bench/load bench/classic bench/raw_zmq bench/raw_sqlite bench/raw_pg bench/raw_mysql; do
+		[ -x "$BUILD_DIR/$p" ] || {
+			echo "run.sh: $BUILD_DIR/$p not found; build first:" >&2
+			echo "  cmake -S . -B build -DCMAKE_BUILD_TYPE=Release && cmake --build build -j" >&2
+			exit 1
+		}
+	done
+	grep -q 'CMAKE_BUILD_TYPE:STRING=Release' "$BUILD_DIR/CMakeCache.txt" 2>/dev/null ||
+		echo "run.sh: warning: $BUILD_DIR is not a Release build; numbers will be low" >&2
+	export FEED_BENCH_INNER=1
+	case $backend in
+	sqlite) lib=with-sqlite.sh ;;
+	postgres) lib=with-postgres.sh ;;
+	mariadb) lib=with-mariadb.sh ;;
+	esac
+	args=(--backend "$backend")
+	[ "$quick" = 1 ] && args+=(--quick)
+	exec "$root/tests/lib/$lib" "$0" "${args[@]}"
+fi
+
+# ==== inside: FEED_TEST_URL, FEED_TEST_PASSWORD_FILE, FEED_TEST_SQL are set ====
+: "${FEED_TEST_URL:?run.sh must run inside tests/lib/with-*.sh}"
+: "${FEED_TEST_SQL:?}"
+pwfile=${FEED_TEST_PASSWORD_FILE:-}
+B=$BUILD_DIR/bench
+
+if [ "$quick" = 1 ]; then
+	secs=2; recs1=1000000; recs100=10000000; rawrecs=300000
+else
+	secs=8; recs1=5000000; recs100=40000000; rawrecs=2000000
+fi
+# fresh tickets for every run and scenario: now x 1e9 + scenario x 1e8
+ticket_base=$(( $(date +%s) * 1000000000 ))
+
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/feed-bench.XXXXXX")
+feed_pid=
+classic_pid=
+cleanup() {
+	status=$?
+	trap - EXIT INT TERM HUP
+	for p in $feed_pid $classic_pid; do
+		kill -TERM "$p" 2>/dev/null || true
+	done
+	for p in $feed_pid $classic_pid; do
+		wait "$p" 2>/dev/null || true
+	done
+	rm -rf -- "$tmp"
+	exit "$status"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+trap 'exit 129' HUP
+
+log() { echo "run.sh: $*" >&2; }
+failures=0
+fail() { log "FAILED: $*"; failures=$((failures + 1)); }
+
+free_port() {
+	python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])' 2>/dev/null ||
+		echo $(( 20000 + RANDOM % 40000 ))
+}
+
+# Waits until something accepts TCP connections on 127.0.0.1:$1 while $2 lives.
+wait_port() {
+	local port=$1 pid=$2
+	for _ in $(seq 1 300); do
+		kill -0 "$pid" 2>/dev/null || return 1
+		if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+			return 0
+		fi
+		sleep 0.1
+	done
+	return 1
+}
+
+sql() { sh -c "$FEED_TEST_SQL" <<<"$1"; }
+
+count_rows() {    # count_rows TABLE [SQL_COMMAND]
+	sh -c "${2:-$FEED_TEST_SQL}" <<<"SELECT count(*) FROM $1;" 2>/dev/null | tr -d '[:space:]' || true
+}
+
+# Results: rate[key], p50[key], p99[key] (microseconds), recs[key].
+declare -A rate p50 p99 recs
+
+# measure KEY COMMAND...: runs a program that prints a RESULT line.
+measure() {
+	local key=$1 out line st=0
+	shift
+	log "$key: $*"
+	out=$("$@" 2>"$tmp/$key.err") || st=$?
+	if [ "$st" != 0 ]; then
+		fail "$key: exit status $st ($(tail -3 "$tmp/$key.err" | tr '\n' ' '))"
+	fi
+	line=$(grep '^RESULT ' <<<"$out" | tail -1 || true)
+	if [ -z "$line" ]; then
+		rate[$key]=; recs[$key]=0
+		return 0
+	fi
+	recs[$key]=$(sed -n 's/.* records=\([0-9]*\).*/\1/p' <<<"$line")
+	rate[$key]=$(sed -n 's/.* rate=\([0-9]*\).*/\1/p' <<<"$line")
+	p50[$key]=$(sed -n 's/.* p50_us=\([0-9-]*\).*/\1/p' <<<"$line")
+	p99[$key]=$(sed -n 's/.* p99_us=\([0-9-]*\).*/\1/p' <<<"$line")
+	log "$key: ${rate[$key]} records/s"
+}
+
+# check_rows TABLE EXPECTED KEY [SQL_COMMAND]
+check_rows() {
+	local n
+	n=$(count_rows "$1" "${4:-}")
+	if [ "$n" != "$2" ]; then
+		fail "$3: $1 holds ${n:-?} rows, expected $2"
+	else
+		log "$3: $1 holds $n rows, as expected"
+	fi
+}
+
+# ==== raw limits ====
+measure raw_zmq "$B/raw_zmq" bench -N "$rawrecs" -w 1000
+case $backend in
+sqlite)
+	measure raw_db "$B/raw_sqlite" -f "$tmp/raw.db" -N "$rawrecs" -b 10000
+	rm -f "$tmp"/raw.db*
+	classic_url="sqlite://$tmp/classic.db"
+	classic_sql="sqlite3 -batch $tmp/classic.db"
+	raw_name="raw_sqlite (10,000 rows/transaction, WAL, synchronous=FULL)"
+	;;
+postgres)
+	measure raw_db "$B/raw_pg" -u "$FEED_TEST_URL" -p "$pwfile" -N "$rawrecs" -b 10000
+	classic_url=$FEED_TEST_URL
+	classic_sql=$FEED_TEST_SQL
+	raw_name="raw_pg (COPY, 10,000 rows/transaction)"
+	;;
+mariadb)
+	measure raw_db "$B/raw_mysql" -u "$FEED_TEST_URL" -p "$pwfile" -N "$rawrecs" -b 10000
+	classic_url=$FEED_TEST_URL
+	classic_sql=$FEED_TEST_SQL
+	raw_name="raw_mysql (multi-row INSERT, 10,000 rows/transaction)"
+	;;
+esac
+
+# ==== the classic loop ====
+port=$(free_port)
+ep=tcp://127.0.0.1:$port
+"$B/classic" -e "$ep" -u "$classic_url" -p "$pwfile" >"$tmp/classic.out" 2>&1 &
+classic_pid=$!
+if ! wait_port "$port" "$classic_pid"; then
+	cat "$tmp/classic.out" >&2
+	fail "classic did not start"
+else
+	measure classic_1 "$B/load" req -e "$ep" -c 1 -N "$recs1" -d "$secs" -s $((ticket_base + 1))
+	check_rows classic_fee "${recs[classic_1]:-0}" classic_1 "$classic_sql"
+	measure classic_64 "$B/load" req -e "$ep" -c 64 -N "$recs1" -d "$secs" \
+		-s $((ticket_base + 100000001))
+	check_rows classic_fee $(( ${recs[classic_1]:-0} + ${recs[classic_64]:-0} )) classic_64 "$classic_sql"
+fi
+kill -TERM "$classic_pid" 2>/dev/null || true
+wait "$classic_pid" 2>/dev/null || true
+classic_pid=
+if [ "$backend" = sqlite ]; then
+	rm -f "$tmp"/classic.db*
+else
+	sql "DROP TABLE IF EXISTS classic_fee;" >/dev/null 2>&1 || true
+fi
+
+# ==== feed ====
+port=$(free_port)
+ep=tcp://127.0.0.1:$port
+conf=$tmp/feed.conf
+# feed refuses to run as root: as root, hand it an unprivileged user and the
+# directories it writes to (both throwaway).
+run_user=
+if [ "$(id -u)" = 0 ]; then
+	run_user=${FEED_BENCH_USER:-nobody}
+	chown "$run_user" "$tmp"
+	if [ "$backend" = sqlite ]; then
+		dbfile=${FEED_TEST_URL#sqlite://}
+		chown "$run_user" "$(dirname "$dbfile")"
+		for f in "$dbfile" "$dbfile-wal" "$dbfile-shm"; do
+			[ -e "$f" ] && chown "$run_user" "$f"
+		done
+	fi
+fi
+{
+	echo "[daemon]"
+	[ -n "$run_user" ] && echo "user = $run_user"
+	echo "pidfile = $tmp/feed.pid"
+	echo "log = $tmp/feed.log"
+	echo "log_level = info"
+	echo "[listen]"
+	echo "endpoint = $ep"
+	echo "[database]"
+	echo "url = $FEED_TEST_URL"
+	[ -n "$pwfile" ] && echo "password_file = $pwfile"
+	echo "durability = full"
+} >"$conf"
+"$BUILD_DIR/feed" run -c "$conf" >"$tmp/feed.out" 2>&1 &
+feed_pid=$!
+if ! wait_port "$port" "$feed_pid"; then
+	cat "$tmp/feed.out" "$tmp/feed.log" >&2 2>/dev/null || true
+	fail "feed did not start (see above)"
+else
+	total=0
+	step() {     # step KEY SCENARIO_NO LOAD_ARGS...
+		local key=$1 n=$2
+		shift 2
+		measure "$key" "$B/load" "$@" -e "$ep" -d "$secs" -s $((ticket_base + n * 100000000 + 1))
+		total=$((total + ${recs[$key]:-0}))
+		check_rows fee "$total" "$key"
+	}
+	step feed_1 2 req -c 1 -N "$recs1"
+	step feed_64 3 req -c 64 -N "$recs1"
+	step feed_pipe1 4 dealer -w 1000 -b 1 -N "$recs1"
+	step feed_pipe100 5 dealer -w 1000 -b 100 -N "$recs100"
+fi
+if kill -TERM "$feed_pid" 2>/dev/null; then
+	st=0
+	wait "$feed_pid" 2>/dev/null || st=$?
+	[ "$st" = 0 ] || fail "feed exited with status $st after SIGTERM"
+fi
+feed_pid=
+
+# ==== report ====
+ratio() {    # ratio A B -> "123x" or "-"
+	if [ -n "${1:-}" ] && [ -n "${2:-}" ] && [ "${2:-0}" != 0 ]; then
+		awk -v a="$1" -v b="$2" 'BEGIN { r = a / b; printf (r >= 10 ? "%.0fx" : (r >= 0.01 ? "%.2fx" : "%.4fx")), r }'
+	else
+		echo "-"
+	fi
+}
+ms() {       # microseconds -> milliseconds
+	case ${1:-} in
+	''|-) echo "-" ;;
+	*) awk -v u="$1" 'BEGIN { printf "%.2f", u / 1000 }' ;;
+	esac
+}
+num() { [ -n "${1:-}" ] && printf "%'d" "$1" 2>/dev/null || echo "${1:-n/a}"; }
+
+c1=${rate[classic_1]:-}
+c64=${rate[classic_64]:-}
+cbest=$c1
+[ -n "$c64" ] && { [ -z "$cbest" ] || [ "$c64" -gt "$cbest" ]; } && cbest=$c64
+rawdb=${rate[raw_db]:-}
+
+row() {      # row LABEL KEY CLASSIC RAW
+	printf '| %s | %s | %s | %s | %s | %s |\n' "$1" "$(num "${rate[$2]:-}")" \
+		"$(ms "${p50[$2]:-}")" "$(ms "${p99[$2]:-}")" "$(ratio "${rate[$2]:-}" "$3")" \
+		"$(ratio "${rate[$2]:-}" "$4")"
+}
+
+target() {   # target TEXT OK
+	if [ "$2" = 1 ]; then echo "- [x] $1"; else echo "- [ ] $1 — **not met**"; fi
+}
+ge() { [ -n "${1:-}" ] && [ -n "${2:-}" ] && awk -v a="$1" -v b="$2" 'BEGIN { exit !(a >= b) }' && echo 1 || echo 0; }
+
+date_s=$(date -u +%Y-%m-%d)
+out=$root/bench/results-$backend-$date_s.md
+cpu=$(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -1)
+fs=$(df -PT "${TMPDIR:-/tmp}" | awk 'NR == 2 { print $2 }')
+rev=$(git -C "$root" describe --always --dirty 2>/dev/null || echo unknown)
+case $backend in
+sqlite) server="SQLite $(sqlite3 --version | cut -d' ' -f1) (file on $fs)" ;;
+postgres) server=$(sql "SELECT version();" | cut -d, -f1) ;;
+mariadb) server="MariaDB $(sql "SELECT version();")" ;;
+esac
+
+{
+	echo "## $backend, $date_s$([ "$quick" = 1 ] && echo ", --quick")"
+	echo
+	echo "feed $rev; $server; durability = full; $(nproc) CPUs ($cpu), $(free -g | awk '/^Mem:/ { print $2 }') GiB,"
+	echo "Linux $(uname -r); client and server on the same machine over tcp://127.0.0.1;"
+	echo "each scenario bounded to ${secs} s."
+	echo
+	echo "| scenario | records/s | p50 ms | p99 ms | x classic | x raw limit |"
+	echo "|---|---:|---:|---:|---:|---:|"
+	row "feed, 1 REQ client, 1 record/request" feed_1 "$c1" "$rawdb"
+	row "feed, 64 REQ clients, 1 record/request" feed_64 "$c64" "$rawdb"
+	row "feed, 1 DEALER (window 1000), 1 record/request" feed_pipe1 "$cbest" "$rawdb"
+	row "feed, 1 DEALER (window 1000), 100 records/request" feed_pipe100 "$cbest" "$rawdb"
+	row "classic loop, 1 REQ client" classic_1 "$c1" "$rawdb"
+	row "classic loop, 64 REQ clients" classic_64 "$c64" "$rawdb"
+	row "raw limit: $raw_name" raw_db "$cbest" "$rawdb"
+	row "raw limit: raw_zmq (DEALER -> ROUTER echo, window 1000)" raw_zmq "$cbest" ""
+	echo
+	echo "x classic: feed's rate over the classic loop's with the same clients (1 or 64 REQ);"
+	echo "pipelined rows and the raw limits are compared with the classic loop's best."
+	echo "x raw limit: over the raw bulk insert into the same database."
+	echo
+	echo "Targets:"
+	case $backend in
+	sqlite)
+		target "pipelined, 1 record/request >= 300,000 records/s (got $(num "${rate[feed_pipe1]:-}"))" \
+			"$(ge "${rate[feed_pipe1]:-}" 300000)"
+		target "pipelined, 1 record/request >= 100x the classic loop (got $(ratio "${rate[feed_pipe1]:-}" "$cbest"))" \
+			"$(ge "${rate[feed_pipe1]:-}" "$(( ${cbest:-0} * 100 ))")"
+		;;
+	postgres)
+		target "pipelined >= 100,000 records/s (got $(num "${rate[feed_pipe1]:-}"))" \
+			"$(ge "${rate[feed_pipe1]:-}" 100000)"
+		target "pipelined >= 50x the classic loop (got $(ratio "${rate[feed_pipe1]:-}" "$cbest"))" \
+			"$(ge "${rate[feed_pipe1]:-}" "$(( ${cbest:-0} * 50 ))")"
+		;;
+	mariadb)
+		target "pipelined >= 150,000 records/s (got $(num "${rate[feed_pipe1]:-}"))" \
+			"$(ge "${rate[feed_pipe1]:-}" 150000)"
+		target "pipelined >= 50x the classic loop (got $(ratio "${rate[feed_pipe1]:-}" "$cbest"))" \
+			"$(ge "${rate[feed_pipe1]:-}" "$(( ${cbest:-0} * 50 ))")"
+		;;
+	esac
+	target "lone REQ client no slower than the classic loop (got $(ratio "${rate[feed_1]:-}" "$c1"))" \
+		"$(ge "${rate[feed_1]:-}" "${c1:-}")"
+	if [ "$failures" -gt 0 ]; then
+		echo
+		echo "**$failures check(s) failed during this run; see run.sh's messages.**"
+	fi
+} >"$tmp/report.md"
+
+cat "$tmp/report.md"
+cp "$tmp/report.md" "$out"
+log "written to $out"
+[ "$failures" = 0 ]

@@ -1,0 +1,385 @@
+"""test_daemon - the process lifecycle of feed, end to end, on SQLite.
+
+start / run / stop / restart / status against the real binary: readiness,
+single instance, stale pidfiles, graceful stop, start-up failures with their
+real cause, privilege drop, the daemon(7) steps, SIGTERM / SIGHUP and the
+systemd notification protocol. Everything the daemon is supposed to have done
+is read back from /proc, the pidfile and the log, never assumed.
+"""
+import os
+import pwd
+import re
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import feedtest  # noqa: E402
+from feedtest import FEED, IS_ROOT, RUN_USER, FeedTestCase, wait_until  # noqa: E402
+
+
+def feed_procs(conf):
+    """Pids of live (non-zombie) processes whose command line names conf."""
+    pids = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/cmdline", "rb") as f:
+                args = f.read().split(b"\0")
+        except OSError:
+            continue
+        if conf.encode() in args and not feedtest._zombie(int(d)):
+            pids.append(int(d))
+    return pids
+
+
+def proc_status(pid):
+    """/proc/PID/status as a dict of strings."""
+    out = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            k, _, v = line.partition(":")
+            out[k] = v.strip()
+    return out
+
+
+def proc_stat(pid):
+    """Fields of /proc/PID/stat after the command name: [state, ppid, pgrp, session, tty_nr, ...]."""
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()
+
+
+def ancestors(pid):
+    out = []
+    while pid > 1:
+        pid = int(proc_stat(pid)[1])
+        out.append(pid)
+    return out
+
+
+def read_text(path):
+    with open(path, errors="replace") as f:
+        return f.read()
+
+
+def gone(pid):
+    return not os.path.exists(f"/proc/{pid}") or feedtest._zombie(pid)
+
+
+def require_root(test):
+    if not IS_ROOT:
+        test.fail("this test needs root (CI runs as root): it checks the switch to [daemon] user")
+
+
+class DaemonTest(FeedTestCase):
+
+    def assert_no_daemon(self, f, why):
+        wait_until(lambda: not feed_procs(f.conf), 10, what=f"no feed process left ({why})")
+        self.assertFalse(os.path.exists(f.pidfile), f"pidfile left behind ({why})")
+
+    # -- start, status, single instance --------------------------------------
+    def test_start_serves_at_once_and_status_shows_it(self):
+        f = self.feed()
+        r = f.start_ok()
+        # no retry: the port must accept a connection the moment start returned
+        with socket.create_connection(("127.0.0.1", f.port), timeout=5):
+            pass
+        self.assertEqual(f.req("1001,7,1.5", timeout=10), "TRUE")
+        pid = f.pid()
+        m = re.search(r"pid (\d+)", r.stdout)
+        self.assertIsNotNone(m, f"start does not print the pid: {r.stdout!r}")
+        self.assertEqual(int(m.group(1)), pid)
+        self.assertFalse(gone(pid))
+        st = f.status()
+        self.assertEqual(st.returncode, 0, st.stdout + st.stderr)
+        self.assertIn(f"pid {pid}", st.stdout)
+        self.assertIn(f.endpoint, st.stdout)
+        self.assertIn(f.url, st.stdout)
+        self.assertEqual(f.sql("SELECT ticket, login FROM fee WHERE ticket = 1001;"), [["1001", "7"]])
+
+    def test_second_start_is_refused_and_first_keeps_serving(self):
+        f = self.feed()
+        f.start_ok()
+        pid = f.pid()
+        r = f.start()
+        self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
+        self.assertIn(f"already running (pid {pid})", r.stderr)
+        self.assertEqual(f.pid(), pid, "the refused start rewrote the pidfile")
+        self.assertFalse(gone(pid))
+        self.assertEqual(f.req("1002,7,2"), "TRUE")
+        self.assertEqual(feed_procs(f.conf), [pid], "more than one feed process serves")
+
+    def test_kill9_leaves_stale_pidfile_that_does_not_block_start(self):
+        f = self.feed()
+        f.start_ok()
+        old = f.kill9()
+        self.assertTrue(os.path.exists(f.pidfile))
+        st = f.status()
+        self.assertEqual(st.returncode, 1, st.stdout + st.stderr)
+        self.assertIn("not running", st.stdout)
+        f.start_ok()
+        self.assertNotEqual(f.pid(), old)
+        self.assertEqual(f.req("1003,7,3"), "TRUE")
+        self.assertEqual(f.status().returncode, 0)
+
+    # -- stop --------------------------------------------------------------------
+    def test_stop_removes_everything(self):
+        f = self.feed()
+        f.start_ok()
+        pid = f.pid()
+        self.assertEqual(f.req("1004,7,4"), "TRUE")
+        r = f.stop(timeout=30)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertTrue(gone(pid), "stop returned while the daemon still lives")
+        self.assertFalse(os.path.exists(f.pidfile), "pidfile not removed")
+        self.assertEqual(f.status().returncode, 3)
+        self.assertEqual(feed_procs(f.conf), [])
+
+    def test_stop_answers_and_stores_the_request_in_flight(self):
+        f = self.feed()
+        f.start_ok()
+        pid = f.pid()
+        self.assertEqual(f.req("1005,7,1"), "TRUE")   # schema exists, WAL files exist
+        # Hold SQLite's write lock so the next request stays in flight.
+        db = sqlite3.connect(f.url[len("sqlite://"):], timeout=30, isolation_level=None)
+        stop = None
+        d = f.dealer()
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            d.send_multipart([b"", b"1006,8,2.25"])
+            wait_until(lambda: "transient database error" in f.log(), 60,
+                       what="the writer to try the request against the lock")
+            stop = subprocess.Popen([FEED, "-c", f.conf, "stop", "--timeout", "60"],
+                                    stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, text=True)
+            wait_until(lambda: "not accepting new requests" in f.log(), 30, what="SIGTERM to arrive")
+            self.assertIn("finishing 1 in flight", f.log())
+            self.assertIsNone(stop.poll(), "stop returned while a request was in flight")
+            db.execute("ROLLBACK")
+            self.assertTrue(d.poll(30000), "no reply to the request in flight at stop")
+            self.assertEqual(d.recv_multipart(), [b"", b"TRUE"])
+            out, err = stop.communicate(timeout=90)
+            self.assertEqual(stop.returncode, 0, out + err)
+        finally:
+            d.close()
+            db.close()
+            if stop and stop.poll() is None:
+                stop.kill()
+                stop.communicate()
+        self.assertTrue(gone(pid))
+        self.assertFalse(os.path.exists(f.pidfile))
+        self.assertEqual(f.sql("SELECT ticket, login FROM fee WHERE ticket = 1006;"), [["1006", "8"]])
+
+    def test_stop_when_not_running(self):
+        f = self.feed()
+        r = f.stop(timeout=5)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertIn("not running", r.stdout)
+        st = f.status()
+        self.assertEqual(st.returncode, 3, st.stdout + st.stderr)
+        self.assertIn("not running", st.stdout)
+
+    def test_stale_pidfile_naming_another_process_is_left_alone(self):
+        f = self.feed()
+        sleeper = subprocess.Popen(["sleep", "300"])
+        try:
+            os.makedirs(os.path.dirname(f.pidfile), exist_ok=True)
+            with open(f.pidfile, "w") as p:
+                p.write(f"{sleeper.pid}\n")
+            r = f.stop(timeout=5)
+            self.assertIsNone(sleeper.poll(), f"stop killed an unrelated process: {r.stdout}{r.stderr}")
+            self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+            st = f.status()
+            self.assertEqual(st.returncode, 1, st.stdout + st.stderr)
+            self.assertIsNone(sleeper.poll(), "an unrelated process died")
+        finally:
+            sleeper.kill()
+            sleeper.wait()
+
+    def test_restart_gives_a_new_pid_and_serves(self):
+        f = self.feed()
+        f.start_ok()
+        old = f.pid()
+        r = f.cmd("restart", "--timeout", "30")
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertTrue(gone(old), "the old daemon survived restart")
+        new = f.pid()
+        self.assertNotEqual(new, old)
+        self.assertFalse(gone(new))
+        self.assertEqual(f.req("1007,7,7"), "TRUE")
+        self.assertEqual(f.status().returncode, 0)
+
+    # -- start-up failures ----------------------------------------------------
+    def test_start_fails_when_endpoint_in_use(self):
+        f = self.feed()
+        blocker = socket.socket()
+        try:
+            blocker.bind(("127.0.0.1", f.port))
+            blocker.listen()
+            r = f.cmd("start", timeout=20)
+        finally:
+            blocker.close()
+        self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
+        self.assertIn("Address already in use", r.stderr)
+        self.assertIn(str(f.port), r.stderr)
+        self.assert_no_daemon(f, "endpoint in use")
+
+    def test_start_fails_when_database_not_writable(self):
+        require_root(self)
+        f = self.feed()
+        rodir = os.path.join(f.dir, "rootonly")
+        os.mkdir(rodir, 0o755)   # root's: nobody cannot create the database here
+        dbpath = os.path.join(rodir, "feed.db")
+        f.sections["database"]["url"] = "sqlite://" + dbpath
+        f.write_conf()
+        r = f.cmd("start", timeout=20)
+        self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
+        self.assertIn(rodir, r.stderr)
+        self.assertRegex(r.stderr, r"(?i)permission denied|readonly|read-only|unable to open|not writable")
+        self.assert_no_daemon(f, "database not writable")
+        self.assertFalse(os.path.exists(dbpath))
+
+    # -- identity ---------------------------------------------------------------
+    def test_runs_as_the_configured_user(self):
+        require_root(self)
+        f = self.feed()
+        f.start_ok()
+        pid = f.pid()
+        pw = pwd.getpwnam(RUN_USER)
+        st = proc_status(pid)
+        self.assertEqual(st["Uid"].split(), [str(pw.pw_uid)] * 4, st["Uid"])
+        self.assertEqual(st["Gid"].split(), [str(pw.pw_gid)] * 4, st["Gid"])
+        groups = {int(g) for g in st["Groups"].split()}
+        self.assertNotIn(0, groups)
+        self.assertEqual(groups, set(os.getgrouplist(RUN_USER, pw.pw_gid)),
+                         "supplementary groups are not exactly the user's")
+        self.assertEqual(st["CapEff"].strip("0"), "", f"capabilities left: {st['CapEff']}")
+        self.assertEqual(f.req("1008,7,8"), "TRUE")
+        r = f.stop()
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertTrue(gone(pid))
+        self.assertFalse(os.path.exists(f.pidfile), "the unprivileged daemon could not remove its pidfile")
+
+    def test_root_without_user_is_refused(self):
+        require_root(self)
+        f = self.feed(user=False)
+        self.assertNotIn("user", f.sections["daemon"])
+        r = f.cmd("start", timeout=20)
+        self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
+        self.assertIn("[daemon] user", r.stderr)
+        self.assertIn("root", r.stderr)
+        self.assert_no_daemon(f, "root without user")
+        r = subprocess.run([FEED, "-c", f.conf, "run"], capture_output=True, text=True, timeout=20,
+                           stdin=subprocess.DEVNULL)
+        self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
+        self.assertIn("[daemon] user", f.log() + r.stderr)
+        self.assert_no_daemon(f, "run as root without user")
+
+    # -- the daemon(7) steps ----------------------------------------------------
+    def test_start_detaches_properly(self):
+        f = self.feed(conf={"daemon": {"umask": "077"}})
+        leak_path = os.path.join(f.dir, "leaked-descriptor")
+        leak = os.open(leak_path, os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            os.set_inheritable(leak, True)
+            r = subprocess.run([FEED, "-c", f.conf, "start"], capture_output=True, text=True,
+                               timeout=90, stdin=subprocess.DEVNULL, pass_fds=(leak,))
+        finally:
+            os.close(leak)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr + f.log())
+        pid = f.pid()
+        stat = proc_stat(pid)
+        ppid, pgrp, sid, tty = int(stat[1]), int(stat[2]), int(stat[3]), int(stat[4])
+        self.assertTrue(ppid == 1 or ppid in ancestors(os.getpid()),
+                        f"parent {ppid} is neither init nor a subreaper above the test")
+        self.assertNotEqual(ppid, os.getpid())
+        self.assertNotEqual(sid, pid, "the daemon is a session leader (could get a controlling tty)")
+        self.assertNotEqual(sid, os.getsid(0), "the daemon stayed in the caller's session")
+        self.assertEqual(sid, pgrp, "not in the new session's process group")
+        self.assertEqual(tty, 0, "the daemon has a controlling terminal")
+        self.assertEqual(os.readlink(f"/proc/{pid}/cwd"), "/")
+        self.assertEqual(proc_status(pid)["Umask"], "0077")
+        for fd in (0, 1, 2):
+            self.assertEqual(os.readlink(f"/proc/{pid}/fd/{fd}"), "/dev/null", f"fd {fd}")
+        targets = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
+        self.assertNotIn(leak_path, targets, "an inherited descriptor survived daemonizing")
+        # the umask is really applied: files the daemon creates are not world readable
+        self.assertEqual(f.req("1009,7,9"), "TRUE")
+        dbmode = os.stat(f.url[len("sqlite://"):]).st_mode & 0o777
+        self.assertEqual(dbmode & 0o077, 0, f"database created with mode {dbmode:o} under umask 077")
+
+    # -- foreground: signals --------------------------------------------------------
+    def test_run_sigterm_exits_zero_and_removes_pidfile(self):
+        f = self.feed()
+        p = f.run_foreground()
+        pid = f.pid()
+        self.assertEqual(pid, p.pid)
+        self.assertEqual(f.req("1010,7,10"), "TRUE")
+        p.send_signal(signal.SIGTERM)
+        self.assertEqual(p.wait(60), 0, f.log())
+        self.assertFalse(os.path.exists(f.pidfile))
+        self.assertEqual(f.status().returncode, 3)
+
+    def test_run_sighup_reopens_the_log(self):
+        f = self.feed()
+        p = f.run_foreground()
+        rotated = f.logfile + ".1"
+        os.rename(f.logfile, rotated)
+        p.send_signal(signal.SIGHUP)
+        wait_until(lambda: os.path.exists(f.logfile) and "SIGHUP" in f.log(), 30,
+                   what="a new log file with the SIGHUP line")
+        before = read_text(rotated)
+        reply = f.req("this is not a record")
+        self.assertTrue(reply.startswith("FALSE"), reply)
+        wait_until(lambda: "rejected a request" in f.log(), 30, what="the rejection in the new log")
+        self.assertNotIn("rejected a request", read_text(rotated))
+        self.assertEqual(read_text(rotated), before, "lines still go to the rotated file")
+        self.assertIn(" serving ", before)
+        self.assertEqual(f.req("1011,7,11"), "TRUE", "not serving after SIGHUP")
+        p.send_signal(signal.SIGTERM)
+        self.assertEqual(p.wait(60), 0)
+
+    def test_run_systemd_notify(self):
+        f = self.feed()
+        path = os.path.join(f.dir, "notify.sock")
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        msgs = []
+        try:
+            sock.bind(path)
+            os.chmod(path, 0o666)   # the daemon sends after dropping to nobody, as with systemd
+            sock.settimeout(60)
+            env = dict(os.environ, NOTIFY_SOCKET=path)
+            p = subprocess.Popen([FEED, "-c", f.conf, "run"], stdin=subprocess.DEVNULL,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+            f.proc = p
+
+            def recv_until(pred, what):
+                while not any(pred(m) for m in msgs):
+                    try:
+                        msgs.append(sock.recv(4096).decode())
+                    except socket.timeout:
+                        self.fail(f"no {what} on NOTIFY_SOCKET; got {msgs}; log:\n{f.log()}")
+
+            def has(field):
+                return lambda m: field in m.split("\n")
+
+            recv_until(has("READY=1"), "READY=1")
+            ready = next(m for m in msgs if "READY=1" in m.split("\n"))
+            self.assertIn(f"MAINPID={p.pid}", ready.split("\n"))
+            self.assertEqual(f.req("1012,7,12"), "TRUE")
+            recv_until(lambda m: m.startswith("STATUS="), "STATUS=")
+            self.assertTrue(any(m.startswith("STATUS=") and "serving" in m for m in msgs), msgs)
+            self.assertFalse(any("STOPPING=1" in m.split("\n") for m in msgs))
+            p.send_signal(signal.SIGTERM)
+            recv_until(has("STOPPING=1"), "STOPPING=1")
+            self.assertEqual(p.wait(60), 0)
+        finally:
+            sock.close()
+
+
+if __name__ == "__main__":
+    unittest.main()

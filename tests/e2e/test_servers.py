@@ -1,0 +1,179 @@
+"""test_servers - end-to-end tests of feed against a database server (PostgreSQL, MariaDB).
+
+Runs under tests/lib/with-postgres.sh and with-mariadb.sh only: the server
+is stopped and started again (FEED_TEST_DB_STOP/START), shared by two feed
+instances, altered under feed (a check constraint), and holds a classic fee
+table before feed first starts. Helpers come from test_ingest.py.
+"""
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from feedtest import backend, norm_dec, wait_until  # noqa: E402
+from test_ingest import DbLock, IngestCase, Pipeline, chunk_bodies, count, rejects, tickets_of  # noqa: E402
+
+
+def db_ctl(var):
+    r = subprocess.run(os.environ[var], shell=True, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, f"{var} failed: {r.stdout}{r.stderr}"
+
+
+class ServerCase(IngestCase):
+    def setUp(self):
+        super().setUp()
+        if backend() not in ("postgresql", "mysql"):
+            self.skipTest("needs a database server (run under with-postgres.sh or with-mariadb.sh)")
+
+    def run_in_thread(self, p, **kw):
+        err = []
+
+        def body():
+            try:
+                p.run(**kw)
+            except BaseException as e:  # reported by the main thread
+                err.append(e)
+        t = threading.Thread(target=body, daemon=True)
+        t.start()
+        return t, err
+
+
+class TestOutage(ServerCase):
+    def test_server_stopped_mid_stream(self):
+        f = self.started(conf={"database": {"retry_max": "500", "connect_timeout": "2"}})
+        first, total, per = 1_000_001, 100000, 20
+        bodies = chunk_bodies(first, total, per)
+        p = Pipeline(f, bodies, window=200)
+        p.limit = 500                    # the rest only once the server is down
+        t, err = self.run_in_thread(p, timeout=600, resend_after=5)
+        restarted = False
+        try:
+            wait_until(lambda: p.answered >= 500 or err, 120, what="the first 500 answers")
+            self.assertEqual(err, [])
+            db_ctl("FEED_TEST_DB_STOP")
+            p.limit = len(bodies)
+            st = wait_until(lambda: (lambda r: r if "DOWN" in r.stdout else None)(f.status()), 60,
+                            what="status to show the database DOWN")
+            self.assertEqual(st.returncode, 0, st.stdout + st.stderr)
+            self.assertRegex(st.stdout, r"state: .*database .* DOWN since")
+            answered_down = p.answered
+            time.sleep(3)               # a few seconds of outage (not an assertion)
+            self.assertEqual(f.status().returncode, 0, "feed exited while the database was down")
+            db_ctl("FEED_TEST_DB_START")
+            restarted = True
+            t.join(600)
+        finally:
+            if not restarted:
+                db_ctl("FEED_TEST_DB_START")
+            p.limit = len(bodies)
+            t.join(600)
+            p.close()
+        self.assertEqual(err, [])
+        self.assertEqual(p.bad, [])
+        self.assertTrue(p.done())
+        self.assertLess(answered_down, len(bodies), "the stream was over before the outage")
+        rows = f.sql("SELECT count(*), count(DISTINCT ticket), min(ticket), max(ticket) FROM fee;")
+        self.assertEqual([int(x) for x in rows[0]], [total, total, first, first + total - 1])
+        self.assertEqual(f.status().returncode, 0)
+        wait_until(lambda: "DOWN" not in f.status().stdout, 30, what="status to show the database up")
+        log = f.log()
+        print(f"outage: {answered_down} of {len(bodies)} answered when DOWN showed, {p.resent} re-sent; "
+              + " | ".join(l for l in log.splitlines() if re.search(r"database|settle: (?!pass)", l)),
+              file=sys.stderr)
+        self.assertEqual(len(re.findall(r"database unavailable", log)), 1, "outage not logged once")
+        self.assertEqual(len(re.findall(r"database available again", log)), 1, "recovery not logged once")
+        self.assertLessEqual(len(re.findall(r"settle: .* will retry", log)), 1, "settle outage logged twice")
+        self.assert_settled(f, timeout=120)
+
+
+class TestTwoInstances(ServerCase):
+    def test_overlapping_tickets_two_instances(self):
+        f1 = self.feed()
+        f2 = self.feed()                 # both reset the shared database before either starts
+        f1.start_ok()
+        f2.start_ok()
+        a = Pipeline(f1, chunk_bodies(1, 20000, 10), window=100)
+        b = Pipeline(f2, chunk_bodies(10001, 20000, 10), window=100)
+        (ta, ea), (tb, eb) = self.run_in_thread(a, timeout=300), self.run_in_thread(b, timeout=300)
+        ta.join(600)
+        tb.join(600)
+        a.close()
+        b.close()
+        self.assertEqual(ea + eb, [])
+        self.assertEqual(a.bad + b.bad, [])
+        self.assertTrue(a.done() and b.done())
+        rows = f1.sql("SELECT count(*), count(DISTINCT ticket), min(ticket), max(ticket) FROM fee;")
+        self.assertEqual([int(x) for x in rows[0]], [30000, 30000, 1, 30000])
+        self.assertEqual(f2.req("5,7,1.5"), "TRUE")
+        r = f2.req("5,8,1.5")
+        self.assertEqual(r, "FALSE: conflict: ticket 5 already stored with login 7 volume 1.5")
+        r = f1.req("15000,7,2")
+        self.assertEqual(r, "FALSE: conflict: ticket 15000 already stored with login 7 volume 1.5")
+        self.assertEqual(count(f1), 30000)
+        self.assert_settled(f1, timeout=120)
+        fees = f1.sql("SELECT DISTINCT fee FROM fee;")
+        self.assertEqual([norm_dec(x[0]) for x in fees], ["11.25"])
+
+
+class TestRefused(ServerCase):
+    def test_check_constraint_isolates_one_request(self):
+        f = self.started()
+        f.sql("ALTER TABLE fee ADD CONSTRAINT no666 CHECK (login <> 666);")
+        bodies = chunk_bodies(5001, 1000, 5)       # 200 requests
+        bad = 100
+        bodies[bad] = bodies[bad].replace(b",7,", b",666,", 1)
+        lock = DbLock(f)                           # so they all queue up and share batches
+        p = Pipeline(f, bodies, window=len(bodies))
+        try:
+            p.pump(1000)
+            lock.release()
+            p.run(timeout=300)
+        finally:
+            lock.release()
+            p.close()
+        self.assertTrue(p.replies[bad].startswith("FALSE: database refused the request: "), p.replies[bad])
+        self.assertEqual([i for i, r in enumerate(p.replies) if r != "TRUE"], [bad])
+        self.assertEqual(count(f), 199 * 5)
+        self.assertEqual(count(f, "WHERE login = 666"), 0)
+        self.assertEqual(count(f, "WHERE ticket IN (%s)" % ",".join(map(str, tickets_of(bodies[bad])))), 0)
+        got = rejects(f)
+        self.assertEqual(len(got), 1, got)
+        self.assertEqual(got[0][0], p.replies[bad][len("FALSE: "):])
+        self.assertEqual(got[0][2], bodies[bad])
+        self.assertIn(f.endpoint, got[0][1])
+
+
+class TestClassicTable(ServerCase):
+    def test_classic_table_adopted(self):
+        f = self.feed()
+        f.sql("CREATE TABLE fee (ticket BIGINT, login BIGINT, volume DECIMAL(12,2), status CHAR(1));"
+              "INSERT INTO fee VALUES (1, 10, 1.50, 'N'), (2, 10, 2.25, 'Y'), (3, 11, 100.00, 'N'),"
+              " (4, 12, 0.01, 'N'), (5, 12, 7.00, 'Y');")
+        f.start_ok()
+        self.assertEqual(f.req("100,10,1"), "TRUE")
+        self.assert_settled(f, timeout=60)
+        got = {int(r[0]): (int(r[1]), norm_dec(r[2]), r[3]) for r in
+               f.sql("SELECT ticket, login, volume, status FROM fee;")}
+        self.assertEqual(got, {1: (10, "1.5", "Y"), 2: (10, "2.25", "Y"), 3: (11, "100", "Y"),
+                               4: (12, "0.01", "Y"), 5: (12, "7", "Y"), 100: (10, "1", "Y")})
+        fees = {int(r[0]): norm_dec(r[1]) for r in
+                f.sql("SELECT ticket, fee FROM fee WHERE ticket IN (1, 3, 4, 100);")}
+        self.assertEqual(fees, {1: "11.25", 3: "750", 4: "0.08", 100: "7.5"})
+        # identical re-sends of classic rows are idempotent, other values conflict
+        self.assertEqual(f.req("1,10,1.5\n2,10,2.25\n3,11,100.00000000\n"), "TRUE")
+        self.assertEqual(f.req("5,12,7"), "TRUE")
+        self.assertEqual(f.req("4,12,0.02"), "FALSE: conflict: ticket 4 already stored with login 12 volume 0.01")
+        self.assertEqual(count(f), 6)
+        # and a restart (migration again) keeps everything
+        self.assertEqual(f.stop().returncode, 0)
+        f.start_ok()
+        self.assertEqual(f.req("101,10,2"), "TRUE")
+        self.assertEqual(count(f), 7)
+
+
+if __name__ == "__main__":
+    unittest.main()
