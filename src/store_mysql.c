@@ -229,7 +229,7 @@ static void my_sql_add(struct store_mysql *m, const char *fmt, ...)
 /* Runs one statement and discards any result. */
 static int my_query(struct store_mysql *m, const char *what, const char *sql, size_t len)
 {
-	MYSQL_RES *res;
+	MYSQL_RES *res = NULL;
 	int r;
 
 	r = my_need_conn(m);
@@ -264,7 +264,7 @@ static int my_query_buf(struct store_mysql *m, const char *what)
 static int my_select(struct store_mysql *m, const char *what, const char *sql, size_t len,
 		     unsigned int ncols, MYSQL_RES **ret)
 {
-	MYSQL_RES *res;
+	MYSQL_RES *res = NULL;
 	int r;
 
 	r = my_need_conn(m);
@@ -872,7 +872,7 @@ static int my_rollback(struct store *s)
 /* The value of a one-row, one-column query into *ret (-1 if NULL, no row). */
 static int my_select_i64(struct store_mysql *m, const char *what, const char *sql, int64_t *ret)
 {
-	MYSQL_RES *res;
+	MYSQL_RES *res = NULL;
 	MYSQL_ROW row;
 	unsigned long *lens;
 	int r;
@@ -953,7 +953,7 @@ static int my_widen_volume(struct store_mysql *m)
 		" FROM information_schema.columns WHERE table_schema = DATABASE()"
 		" AND table_name = 'fee' AND column_name = 'volume' AND data_type = 'decimal'";
 	int64_t v[3] = { 0, 0, 0 };
-	MYSQL_RES *res;
+	MYSQL_RES *res = NULL;
 	MYSQL_ROW row;
 	char sql[128];
 	int r;
@@ -1182,7 +1182,7 @@ static int my_lookup(struct store *s, const int64_t *tickets, size_t n,
 
 	for (size_t i = 0; i < n; i += MY_LOOKUP_CHUNK) {
 		size_t end = n - i < MY_LOOKUP_CHUNK ? n : i + MY_LOOKUP_CHUNK;
-		MYSQL_RES *res;
+		MYSQL_RES *res = NULL;
 		MYSQL_ROW row;
 
 		my_sql_reset(m);
@@ -1401,7 +1401,7 @@ static int my_fetch_unsettled(struct store *s, int64_t after, size_t max,
 			      struct store_settle *rows, size_t *ret_n)
 {
 	struct store_mysql *m = my_of(s);
-	MYSQL_RES *res;
+	MYSQL_RES *res = NULL;
 	MYSQL_ROW row;
 	size_t got = 0;
 	int r;

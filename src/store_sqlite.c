@@ -101,24 +101,37 @@ static pthread_cond_t sq_gate_cv = PTHREAD_COND_INITIALIZER;
 static bool sq_gate_busy;
 static int sq_gate_writers_waiting;
 
-static void sq_write_lock(struct store_sqlite *q)
+/* Waits for the gate, at most SQ_BUSY_MS like SQLite's own busy handler; then -EAGAIN. */
+static int sq_write_lock(struct store_sqlite *q)
 {
+	struct timespec deadline;
+	int r = 0;
+
 	if (q->holds_write_mu)
-		return;
+		return 0;
+	clock_gettime(CLOCK_REALTIME, &deadline);
+	deadline.tv_sec += SQ_BUSY_MS / 1000;
 	pthread_mutex_lock(&sq_gate_mu);
 	if (!q->background)
 		sq_gate_writers_waiting++;
 	while (sq_gate_busy || (q->background && sq_gate_writers_waiting > 0)) {
-		struct timespec ts;
-		clock_gettime(CLOCK_REALTIME, &ts);
-		ts.tv_sec += 1; /* bounded wait; the broadcast is the real wake-up */
-		pthread_cond_timedwait(&sq_gate_cv, &sq_gate_mu, &ts);
+		if (pthread_cond_timedwait(&sq_gate_cv, &sq_gate_mu, &deadline) == ETIMEDOUT) {
+			r = -EAGAIN;
+			break;
+		}
 	}
 	if (!q->background)
 		sq_gate_writers_waiting--;
-	sq_gate_busy = true;
-	q->holds_write_mu = true;
+	if (r == 0) {
+		sq_gate_busy = true;
+		q->holds_write_mu = true;
+	}
 	pthread_mutex_unlock(&sq_gate_mu);
+	if (r < 0)
+		snprintf(q->base.errmsg, sizeof(q->base.errmsg),
+			 "sqlite: database is locked by another connection of this process for %d ms",
+			 SQ_BUSY_MS);
+	return r;
 }
 
 static void sq_write_unlock(struct store_sqlite *q)
@@ -248,7 +261,7 @@ static void sq_finalize_all(struct store_sqlite *q)
 /* Runs a prepared statement that returns no rows. */
 static int sq_run(struct store_sqlite *q, enum sq_stmt_id id)
 {
-	sqlite3_stmt *st;
+	sqlite3_stmt *st = NULL;
 	int r, rc;
 
 	r = sq_stmt(q, id, &st);
@@ -634,8 +647,9 @@ static int sq_migrate(struct store *s)
 	int r;
 
 	/* The write lock serialises concurrent feed processes migrating at once. */
-	sq_write_lock(q);
-	r = sq_exec_sql(q, "BEGIN IMMEDIATE", "migrate: BEGIN IMMEDIATE");
+	r = sq_write_lock(q);
+	if (r == 0)
+		r = sq_exec_sql(q, "BEGIN IMMEDIATE", "migrate: BEGIN IMMEDIATE");
 	if (r < 0) {
 		sq_write_unlock(q);
 		return r;
@@ -702,8 +716,10 @@ static int sq_begin(struct store *s)
 			 "sqlite: BEGIN: a transaction is already open (missing rollback?)");
 		return -EALREADY;
 	}
-	sq_write_lock(q);
-	int r = sq_run(q, SQ_BEGIN);
+	int r = sq_write_lock(q);
+	if (r < 0)
+		return r;
+	r = sq_run(q, SQ_BEGIN);
 	if (r < 0)
 		sq_write_unlock(q);
 	return r;
@@ -738,7 +754,7 @@ static int sq_lookup(struct store *s, const int64_t *tickets, size_t n,
 		     struct store_row *rows, size_t *ret_n)
 {
 	struct store_sqlite *q = sq_of(s);
-	sqlite3_stmt *st;
+	sqlite3_stmt *st = NULL;
 	size_t found = 0;
 	int r, rc;
 
@@ -806,7 +822,7 @@ static int sq_insert(struct store *s, const struct record *recs, size_t n)
 {
 	struct store_sqlite *q = sq_of(s);
 	char vol[DEC_STRMAX], now[32];
-	sqlite3_stmt *st;
+	sqlite3_stmt *st = NULL;
 	size_t len;
 	int r, rc;
 
@@ -833,7 +849,7 @@ static int sq_insert(struct store *s, const struct record *recs, size_t n)
 static int sq_insert_rejects(struct store *s, const struct store_reject *rj, size_t n)
 {
 	struct store_sqlite *q = sq_of(s);
-	sqlite3_stmt *st;
+	sqlite3_stmt *st = NULL;
 	int r = 0, rc;
 
 	r = sq_stmt(q, SQ_REJECT, &st);
@@ -861,7 +877,7 @@ static int sq_fetch_unsettled(struct store *s, int64_t after, size_t max,
 			      struct store_settle *rows, size_t *ret_n)
 {
 	struct store_sqlite *q = sq_of(s);
-	sqlite3_stmt *st;
+	sqlite3_stmt *st = NULL;
 	size_t n = 0;
 	int r, rc = SQLITE_DONE;
 
@@ -895,7 +911,7 @@ static int sq_settle(struct store *s, const struct store_settle *rows, size_t n)
 {
 	struct store_sqlite *q = sq_of(s);
 	char fee[DEC_STRMAX], now[32];
-	sqlite3_stmt *st;
+	sqlite3_stmt *st = NULL;
 	size_t len;
 	int r, rc;
 
