@@ -12,7 +12,8 @@
 #   raw limits   raw_zmq (DEALER -> ROUTER echo), raw_sqlite / raw_pg / raw_mysql
 #   classic loop bench/classic: 1 lone REQ client, then 64 REQ clients
 #   feed         `feed run` (durability = full): 1 lone REQ client, 64 REQ
-#                clients, 1 DEALER (window 1000) with 1 and with 100 records
+#                clients, 1 DEALER (window $WINDOW, default 8000) with 1, and
+#                (window $WINDOW100, default 200) with 100 records
 #                per request
 # After every scenario the table's row count is checked against the records
 # acknowledged TRUE. Prints the results as markdown and writes them to
@@ -47,6 +48,8 @@ mysql) backend=mariadb ;;
 esac
 
 BUILD_DIR=${BUILD_DIR:-$root/build}
+# Requests in flight of the pipelining client: below feed's [listen] hwm (10000).
+export WINDOW=${FEED_BENCH_WINDOW:-8000} WINDOW100=${FEED_BENCH_WINDOW100:-200}
 case $BUILD_DIR in /*) ;; *) BUILD_DIR=$PWD/$BUILD_DIR ;; esac
 export BUILD_DIR
 
@@ -170,7 +173,7 @@ check_rows() {
 }
 
 # ==== raw limits ====
-measure raw_zmq "$B/raw_zmq" bench -N "$rawrecs" -w 1000
+measure raw_zmq "$B/raw_zmq" bench -N "$rawrecs" -w "$WINDOW"
 case $backend in
 sqlite)
 	measure raw_db "$B/raw_sqlite" -f "$tmp/raw.db" -N "$rawrecs" -b 10000
@@ -264,8 +267,8 @@ else
 	}
 	step feed_1 2 req -c 1 -N "$recs1"
 	step feed_64 3 req -c 64 -N "$recs1"
-	step feed_pipe1 4 dealer -w 1000 -b 1 -N "$recs1"
-	step feed_pipe100 5 dealer -w 1000 -b 100 -N "$recs100"
+	step feed_pipe1 4 dealer -w "$WINDOW" -b 1 -N "$recs1"
+	step feed_pipe100 5 dealer -w "$WINDOW100" -b 100 -N "$recs100"
 fi
 if kill -TERM "$feed_pid" 2>/dev/null; then
 	st=0
@@ -329,12 +332,12 @@ esac
 	echo "|---|---:|---:|---:|---:|---:|"
 	row "feed, 1 REQ client, 1 record/request" feed_1 "$c1" "$rawdb"
 	row "feed, 64 REQ clients, 1 record/request" feed_64 "$c64" "$rawdb"
-	row "feed, 1 DEALER (window 1000), 1 record/request" feed_pipe1 "$cbest" "$rawdb"
-	row "feed, 1 DEALER (window 1000), 100 records/request" feed_pipe100 "$cbest" "$rawdb"
+	row "feed, 1 DEALER (window $WINDOW), 1 record/request" feed_pipe1 "$cbest" "$rawdb"
+	row "feed, 1 DEALER (window $WINDOW100), 100 records/request" feed_pipe100 "$cbest" "$rawdb"
 	row "classic loop, 1 REQ client" classic_1 "$c1" "$rawdb"
 	row "classic loop, 64 REQ clients" classic_64 "$c64" "$rawdb"
 	row "raw limit: $raw_name" raw_db "$cbest" "$rawdb"
-	row "raw limit: raw_zmq (DEALER -> ROUTER echo, window 1000)" raw_zmq "$cbest" ""
+	row "raw limit: raw_zmq (DEALER -> ROUTER echo, window $WINDOW)" raw_zmq "$cbest" ""
 	echo
 	echo "x classic: feed's rate over the classic loop's with the same clients (1 or 64 REQ);"
 	echo "pipelined rows and the raw limits are compared with the classic loop's best."

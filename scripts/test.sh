@@ -18,8 +18,19 @@ ctest --test-dir build --output-on-failure -j"$jobs"
 
 cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DFEED_WERROR=ON -DFEED_SANITIZE=ON >/dev/null
 cmake --build build-asan -j"$(nproc)"
-ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+# Sanitizer reports go to files, so that those of daemons (whose stderr is
+# /dev/null, running as nobody) are seen too: any report fails the run.
+reports=$(mktemp -d "${TMPDIR:-/tmp}/feed-sanitizers.XXXXXX")
+chmod 1777 "$reports"
+ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:log_path=$reports/asan \
+UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1:log_path=$reports/ubsan \
 	ctest --test-dir build-asan --output-on-failure -j"$jobs"
+if [ -n "$(ls -A "$reports")" ]; then
+	echo "test.sh: sanitizer reports:" >&2
+	cat "$reports"/* >&2
+	exit 1
+fi
+rm -rf "$reports"
 
 FUZZ_SECONDS=${FUZZ_SECONDS:-60} scripts/fuzz.sh
 echo "test.sh: all tests passed"

@@ -25,6 +25,7 @@
 #include "log.h"
 
 #define SETTLE_MIN_GAP_MS 200
+#define SETTLE_COALESCE_MS 20
 
 struct settler {
 	pthread_t thread;
@@ -158,7 +159,11 @@ static void *settle_main(void *arg)
 		}
 		if (total)
 			log_debug("settle: pass over %zu rows, %zu not settleable", total, skipped);
-	} while (wait_for_work(st, backoff ? backoff : st->interval_ms));
+		if (!wait_for_work(st, backoff ? backoff : st->interval_ms))
+			break;
+		/* let the records of a few more commits join this pass */
+		pause_unless_stopping(st, SETTLE_COALESCE_MS);
+	} while (true);
 	return NULL;
 }
 
@@ -178,6 +183,12 @@ int settle_start(const struct feed_config *cfg, const struct store_params *sp,
 	st->sp.url = st->url;
 	st->sp.password = st->password;
 	st->sp.background = true;
+	/*
+	 * A lost settle commit costs nothing: the rows stay 'N' and are settled
+	 * again after a restart. So the settle connection does not wait for the
+	 * disk (SQLite synchronous=NORMAL, PostgreSQL synchronous_commit=off).
+	 */
+	st->sp.durability = STORE_DURABLE_NORMAL;
 	st->default_rate = cfg->default_rate;
 	st->interval_ms = cfg->settle_interval;
 	st->retry_max_ms = cfg->retry_max;
