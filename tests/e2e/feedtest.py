@@ -202,6 +202,12 @@ class Feed:
         """Drops feed's tables (shared server databases outlive one test)."""
         for t in ("fee", "fee_rate", "fee_reject", "feed_schema"):
             self.sql(f"DROP TABLE IF EXISTS {t};")
+        if self.url.startswith("sqlite://"):
+            # the SQL above ran as root: give the files it made to feed's user
+            path = self.url[len("sqlite://"):]
+            for p in (path, path + "-wal", path + "-shm"):
+                if os.path.exists(p):
+                    give_to_run_user(p)
 
 
 def _zombie(pid):

@@ -13,7 +13,6 @@ import signal
 import struct
 import subprocess
 import sys
-import threading
 import time
 import unittest
 
@@ -57,16 +56,6 @@ def rejects(f):
     return out
 
 
-def give_db_to_run_user(f):
-    """FeedTestCase.feed() resets a shared SQLite file as root, which leaves it
-    owned by root: hand the file (and its WAL files) back to the daemon's user."""
-    if f.url.startswith("sqlite://"):
-        db = f.url[len("sqlite://"):]
-        for p in (db, db + "-wal", db + "-shm"):
-            if os.path.exists(p):
-                feedtest.give_to_run_user(p)
-
-
 def records(first, n, login=7, volume="1.5"):
     return [f"{t},{login},{volume}\n".encode() for t in range(first, first + n)]
 
@@ -103,7 +92,8 @@ class Pipeline:
     """A pipelining DEALER client: frames ["", id, body], replies matched by id.
 
     bodies[i] is sent with the 8-byte id i. At most `window` requests are in
-    flight, and none past `limit`. replies[i] is the first reply to request i (None: unanswered);
+    flight, and none past `limit`. replies[i] is the first reply to request
+    i (None: unanswered);
     `bad` lists every reply that was not TRUE, re-sends included.
     """
 
@@ -216,11 +206,6 @@ class DbLock:
 
 
 class IngestCase(FeedTestCase):
-    def feed(self, **kw):
-        f = super().feed(**kw)
-        give_db_to_run_user(f)
-        return f
-
     def started(self, **kw):
         f = self.feed(**kw)
         f.start_ok()
@@ -287,7 +272,7 @@ class TestAccept(IngestCase):
             p.close()
         self.assertEqual(p.bad, [])
         self.assertEqual(p.replies.count("TRUE"), n)
-        rows = f.sql(f"SELECT count(*), count(DISTINCT ticket), min(ticket), max(ticket) FROM fee;")
+        rows = f.sql("SELECT count(*), count(DISTINCT ticket), min(ticket), max(ticket) FROM fee;")
         self.assertEqual([int(x) for x in rows[0]], [n, n, first, first + n - 1])
 
     def test_feed_send_100k(self):
@@ -457,8 +442,10 @@ class TestCrash(IngestCase):
         # up at all): nothing is committed, so the page cache term is left out and
         # a feed that kept reading would hold the whole flood. Phase 2 floods a
         # working database, the sender still reading no replies.
-        if sanitized():
-            self.skipTest("AddressSanitizer keeps freed memory in quarantine: RSS says nothing here")
+        # Under AddressSanitizer freed memory sits in quarantine, so RSS says
+        # nothing there: the flood still runs and back-pressure and service
+        # are still asserted; the byte bounds only on the plain build.
+        rss_checked = not sanitized()
         hwm, mmb, qb, qr, mr = 20, 65536, 262144, 20000, 10000
         f = self.started(conf={"listen": {"hwm": str(hwm), "max_message_bytes": str(mmb),
                                           "queue_bytes": str(qb), "queue_records": str(qr),
@@ -518,9 +505,10 @@ class TestCrash(IngestCase):
         print(f"flood: locked: {stats[0]}; unlocked: {stats[1]}; VmHWM {base >> 10} -> "
               f"{hwm_now >> 10} KiB; bounds {bound1 >> 10} / {bound2 >> 10} KiB", file=sys.stderr)
         self.assertGreater(blocked1, 0, "the flood never met back-pressure")
-        self.assertLessEqual(peak1, bound1, "VmRSS over the bound while the database stood still")
-        self.assertLessEqual(peak2, bound2, "VmRSS over the bound during the flood")
-        self.assertLessEqual(hwm_now, bound2, "VmHWM over the bound after the flood")
+        if rss_checked:
+            self.assertLessEqual(peak1, bound1, "VmRSS over the bound while the database stood still")
+            self.assertLessEqual(peak2, bound2, "VmRSS over the bound during the flood")
+            self.assertLessEqual(hwm_now, bound2, "VmHWM over the bound after the flood")
         # and feed still serves
         self.assertEqual(f.req("99,1,1", timeout=120), "TRUE")
         self.assertEqual(count(f, "WHERE ticket = 99"), 1)
