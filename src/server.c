@@ -34,7 +34,15 @@ struct server {
 	struct settler *settler;
 	char url_redacted[512];
 	struct request *blocked, **blocked_tail;  /* replies waiting for a full peer */
+	uint64_t blocked_since;                   /* mono ms the oldest of them blocked */
 };
+
+/*
+ * A peer that does not read its replies holds the others back (input stops
+ * while replies wait); after this long its replies are dropped. The records
+ * are committed: the client's re-send is answered TRUE.
+ */
+#define BLOCKED_REPLY_MS 5000
 
 static uint64_t mono_ms(void)
 {
@@ -89,9 +97,17 @@ static int send_replies(struct server *s)
 	r = s->blocked;
 	s->blocked = NULL;
 	s->blocked_tail = &s->blocked;
+	bool give_up = s->blocked_since && mono_ms() - s->blocked_since > BLOCKED_REPLY_MS;
+	size_t dropped = 0;
+
 	for (; r; r = next) {
 		next = r->next;
 		int rc = transport_reply(s->t, r);
+		if (rc == -EAGAIN && give_up) {
+			dropped++;
+			pipeline_release(s->p, r);
+			continue;
+		}
 		if (rc == -EAGAIN) {
 			r->next = NULL;
 			*s->blocked_tail = r;
@@ -104,6 +120,13 @@ static int send_replies(struct server *s)
 			log_info("rejected a request from %s: %s", r->sr.endpoint, r->sr.reason);
 		pipeline_release(s->p, r);
 	}
+	if (dropped)
+		log_warn("dropped %zu replies to peers that did not read them for %d ms (their records are committed; a re-send is answered TRUE)",
+			 dropped, BLOCKED_REPLY_MS);
+	if (!s->blocked)
+		s->blocked_since = 0;
+	else if (!s->blocked_since)
+		s->blocked_since = mono_ms();
 	return 0;
 }
 
@@ -114,7 +137,7 @@ static void report_state(struct server *s, const struct server_hooks *h, bool *l
 	uint64_t now = mono_ms();
 
 	pipeline_stats(s->p, &st);
-	if (st.db_up == *last_up && now - *last_ms < 5000)
+	if (st.db_up == *last_up && now - *last_ms < 1000)
 		return;
 	*last_up = st.db_up;
 	*last_ms = now;

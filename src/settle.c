@@ -145,8 +145,11 @@ static void *settle_main(void *arg)
 				pause_unless_stopping(st, SETTLE_MIN_GAP_MS);
 		}
 		if (r < 0) {
-			if (!st->failing)
+			/* an outage is reported by the writers; say other trouble once */
+			if (!st->failing && r != -ENOTCONN && r != -EAGAIN)
 				log_warn("settle: %s; will retry", st->s->errmsg);
+			else if (!st->failing)
+				log_debug("settle: %s; will retry", st->s->errmsg);
 			st->failing = true;
 			backoff = backoff ? (backoff * 2 > st->retry_max_ms ? st->retry_max_ms : backoff * 2) : 100;
 			if (r != -EAGAIN)

@@ -381,5 +381,43 @@ class DaemonTest(FeedTestCase):
             sock.close()
 
 
+    # -- a peer that never reads its replies -----------------------------------
+    def test_peer_not_reading_replies_does_not_hold_others_back(self):
+        import struct
+        import time
+
+        import zmq
+        f = self.feed(conf={"listen": {"hwm": "10"}})
+        f.start_ok()
+        d = f.ctx.socket(zmq.DEALER)
+        d.setsockopt(zmq.LINGER, 0)
+        d.setsockopt(zmq.RCVHWM, 1)
+        d.setsockopt(zmq.RCVBUF, 4096)
+        d.setsockopt(zmq.SNDHWM, 100000)
+        d.connect(f.endpoint)
+        try:
+            # identical re-sends of one record: cheap for feed; each reply echoes
+            # a 255-byte id, so they fill the peer's pipe and the socket buffers
+            # until feed's sends fail
+            deadline = time.monotonic() + 60
+            n = 0
+            while "replies to peers that did not read them" not in f.log():
+                self.assertLess(time.monotonic(), deadline,
+                                f"feed never gave up on the unread replies; log:\n{f.log()[-2000:]}")
+                for _ in range(2000):
+                    try:
+                        d.send_multipart([b"", struct.pack(">Q", n).rjust(255, b"i"), b"5001,7,1.5"],
+                                        zmq.NOBLOCK)
+                        n += 1
+                    except zmq.Again:
+                        break
+                time.sleep(0.05)
+            # the stuck peer is still connected and still not reading: others are served
+            self.assertEqual(f.req("5002,7,2", timeout=30), "TRUE")
+        finally:
+            d.close(0)
+        self.assertEqual(f.sql("SELECT ticket FROM fee ORDER BY ticket;"), [["5001"], ["5002"]])
+
+
 if __name__ == "__main__":
     unittest.main()
