@@ -58,6 +58,7 @@ struct pipeline {
 
 	/* main thread only */
 	size_t inflight, inflight_records, inflight_bytes;
+	struct request *pending, **pending_tail;   /* submitted, not yet flushed */
 
 	struct writer *w;
 	int nw;
@@ -248,6 +249,7 @@ int pipeline_start(const struct feed_config *cfg, const struct store_params *sp,
 	pthread_mutex_init(&p->done_mu, NULL);
 	p->qtail = &p->qhead;
 	p->dtail = &p->dhead;
+	p->pending_tail = &p->pending;
 	p->efd = -1;
 	p->ops = store_find(sp->url);
 	p->url = strdup(sp->url);
@@ -324,12 +326,22 @@ void pipeline_submit(struct pipeline *p, struct request *r)
 	p->inflight_records += r->sr.n;
 	p->inflight_bytes += r->sr.len;
 	r->next = NULL;
+	*p->pending_tail = r;
+	p->pending_tail = &r->next;
+}
+
+void pipeline_flush(struct pipeline *p)
+{
+	if (!p->pending)
+		return;
 	pthread_mutex_lock(&p->mu);
-	*p->qtail = r;
-	p->qtail = &r->next;
+	*p->qtail = p->pending;
+	p->qtail = p->pending_tail;
 	if (p->idle > 0) /* busy writers look at the queue when they finish */
 		pthread_cond_signal(&p->cv);
 	pthread_mutex_unlock(&p->mu);
+	p->pending = NULL;
+	p->pending_tail = &p->pending;
 }
 
 struct request *pipeline_take_done(struct pipeline *p)
@@ -395,6 +407,10 @@ void pipeline_stop(struct pipeline **pp, bool abandon)
 		free(w->held);
 	}
 	for (struct request *r = p->qhead, *next; r; r = next) {
+		next = r->next;
+		free(r);
+	}
+	for (struct request *r = p->pending, *next; r; r = next) {
 		next = r->next;
 		free(r);
 	}

@@ -56,8 +56,10 @@ int pipeline_start(const struct feed_config *cfg, const struct store_params *sp,
 
 /* Main thread: may one more request be read? (bounded records and bytes in flight) */
 bool pipeline_admit(const struct pipeline *p);
-/* Main thread: hands r to the writers. Never blocks for long. */
+/* Main thread: accounts r as in flight; the writers see it at the next flush. */
 void pipeline_submit(struct pipeline *p, struct request *r);
+/* Main thread: hands what was submitted to the writers (one lock for a burst). */
+void pipeline_flush(struct pipeline *p);
 /* Main thread: takes the list of requests whose outcome is committed (NULL if none). */
 struct request *pipeline_take_done(struct pipeline *p);
 /* Main thread: a reply has been sent (or dropped) for r; frees it. */

@@ -196,6 +196,7 @@ int server_loop(struct server *s, int sigfd, const struct server_hooks *h)
 					break;
 				pipeline_submit(s->p, req);
 			}
+			pipeline_flush(s->p);
 		}
 		report_state(s, h, &last_up, &last_report);
 		if (stopping) {

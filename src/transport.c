@@ -167,7 +167,6 @@ static struct request *build(struct transport *t, unsigned sock, zmq_msg_t *f, u
 	const char *why = NULL;
 	zmq_msg_t *id = NULL, *body = NULL;
 	size_t env_len = 0, nrec = 0, body_len;
-	char peer[64] = "";
 	char endpoint[ENDPOINT_MAX + 80];
 	struct request *r;
 
@@ -201,14 +200,20 @@ static struct request *build(struct transport *t, unsigned sock, zmq_msg_t *f, u
 	if (!why && body_len <= t->lim.max_bytes)
 		nrec = max_lines(zmq_msg_data(body), body_len, t->lim.max_records);
 
+	/* "endpoint peer address", without printf: this runs for every request */
 	const char *pa = zmq_msg_gets(&f[nf - 1], "Peer-Address");
-	if (pa)
-		snprintf(peer, sizeof(peer), "%s", pa);
-	int elen = snprintf(endpoint, sizeof(endpoint), "%s%s%s", t->names[sock],
-			    peer[0] ? " peer " : "", peer);
+	size_t elen = strlen(t->names[sock]);
+	memcpy(endpoint, t->names[sock], elen);
+	if (pa) {
+		size_t pl = strnlen(pa, 63);
+		memcpy(endpoint + elen, " peer ", 6);
+		memcpy(endpoint + elen + 6, pa, pl);
+		elen += 6 + pl;
+	}
+	endpoint[elen] = '\0';
 
 	size_t size = sizeof(*r) + nrec * sizeof(struct record) + env_len +
-		      (id ? zmq_msg_size(id) : 0) + body_len + (size_t)elen + 1;
+		      (id ? zmq_msg_size(id) : 0) + body_len + elen + 1;
 	r = malloc(size);
 	if (!r)
 		return NULL;
@@ -238,7 +243,7 @@ static struct request *build(struct transport *t, unsigned sock, zmq_msg_t *f, u
 	if (body_len)
 		memcpy(p, zmq_msg_data(body), body_len);
 	p += body_len;
-	memcpy(p, endpoint, (size_t)elen + 1);
+	memcpy(p, endpoint, elen + 1);
 	r->sr.endpoint = (const char *)p;
 	r->sock = sock;
 	r->received_ns = now_ns();
@@ -321,15 +326,14 @@ int transport_reply(struct transport *t, struct request *r)
 {
 	void *s = t->socks[r->sock];
 	const unsigned char *p = r->env;
-	char text[sizeof(r->sr.reason) + 8];
-	size_t len;
+	char text[sizeof(r->sr.reason) + 8] = "TRUE";
+	size_t len = 4;
 
-	if (r->sr.rejected)
+	if (r->sr.rejected) {
 		len = (size_t)snprintf(text, sizeof(text), "FALSE: %s", r->sr.reason);
-	else
-		len = (size_t)snprintf(text, sizeof(text), "TRUE");
-	if (len >= sizeof(text))
-		len = sizeof(text) - 1;
+		if (len >= sizeof(text))
+			len = sizeof(text) - 1;
+	}
 	for (unsigned i = 0; i < r->nenv; i++) {
 		size_t fl = ((size_t)p[0] << 8) | p[1];
 		if (zmq_send(s, p + 2, fl, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0) {
