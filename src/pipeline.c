@@ -23,6 +23,7 @@
 #include <unistd.h>
 
 #include "log.h"
+#include "timeutil.h"
 
 struct writer {
 	pthread_t thread;
@@ -69,15 +70,8 @@ struct pipeline {
 
 static void sleep_ms_unless_abandoned(struct pipeline *p, int ms)
 {
-	struct timespec ts;
+	struct timespec ts = deadline_after_ms(ms);
 
-	clock_gettime(CLOCK_REALTIME, &ts);
-	ts.tv_sec += ms / 1000;
-	ts.tv_nsec += (long)(ms % 1000) * 1000000L;
-	if (ts.tv_nsec >= 1000000000L) {
-		ts.tv_sec++;
-		ts.tv_nsec -= 1000000000L;
-	}
 	pthread_mutex_lock(&p->mu);
 	if (!p->abandon)
 		pthread_cond_timedwait(&p->cv, &p->mu, &ts);
@@ -166,9 +160,8 @@ static void *writer_main(void *arg)
 
 		pthread_mutex_lock(&p->mu);
 		while (!p->qhead && !p->stopping) {
-			struct timespec ts;
-			clock_gettime(CLOCK_REALTIME, &ts);
-			ts.tv_sec += 1; /* bounded wait; the signal is the real wake-up */
+			/* bounded wait; the signal is the real wake-up */
+			struct timespec ts = deadline_after_ms(1000);
 			p->idle++;
 			pthread_cond_timedwait(&p->cv, &p->mu, &ts);
 			p->idle--;

@@ -23,6 +23,7 @@
 #include "log.h"
 #include "pipeline.h"
 #include "settle.h"
+#include "timeutil.h"
 #include "transport.h"
 
 #define RECV_BURST 512   /* messages read per turn before replies get a chance */
@@ -43,14 +44,6 @@ struct server {
  * are committed: the client's re-send is answered TRUE.
  */
 #define BLOCKED_REPLY_MS 5000
-
-static uint64_t mono_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
 
 int server_bind(const struct feed_config *cfg, struct server **ret, char *err, size_t errsz)
 {

@@ -23,9 +23,11 @@
 
 #include "decimal.h"
 #include "log.h"
+#include "timeutil.h"
 
 #define SETTLE_MIN_GAP_MS 200
 #define SETTLE_COALESCE_MS 20
+#define SETTLE_SWEEP_MS 5000
 
 struct settler {
 	pthread_t thread;
@@ -41,6 +43,8 @@ struct settler {
 	size_t chunk;
 	struct store_settle *rows;
 	bool failing;         /* an error was logged; log the recovery once */
+	int64_t resume;       /* ticket the next pass starts after */
+	uint64_t last_sweep;  /* mono ms of the last pass from the first ticket */
 };
 
 /* Settles one chunk after `after`. Returns rows fetched (0 = done) or -errno. */
@@ -82,16 +86,9 @@ static int settle_chunk(struct settler *st, int64_t *after, size_t *ret_skipped)
 
 static bool wait_for_work(struct settler *st, int ms)
 {
-	struct timespec ts;
+	struct timespec ts = deadline_after_ms(ms);
 	bool stop;
 
-	clock_gettime(CLOCK_REALTIME, &ts);
-	ts.tv_sec += ms / 1000;
-	ts.tv_nsec += (long)(ms % 1000) * 1000000L;
-	if (ts.tv_nsec >= 1000000000L) {
-		ts.tv_sec++;
-		ts.tv_nsec -= 1000000000L;
-	}
 	pthread_mutex_lock(&st->mu);
 	while (!st->kicked && !st->stopping)
 		if (pthread_cond_timedwait(&st->cv, &st->mu, &ts) == ETIMEDOUT)
@@ -105,12 +102,8 @@ static bool wait_for_work(struct settler *st, int ms)
 /* Sleeps ms, woken early only by stop (kicks stay pending for the next wait). */
 static void pause_unless_stopping(struct settler *st, int ms)
 {
-	struct timespec ts;
+	struct timespec ts = deadline_after_ms(ms);
 
-	clock_gettime(CLOCK_REALTIME, &ts);
-	ts.tv_nsec += (long)ms * 1000000L;
-	ts.tv_sec += ts.tv_nsec / 1000000000L;
-	ts.tv_nsec %= 1000000000L;
 	pthread_mutex_lock(&st->mu);
 	while (!st->stopping)
 		if (pthread_cond_timedwait(&st->cv, &st->mu, &ts) == ETIMEDOUT)
@@ -124,7 +117,19 @@ static void *settle_main(void *arg)
 	int backoff = 0;
 
 	do {
-		int64_t after = 0;
+		/*
+		 * Resume where the last pass stopped: in MVCC databases the
+		 * index over 'N' rows keeps entries of settled rows until vacuum,
+		 * and walking them from the start every pass costs more and more.
+		 * Rows below the position (out-of-order tickets, another
+		 * instance's) are picked up by a full sweep every SETTLE_SWEEP_MS.
+		 */
+		uint64_t now = mono_ms();
+		if (now - st->last_sweep >= SETTLE_SWEEP_MS) {
+			st->resume = 0;
+			st->last_sweep = now;
+		}
+		int64_t after = st->resume;
 		size_t skipped = 0, total = 0;
 		int r;
 
@@ -144,6 +149,8 @@ static void *settle_main(void *arg)
 			if (busy)
 				pause_unless_stopping(st, SETTLE_MIN_GAP_MS);
 		}
+		if (r == 0)
+			st->resume = after;
 		if (r < 0) {
 			/* an outage is reported by the writers; say other trouble once */
 			if (!st->failing && r != -ENOTCONN && r != -EAGAIN)

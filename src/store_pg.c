@@ -696,6 +696,25 @@ static int pg_rollback(struct store *s)
 
 /* ==== Batches ==== */
 
+/*
+ * Tickets mostly grow: one probe of the primary key's end spares the lookup
+ * of every ticket above the largest stored one (usually the whole batch).
+ * A ticket another writer stores meanwhile is caught by the primary key at
+ * insert (-EEXIST, and the batch is looked up again).
+ */
+static int pg_max_ticket(struct store_pg *p, int64_t *ret)
+{
+	PGresult *res = PQexec(p->conn, "SELECT coalesce(max(ticket), 0) FROM fee");
+	int r = 0;
+
+	if (!res || PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1)
+		r = pg_fail(p, res, "SELECT max(ticket) from fee");
+	else
+		*ret = pg_get_i64(res, 0, 0);
+	PQclear(res);
+	return r;
+}
+
 static int pg_lookup(struct store *s, const int64_t *tickets, size_t n,
 		     struct store_row *rows, size_t *ret_n)
 {
@@ -703,14 +722,29 @@ static int pg_lookup(struct store *s, const int64_t *tickets, size_t n,
 	PGresult *res = NULL;
 	const char *vals[1];
 	char *arr = NULL;
-	size_t got = 0;
+	int64_t *probe = NULL, max = 0;
+	size_t got = 0, np = 0;
 	int r = 0;
 
 	if (n == 0)
 		goto done;
-	arr = pg_i64_array(tickets, sizeof(*tickets), n);
-	if (!arr) {
+	r = pg_max_ticket(p, &max);
+	if (r < 0)
+		goto out;
+	probe = malloc(n * sizeof(*probe));
+	if (!probe) {
 		pg_setmsg(p, "lookup: out of memory for %zu tickets", n);
+		r = -ENOMEM;
+		goto out;
+	}
+	for (size_t i = 0; i < n; i++)
+		if (tickets[i] <= max)
+			probe[np++] = tickets[i];
+	if (np == 0)
+		goto done;
+	arr = pg_i64_array(probe, sizeof(*probe), np);
+	if (!arr) {
+		pg_setmsg(p, "lookup: out of memory for %zu tickets", np);
 		r = -ENOMEM;
 		goto out;
 	}
@@ -732,6 +766,7 @@ done:
 out:
 	PQclear(res);
 	free(arr);
+	free(probe);
 	return r;
 }
 

@@ -29,6 +29,7 @@
 
 #include "decimal.h"
 #include "store.h"
+#include "timeutil.h"
 
 #ifndef SQLITE_OPEN_EXRESCODE          /* before 3.37; extended codes are also set below */
 #define SQLITE_OPEN_EXRESCODE 0
@@ -109,8 +110,7 @@ static int sq_write_lock(struct store_sqlite *q)
 
 	if (q->holds_write_mu)
 		return 0;
-	clock_gettime(CLOCK_REALTIME, &deadline);
-	deadline.tv_sec += SQ_BUSY_MS / 1000;
+	deadline = deadline_after_ms(SQ_BUSY_MS);
 	pthread_mutex_lock(&sq_gate_mu);
 	if (!q->background)
 		sq_gate_writers_waiting++;
