@@ -36,10 +36,13 @@
 /* COPY data is sent in pieces of this size. */
 #define PG_COPY_BUF (256 * 1024)
 
+#define PG_VALUES_MAX 32       /* up to this many rows: INSERT ... VALUES, else COPY */
+
 struct store_pg {
 	struct store base;            /* first: struct store * <-> struct store_pg * */
 	PGconn *conn;
 	enum store_durability durability;
+	bool begin_pending;           /* BEGIN not sent yet: it rides on the first statement */
 };
 
 static struct store_pg *pg_of(struct store *s)
@@ -444,6 +447,7 @@ static int pg_reconnect(struct store *s)
 {
 	struct store_pg *p = pg_of(s);
 
+	p->begin_pending = false;
 	PQreset(p->conn);
 	if (PQstatus(p->conn) != CONNECTION_OK) {
 		/* Same parameters as open(), whose password never reaches errmsg. */
@@ -656,16 +660,36 @@ static int pg_exec(struct store *s, const char *sql)
 
 /* ==== Transactions ==== */
 
+/*
+ * BEGIN is deferred to the batch's first statement, which carries it in the
+ * same round trip where it can (lookup); a lone request then costs three
+ * round trips (BEGIN+max, INSERT, COMMIT) instead of five.
+ */
 static int pg_begin(struct store *s)
 {
-	return pg_cmd(pg_of(s), "BEGIN", "BEGIN");
+	pg_of(s)->begin_pending = true;
+	return 0;
+}
+
+static int pg_flush_begin(struct store_pg *p)
+{
+	if (!p->begin_pending)
+		return 0;
+	p->begin_pending = false;
+	return pg_cmd(p, "BEGIN", "BEGIN");
 }
 
 static int pg_commit(struct store *s)
 {
 	struct store_pg *p = pg_of(s);
-	PGresult *res = PQexec(p->conn, "COMMIT");
+	PGresult *res;
 	int r = 0;
+
+	if (p->begin_pending) {     /* nothing was done: nothing to commit */
+		p->begin_pending = false;
+		return 0;
+	}
+	res = PQexec(p->conn, "COMMIT");
 
 	if (!res || PQresultStatus(res) != PGRES_COMMAND_OK) {
 		r = pg_fail(p, res, "COMMIT");
@@ -683,6 +707,7 @@ static int pg_rollback(struct store *s)
 {
 	struct store_pg *p = pg_of(s);
 
+	p->begin_pending = false;
 	if (PQstatus(p->conn) != CONNECTION_OK) {
 		/* The server rolls back a lost session by itself. */
 		if (!p->base.errmsg[0])
@@ -704,8 +729,16 @@ static int pg_rollback(struct store *s)
  */
 static int pg_max_ticket(struct store_pg *p, int64_t *ret)
 {
-	PGresult *res = PQexec(p->conn, "SELECT coalesce(max(ticket), 0) FROM fee");
+	const char *sql = "SELECT coalesce(max(ticket), 0) FROM fee";
+	PGresult *res;
 	int r = 0;
+
+	if (p->begin_pending) {
+		/* one round trip: the simple query protocol runs both, returns the last */
+		p->begin_pending = false;
+		sql = "BEGIN; SELECT coalesce(max(ticket), 0) FROM fee";
+	}
+	res = PQexec(p->conn, sql);
 
 	if (!res || PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1)
 		r = pg_fail(p, res, "SELECT max(ticket) from fee");
@@ -793,6 +826,23 @@ static int pg_copy_end(struct store_pg *p, const char *abort_reason)
  * statement) ~50 ms. A ticket inserted meanwhile by another writer makes
  * the COPY fail with 23505 (-EEXIST), after waiting for that writer.
  */
+/* A few rows: one multi-row INSERT, one round trip (COPY takes two). */
+static int pg_insert_values(struct store_pg *p, const struct record *recs, size_t n)
+{
+	char sql[64 + PG_VALUES_MAX * 96], vol[DEC_STRMAX];
+	size_t len = (size_t)snprintf(sql, sizeof(sql),
+				      "INSERT INTO fee (ticket, login, volume, status) VALUES ");
+
+	for (size_t i = 0; i < n; i++) {
+		dec_format(recs[i].volume, DEC_SCALE, 0, vol);
+		/* integers and a decimal feed formatted itself: nothing to quote */
+		len += (size_t)snprintf(sql + len, sizeof(sql) - len, "%s(%lld,%lld,'%s','N')",
+					i ? "," : "", (long long)recs[i].ticket,
+					(long long)recs[i].login, vol);
+	}
+	return pg_cmd(p, sql, "INSERT into fee");
+}
+
 static int pg_insert(struct store *s, const struct record *recs, size_t n)
 {
 	struct store_pg *p = pg_of(s);
@@ -803,6 +853,11 @@ static int pg_insert(struct store *s, const struct record *recs, size_t n)
 
 	if (n == 0)
 		return 0;
+	r = pg_flush_begin(p);
+	if (r < 0)
+		return r;
+	if (n <= PG_VALUES_MAX)
+		return pg_insert_values(p, recs, n);
 	buf = malloc(PG_COPY_BUF);
 	if (!buf) {
 		pg_setmsg(p, "insert: out of memory");
@@ -851,6 +906,9 @@ static int pg_insert_rejects(struct store *s, const struct store_reject *rj, siz
 
 	if (n == 0)
 		return 0;
+	r = pg_flush_begin(p);
+	if (r < 0)
+		return r;
 	cap = 64 + PG_REJECT_CHUNK * 32;
 	sql = malloc(cap);
 	vals = calloc(3 * PG_REJECT_CHUNK, sizeof(*vals));
@@ -972,6 +1030,9 @@ static int pg_settle(struct store *s, const struct store_settle *rows, size_t n)
 
 	if (n == 0)
 		return 0;
+	r = pg_flush_begin(p);
+	if (r < 0)
+		return r;
 	tickets = pg_i64_array(&rows[0].ticket, sizeof(*rows), n);
 	fees = malloc(cap);
 	if (!tickets || !fees) {
