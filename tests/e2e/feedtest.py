@@ -218,6 +218,22 @@ def _zombie(pid):
         return True
 
 
+def feed_procs(conf):
+    """Pids of live (non-zombie) processes whose command line names conf."""
+    pids = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/cmdline", "rb") as f:
+                args = f.read().split(b"\0")
+        except OSError:
+            continue
+        if conf.encode() in args and not _zombie(int(d)):
+            pids.append(int(d))
+    return pids
+
+
 def norm_dec(s):
     """'1.25000000' -> '1.25', '3.00' -> '3' : compare decimals exactly, as text."""
     if "." in s:

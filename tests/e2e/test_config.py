@@ -13,7 +13,7 @@ import sys
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from feedtest import FEED, FeedTestCase, wait_until  # noqa: E402
+from feedtest import FEED, FeedTestCase, feed_procs, wait_until  # noqa: E402
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 EXIT_USAGE = 2
@@ -23,20 +23,6 @@ EXIT_CONFIG = 6
 def feed_cmd(*args, timeout=60):
     return subprocess.run([FEED, *args], capture_output=True, text=True, timeout=timeout,
                           stdin=subprocess.DEVNULL)
-
-
-def feed_procs(conf):
-    pids = []
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            with open(f"/proc/{d}/cmdline", "rb") as f:
-                if conf.encode() in f.read().split(b"\0"):
-                    pids.append(int(d))
-        except OSError:
-            pass
-    return pids
 
 
 def example_keys():

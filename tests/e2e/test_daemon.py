@@ -18,23 +18,7 @@ import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import feedtest  # noqa: E402
-from feedtest import FEED, IS_ROOT, RUN_USER, FeedTestCase, wait_until  # noqa: E402
-
-
-def feed_procs(conf):
-    """Pids of live (non-zombie) processes whose command line names conf."""
-    pids = []
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            with open(f"/proc/{d}/cmdline", "rb") as f:
-                args = f.read().split(b"\0")
-        except OSError:
-            continue
-        if conf.encode() in args and not feedtest._zombie(int(d)):
-            pids.append(int(d))
-    return pids
+from feedtest import FEED, IS_ROOT, RUN_USER, FeedTestCase, feed_procs, wait_until  # noqa: E402
 
 
 def proc_status(pid):
