@@ -69,6 +69,8 @@ struct slot {
 
 enum { SLOT_STORED = -1, SLOT_FREED = -2 };
 
+#define REJECT_KEEP 65536   /* bytes of a rejected body kept if the database refuses it whole */
+
 struct store_batch {
 	size_t cap;               /* records */
 	size_t nslots;            /* power of two >= 2 * cap */
@@ -201,7 +203,8 @@ static size_t classify(struct store_batch *b, struct store_req **reqs, size_t n,
 	return nfresh;
 }
 
-static int store_rejects(struct store *s, struct store_batch *b, struct store_req **reqs, size_t n)
+static int store_rejects(struct store *s, struct store_batch *b, struct store_req **reqs, size_t n,
+			 size_t max_body)
 {
 	size_t k = 0;
 	int r;
@@ -209,8 +212,8 @@ static int store_rejects(struct store *s, struct store_batch *b, struct store_re
 	for (size_t i = 0; i < n; i++) {
 		if (!reqs[i]->rejected)
 			continue;
-		b->rejects[k++] = (struct store_reject){ reqs[i]->endpoint, reqs[i]->reason,
-							 reqs[i]->body, reqs[i]->len };
+		b->rejects[k++] = (struct store_reject){ reqs[i]->endpoint, reqs[i]->reason, reqs[i]->body,
+							 reqs[i]->len < max_body ? reqs[i]->len : max_body };
 		if (k == b->rejects_cap) {
 			r = s->ops->insert_rejects(s, b->rejects, k);
 			if (r < 0)
@@ -232,7 +235,8 @@ static size_t count_writers(struct store_req **reqs, size_t n)
 	return c;
 }
 
-static int write_once(struct store *s, struct store_batch *b, struct store_req **reqs, size_t n)
+static int write_once(struct store *s, struct store_batch *b, struct store_req **reqs, size_t n,
+		      size_t max_body)
 {
 	size_t nt = 0, nrows = 0, nfresh;
 	int r;
@@ -256,7 +260,7 @@ static int write_once(struct store *s, struct store_batch *b, struct store_req *
 		if (r < 0)
 			goto fail;
 	}
-	r = store_rejects(s, b, reqs, n);
+	r = store_rejects(s, b, reqs, n, max_body);
 	if (r < 0)
 		goto fail;
 	r = s->ops->commit(s);
@@ -272,6 +276,7 @@ int store_write(struct store *s, struct store_batch *b, struct store_req **reqs,
 {
 	/* parser rejections are inputs; conflicts are recomputed on every attempt */
 	bool pre[n > 0 ? n : 1];
+	bool truncated = false;
 	int r = 0;
 
 	for (size_t i = 0; i < n; i++)
@@ -281,7 +286,7 @@ int store_write(struct store *s, struct store_batch *b, struct store_req **reqs,
 		for (size_t i = 0; i < n; i++)
 			if (!pre[i])
 				reqs[i]->rejected = 0;
-		r = write_once(s, b, reqs, n);
+		r = write_once(s, b, reqs, n, truncated ? REJECT_KEEP : SIZE_MAX);
 		if (r == -EEXIST)
 			continue; /* another writer stored a ticket since lookup: look again */
 		if (r != -EINVAL)
@@ -289,8 +294,26 @@ int store_write(struct store *s, struct store_batch *b, struct store_req **reqs,
 
 		/* The database refuses a value: isolate the request that carries it. */
 		size_t w = count_writers(reqs, n);
-		if (w == 0)
-			return -EIO; /* refused while storing rejects only: nothing to isolate */
+		if (w == 0) {
+			/*
+			 * The database refuses a rejected request itself (a body
+			 * over the server's packet limit, say). Rather than hold
+			 * every sender back, keep its first bytes and say so in
+			 * the reason; a second refusal is an outage.
+			 */
+			if (truncated)
+				return -EIO;
+			truncated = true;
+			for (size_t i = 0; i < n; i++) {
+				struct store_req *q = reqs[i];
+				if (!q->rejected || q->len <= REJECT_KEEP)
+					continue;
+				size_t used = strlen(q->reason);
+				snprintf(q->reason + used, sizeof(q->reason) - used,
+					 " [stored truncated: %zu of %zu bytes]", (size_t)REJECT_KEEP, q->len);
+			}
+			continue;
+		}
 		if (w == 1) {
 			for (size_t i = 0; i < n; i++) {
 				if (!reqs[i]->rejected && reqs[i]->n > 0) {

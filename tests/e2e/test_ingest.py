@@ -387,6 +387,28 @@ class TestMalformed(IngestCase):
         # nothing of any rejected request is in fee (700, 701 and 702 came with a bad line)
         self.assertEqual(count(f), 0)
 
+    def test_reject_the_database_refuses_is_kept_truncated(self):
+        # A rejected body the database will not store whole (here a rule on
+        # fee_reject; in life, say, MariaDB's max_allowed_packet) must not hold
+        # every sender back: its first 64 KiB are kept and the reason says so.
+        f = self.started(conf={"listen": {"max_message_bytes": "200000"}})
+        if backend() == "sqlite":
+            f.sql("CREATE TRIGGER small BEFORE INSERT ON fee_reject WHEN length(NEW.body) > 65536 "
+                  "BEGIN SELECT RAISE(ABORT, 'body too big for this table'); END;")
+        else:
+            f.sql("ALTER TABLE fee_reject ADD CONSTRAINT small CHECK (length(body) <= 65536);")
+        body = b"bad\n" * 25000          # 100,000 bytes, rejected at line 1
+        reply = f.req(body, timeout=60)
+        self.assertTrue(reply.startswith("FALSE: line 1: "), reply)
+        self.assertIn("[stored truncated: 65536 of 100000 bytes]", reply)
+        kept = rejects(f)
+        self.assertEqual(len(kept), 1)
+        self.assertEqual(kept[0][2], body[:65536])
+        self.assertIn("stored truncated", kept[0][0])
+        # and the pipeline goes on
+        self.assertEqual(f.req("801,7,1.5"), "TRUE")
+        self.assertEqual(count(f, "WHERE ticket = 801"), 1)
+
 
 # ==== kill -9, flood, graceful stop ====
 
