@@ -79,6 +79,26 @@ int server_open_db(struct server *s, const struct store_params *sp, char *err, s
 
 const char *server_endpoints(const struct server *s) { return transport_endpoints(s->t); }
 
+/*
+ * A rejected request the database would not keep even truncated: the log is
+ * where it stays (its first bytes, hex, with its length).
+ */
+static void log_unstored(const struct request *r)
+{
+	static const char hex[] = "0123456789abcdef";
+	const unsigned char *b = r->sr.body;
+	char dump[2 * 512 + 1];
+	size_t n = r->sr.len < 512 ? r->sr.len : 512;
+
+	for (size_t i = 0; i < n; i++) {
+		dump[2 * i] = hex[b[i] >> 4];
+		dump[2 * i + 1] = hex[b[i] & 15];
+	}
+	dump[2 * n] = '\0';
+	log_err("rejected a request from %s that the database would not store in fee_reject: %s; its %zu bytes begin (hex) %s",
+		r->sr.endpoint, r->sr.reason, r->sr.len, dump);
+}
+
 /* Sends replies: first the ones held back, then the newly committed. */
 static int send_replies(struct server *s)
 {
@@ -109,7 +129,9 @@ static int send_replies(struct server *s)
 		}
 		if (rc < 0)
 			log_warn("%s: reply not sent: %s", r->sr.endpoint, strerror(-rc));
-		if (r->sr.rejected)
+		if (r->sr.unstored)
+			log_unstored(r);
+		else if (r->sr.rejected)
 			log_info("rejected a request from %s: %s", r->sr.endpoint, r->sr.reason);
 		pipeline_release(s->p, r);
 	}

@@ -203,17 +203,41 @@ static size_t classify(struct store_batch *b, struct store_req **reqs, size_t n,
 	return nfresh;
 }
 
-static int store_rejects(struct store *s, struct store_batch *b, struct store_req **reqs, size_t n,
-			 size_t max_body)
+/* How much of a rejected body goes to fee_reject, after the database refused it whole. */
+enum keep { KEEP_ALL, KEEP_PREFIX, KEEP_NONE };
+
+static void annotate(struct store_req *q, const char *note)
 {
+	size_t used = strlen(q->reason);
+
+	if (!strstr(q->reason, note))
+		snprintf(q->reason + used, sizeof(q->reason) - used, "%s", note);
+}
+
+static int store_rejects(struct store *s, struct store_batch *b, struct store_req **reqs, size_t n,
+			 enum keep keep)
+{
+	char note[96];
 	size_t k = 0;
 	int r;
 
 	for (size_t i = 0; i < n; i++) {
-		if (!reqs[i]->rejected)
+		struct store_req *q = reqs[i];
+		size_t len = q->len;
+
+		if (!q->rejected)
 			continue;
-		b->rejects[k++] = (struct store_reject){ reqs[i]->endpoint, reqs[i]->reason, reqs[i]->body,
-							 reqs[i]->len < max_body ? reqs[i]->len : max_body };
+		if (keep == KEEP_NONE) {
+			q->unstored = true;
+			annotate(q, " [not stored: the database refused it]");
+			continue;
+		}
+		if (keep == KEEP_PREFIX && len > REJECT_KEEP) {
+			len = REJECT_KEEP;
+			snprintf(note, sizeof(note), " [stored truncated: %d of %zu bytes]", REJECT_KEEP, q->len);
+			annotate(q, note);
+		}
+		b->rejects[k++] = (struct store_reject){ q->endpoint, q->reason, q->body, len };
 		if (k == b->rejects_cap) {
 			r = s->ops->insert_rejects(s, b->rejects, k);
 			if (r < 0)
@@ -235,12 +259,14 @@ static size_t count_writers(struct store_req **reqs, size_t n)
 	return c;
 }
 
+/* One transaction over reqs. *ret_in_rejects tells whether fee_reject was the one refused. */
 static int write_once(struct store *s, struct store_batch *b, struct store_req **reqs, size_t n,
-		      size_t max_body)
+		      enum keep keep, bool *ret_in_rejects)
 {
 	size_t nt = 0, nrows = 0, nfresh;
 	int r;
 
+	*ret_in_rejects = false;
 	for (size_t i = 0; i < n; i++)
 		if (!reqs[i]->rejected)
 			for (size_t j = 0; j < reqs[i]->n; j++)
@@ -260,76 +286,88 @@ static int write_once(struct store *s, struct store_batch *b, struct store_req *
 		if (r < 0)
 			goto fail;
 	}
-	r = store_rejects(s, b, reqs, n, max_body);
-	if (r < 0)
+	r = store_rejects(s, b, reqs, n, keep);
+	if (r < 0) {
+		*ret_in_rejects = true;
 		goto fail;
+	}
 	r = s->ops->commit(s);
 	if (r < 0)
 		goto fail;
+	for (size_t i = 0; i < n; i++)
+		reqs[i]->done = true;
 	return 0;
 fail:
 	s->ops->rollback(s);
 	return r;
 }
 
-int store_write(struct store *s, struct store_batch *b, struct store_req **reqs, size_t n)
+/* Writes the requests not done yet; splits around a record the database refuses. */
+static int write_part(struct store *s, struct store_batch *b, struct store_req **all, size_t nall)
 {
-	/* parser rejections are inputs; conflicts are recomputed on every attempt */
-	bool pre[n > 0 ? n : 1];
-	bool truncated = false;
+	struct store_req *reqs[nall > 0 ? nall : 1];
+	enum keep keep = KEEP_ALL;
+	size_t n = 0;
 	int r = 0;
 
-	for (size_t i = 0; i < n; i++)
-		pre[i] = reqs[i]->rejected;
+	for (size_t i = 0; i < nall; i++)
+		if (!all[i]->done)
+			reqs[n++] = all[i];
+	if (n == 0)
+		return 0;
 
 	for (int attempt = 0; attempt < 8; attempt++) {
+		bool in_rejects;
+
+		/* parser rejections and refusals stand; conflicts are decided anew */
 		for (size_t i = 0; i < n; i++)
-			if (!pre[i])
-				reqs[i]->rejected = 0;
-		r = write_once(s, b, reqs, n, truncated ? REJECT_KEEP : SIZE_MAX);
+			reqs[i]->rejected = reqs[i]->bad_input || reqs[i]->refused;
+		r = write_once(s, b, reqs, n, keep, &in_rejects);
 		if (r == -EEXIST)
 			continue; /* another writer stored a ticket since lookup: look again */
 		if (r != -EINVAL)
 			return r;
+		if (in_rejects) {
+			/*
+			 * The database refuses a rejected request itself (a body
+			 * over the server's packet limit, a rule on fee_reject).
+			 * Rather than hold every sender back, keep its first
+			 * bytes, then nothing (the caller logs it), and say so.
+			 */
+			if (keep == KEEP_NONE)
+				return -EIO;
+			keep = keep == KEEP_ALL ? KEEP_PREFIX : KEEP_NONE;
+			continue;
+		}
 
 		/* The database refuses a value: isolate the request that carries it. */
 		size_t w = count_writers(reqs, n);
-		if (w == 0) {
-			/*
-			 * The database refuses a rejected request itself (a body
-			 * over the server's packet limit, say). Rather than hold
-			 * every sender back, keep its first bytes and say so in
-			 * the reason; a second refusal is an outage.
-			 */
-			if (truncated)
-				return -EIO;
-			truncated = true;
-			for (size_t i = 0; i < n; i++) {
-				struct store_req *q = reqs[i];
-				if (!q->rejected || q->len <= REJECT_KEEP)
-					continue;
-				size_t used = strlen(q->reason);
-				snprintf(q->reason + used, sizeof(q->reason) - used,
-					 " [stored truncated: %zu of %zu bytes]", (size_t)REJECT_KEEP, q->len);
-			}
-			continue;
-		}
+		if (w == 0)
+			return -EIO;
 		if (w == 1) {
 			for (size_t i = 0; i < n; i++) {
 				if (!reqs[i]->rejected && reqs[i]->n > 0) {
 					snprintf(reqs[i]->reason, sizeof(reqs[i]->reason),
 						 "database refused the request: %.200s", s->errmsg);
-					reqs[i]->rejected = 1;
-					pre[i] = true;
+					reqs[i]->refused = true;
 				}
 			}
 			continue; /* commit it as a reject, with the rest */
 		}
 		size_t half = n / 2;
-		r = store_write(s, b, reqs, half);
+		r = write_part(s, b, reqs, half);
 		if (r == 0)
-			r = store_write(s, b, reqs + half, n - half);
+			r = write_part(s, b, reqs + half, n - half);
 		return r;
 	}
 	return r == -EEXIST ? -EAGAIN : r;
+}
+
+int store_write(struct store *s, struct store_batch *b, struct store_req **reqs, size_t n)
+{
+	/* a refusal is found again on a retry: the database may have changed meanwhile */
+	for (size_t i = 0; i < n; i++)
+		if (!reqs[i]->done)
+			reqs[i]->refused = false;
+	return write_part(s, b, reqs, n);
 }

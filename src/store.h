@@ -148,8 +148,15 @@ struct store_req {
 	const char *endpoint;
 	const void *body;             /* verbatim request bytes, for fee_reject */
 	size_t len;
-	int rejected;                 /* in: rejected by the parser; out: rejected */
-	char reason[256];             /* in/out: why (without "FALSE: ") */
+	bool bad_input;               /* in: rejected by the parser, reason set; never changes */
+	/* store.c's own state; zero before the first store_write() */
+	bool refused;                 /* the database refused one of its records */
+	bool done;                    /* its outcome is committed: a retry skips it */
+	/* out */
+	bool rejected;                /* answered FALSE */
+	bool unstored;                /* rejected, and the database would not store it even
+					 truncated: the caller logs it instead */
+	char reason[256];             /* why (without "FALSE: "); in for bad_input */
 };
 
 /* Scratch space of one writer, sized for the largest batch. Owned by the writer. */
@@ -165,8 +172,8 @@ void store_batch_free(struct store_batch **b);
  * identical re-sends accepted, conflicting requests and parser-rejected ones
  * stored in fee_reject and marked rejected with a reason. Returns 0 when
  * every request has its outcome committed; otherwise a negative errno of
- * the classes above, nothing is committed for the requests left, and the
- * caller retries the whole call (it is idempotent).
+ * the classes above, and the caller retries the whole call: requests whose
+ * outcome was already committed (done) are skipped, the others decided anew.
  */
 int store_write(struct store *s, struct store_batch *b, struct store_req **reqs, size_t n);
 

@@ -249,7 +249,8 @@ static struct request *build(struct transport *t, unsigned sock, zmq_msg_t *f, u
 	r->received_ns = now_ns();
 
 	if (why) {
-		r->sr.rejected = 1;
+		r->sr.bad_input = true;
+		r->sr.rejected = true;
 		snprintf(r->sr.reason, sizeof(r->sr.reason), "%s", why);
 		return r;
 	}
@@ -261,7 +262,8 @@ static struct request *build(struct transport *t, unsigned sock, zmq_msg_t *f, u
 		/* stored and sent without the "FALSE: " prefix the formatter adds */
 		snprintf(r->sr.reason, sizeof(r->sr.reason), "%.255s",
 			 strncmp(text, "FALSE: ", 7) == 0 ? text + 7 : text);
-		r->sr.rejected = 1;
+		r->sr.bad_input = true;
+		r->sr.rejected = true;
 		return r;
 	}
 	r->sr.recs = recs;

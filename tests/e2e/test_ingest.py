@@ -410,6 +410,41 @@ class TestMalformed(IngestCase):
         self.assertEqual(count(f, "WHERE ticket = 801"), 1)
 
 
+class TestRefused(IngestCase):
+    def test_refused_record_frees_its_ticket_for_a_later_request(self):
+        # One batch: a request the database refuses, then another request with
+        # the same ticket (other values), then an unrelated one. The refusal
+        # must not leave a stale "conflict" on the second: it is the only one
+        # stored under that ticket.
+        f = self.started()
+        if backend() == "sqlite":
+            f.sql("CREATE TRIGGER no666 BEFORE INSERT ON fee WHEN NEW.login = 666 "
+                  "BEGIN SELECT RAISE(ABORT, 'login 666 refused'); END;")
+        else:
+            f.sql("ALTER TABLE fee ADD CONSTRAINT no666 CHECK (login <> 666);")
+        bodies = [b"900,7,1\n", b"901,666,1\n", b"901,2,1\n", b"905,3,1\n"]
+        lock = DbLock(f)
+        p = Pipeline(f, bodies, window=1)
+        try:
+            p.fill()            # 900 alone: the writer takes it and waits for the lock
+            time.sleep(1)
+            p.window = 4
+            p.fill()            # the other three queue behind it: the next batch
+            time.sleep(1)
+            lock.release()
+            p.run(timeout=120)
+        finally:
+            lock.release()
+            p.close()
+        self.assertEqual(p.replies[0], "TRUE")
+        self.assertTrue(p.replies[1].startswith("FALSE: database refused the request: "), p.replies[1])
+        self.assertEqual(p.replies[2], "TRUE")
+        self.assertEqual(p.replies[3], "TRUE")
+        rows = f.sql("SELECT ticket, login FROM fee ORDER BY ticket;")
+        self.assertEqual(rows, [["900", "7"], ["901", "2"], ["905", "3"]])
+        self.assertEqual([r[2] for r in rejects(f)], [b"901,666,1\n"])
+
+
 # ==== kill -9, flood, graceful stop ====
 
 class TestCrash(IngestCase):
