@@ -28,6 +28,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
+#include <sys/pidfd.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -290,6 +291,28 @@ static int open_log(struct ctx *c, bool background)
 	return 0;
 }
 
+/*
+ * ipc:// sockets are files created by bind with the daemon's umask, as root
+ * if started as root: give them to the run-as user and group, mode 0770, so
+ * that the group's members can connect.
+ */
+static int prepare_ipc_endpoints(struct ctx *c)
+{
+	char list[sizeof(c->endpoints)], *save = NULL;
+
+	snprintf(list, sizeof(list), "%s", c->endpoints);
+	for (char *ep = strtok_r(list, ",", &save); ep; ep = strtok_r(NULL, ",", &save)) {
+		if (strncmp(ep, "ipc://", 6) != 0 || ep[6] == '@')
+			continue; /* tcp, or an abstract socket: no file */
+		const char *path = ep + 6;
+		if ((c->drop && chown(path, c->uid, c->gid) < 0) || chmod(path, 0770) < 0) {
+			fail(c, "[listen] endpoint %s: cannot set owner and mode of %s: %s", ep, path, strerror(errno));
+			return -errno;
+		}
+	}
+	return 0;
+}
+
 /* ==== Serving ==== */
 
 static int serve(struct ctx *c, bool background)
@@ -364,6 +387,8 @@ static int serve(struct ctx *c, bool background)
 		goto out;
 	}
 	snprintf(c->endpoints, sizeof(c->endpoints), "%s", server_endpoints(srv));
+	if (prepare_ipc_endpoints(c) < 0)
+		goto out;
 	if (drop_privileges(c) < 0)
 		goto out;
 	if (access(c->pidfile_dir, W_OK | X_OK) < 0) {
@@ -577,12 +602,16 @@ static int holds_file(pid_t pid, const struct stat *st)
 	return found;
 }
 
-static bool alive(pid_t pid) { return kill(pid, 0) == 0 || errno == EPERM; }
-
-static void sleep_ms(int ms)
+/* Waits up to ms for the process behind pidfd to exit (the pidfd becomes readable). */
+static bool wait_exit(int pidfd, int ms)
 {
-	struct timespec ts = { ms / 1000, (long)(ms % 1000) * 1000000L };
-	nanosleep(&ts, NULL);
+	struct pollfd p = { .fd = pidfd, .events = POLLIN };
+	int r;
+
+	do
+		r = poll(&p, 1, ms);
+	while (r < 0 && errno == EINTR);
+	return r > 0;
 }
 
 int daemon_stop(const struct feed_config *cfg, int timeout)
@@ -605,32 +634,42 @@ int daemon_stop(const struct feed_config *cfg, int timeout)
 		       cfg->pidfile, (int)pid);
 		return EXIT_OK;
 	}
-	r = pid > 0 ? holds_file(pid, &st) : 0;
+	/*
+	 * Pin the process first (pidfd), then prove it holds the pidfile: every
+	 * signal after that goes to this very process, even if it exits and its
+	 * pid is reused meanwhile.
+	 */
+	int pfd = pid > 0 ? pidfd_open(pid, 0) : -1;
+	r = pfd >= 0 ? holds_file(pid, &st) : 0;
 	if (r <= 0) {
 		fprintf(stderr, "feed: pidfile %s is locked but pid %d %s; not signalling it\n", cfg->pidfile,
 			(int)pid, r == 0 ? "does not hold it" : "cannot be checked (permission?)");
+		if (pfd >= 0)
+			close(pfd);
 		return EXIT_FAIL;
 	}
-	if (kill(pid, SIGTERM) < 0) {
+	if (pidfd_send_signal(pfd, SIGTERM, NULL, 0) < 0) {
 		fprintf(stderr, "feed: cannot signal pid %d: %s\n", (int)pid, strerror(errno));
+		close(pfd);
 		return EXIT_FAIL;
 	}
-	for (int waited = 0; waited < timeout * 1000; waited += 50) {
-		if (!alive(pid)) {
-			printf("feed stopped (pid %d)\n", (int)pid);
-			return EXIT_OK;
-		}
-		sleep_ms(50);
+	if (wait_exit(pfd, timeout * 1000)) {
+		printf("feed stopped (pid %d)\n", (int)pid);
+		close(pfd);
+		return EXIT_OK;
 	}
 	fprintf(stderr, "feed: pid %d did not stop within %d s; sending SIGKILL (unanswered records will be re-sent by their senders)\n",
 		(int)pid, timeout);
-	kill(pid, SIGKILL);
-	for (int waited = 0; waited < 5000 && alive(pid); waited += 50)
-		sleep_ms(50);
-	char sp[PATH_MAX];
-	status_path_for(cfg, sp, sizeof(sp));
-	unlink(sp);
-	unlink(cfg->pidfile);
+	pidfd_send_signal(pfd, SIGKILL, NULL, 0);
+	wait_exit(pfd, 5000);
+	close(pfd);
+	/* its pidfile and status file are stale now, unless a new instance already took them */
+	if (probe_pidfile(cfg->pidfile, &held, &pid, &st) == 0 && !held) {
+		char sp[PATH_MAX];
+		status_path_for(cfg, sp, sizeof(sp));
+		unlink(sp);
+		unlink(cfg->pidfile);
+	}
 	return EXIT_FAIL;
 }
 

@@ -50,7 +50,7 @@ static int cmd_help(struct opts *o, struct feed_config *cfg, int argc, char **ar
 static const struct command commands[] = {
 	{ "start", cmd_start, "", "Start the daemon in the background; returns once it serves (or prints why it could not)." },
 	{ "run", cmd_run, "", "Serve in the foreground, logging to stderr (systemd Type=notify, containers)." },
-	{ "stop", cmd_stop, "[--timeout SECONDS]", "Stop the running daemon gracefully: SIGTERM, wait (default 30 s), then SIGKILL." },
+	{ "stop", cmd_stop, "[--timeout SECONDS]", "Stop the running daemon gracefully: SIGTERM, wait (default shutdown_timeout + 5 s = 30 s), then SIGKILL." },
 	{ "restart", cmd_restart, "[--timeout SECONDS]", "stop, then start." },
 	{ "status", cmd_status, "", "Show whether feed runs (LSB exit codes: 0 running, 1 dead with pidfile, 3 stopped, 4 unknown)." },
 	{ "check", cmd_check, "", "Validate the configuration and open the database; print \"configuration OK\" or every error." },
@@ -182,14 +182,20 @@ static int cmd_run(struct opts *o, struct feed_config *cfg, int argc, char **arg
 	return daemon_serve(cfg, o->config, false);
 }
 
+/* --timeout, or long enough for the daemon's own shutdown_timeout to run out first */
+static int stop_timeout(const struct opts *o, const struct feed_config *cfg)
+{
+	return o->timeout ? o->timeout : cfg->shutdown_timeout + 5;
+}
+
 static int cmd_stop(struct opts *o, struct feed_config *cfg, int argc, char **argv)
 {
-	return daemon_stop(cfg, o->timeout);
+	return daemon_stop(cfg, stop_timeout(o, cfg));
 }
 
 static int cmd_restart(struct opts *o, struct feed_config *cfg, int argc, char **argv)
 {
-	int r = daemon_stop(cfg, o->timeout);
+	int r = daemon_stop(cfg, stop_timeout(o, cfg));
 
 	if (r != EXIT_OK)
 		return r;
@@ -322,7 +328,7 @@ static bool needs_config(const struct command *c)
 
 int main(int argc, char **argv)
 {
-	struct opts o = { .config = CONFIG_DEFAULT_PATH, .timeout = 30 };
+	struct opts o = { .config = CONFIG_DEFAULT_PATH };
 	struct feed_config cfg;
 	const struct command *cmd;
 	int c, r;

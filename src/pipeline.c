@@ -25,6 +25,9 @@
 #include "log.h"
 #include "timeutil.h"
 
+/* Lock contention (SQLite BUSY, deadlocks) this long is reported as an outage. */
+#define BUSY_IS_OUTAGE_MS 10000
+
 struct writer {
 	pthread_t thread;
 	struct pipeline *p;
@@ -47,7 +50,8 @@ struct pipeline {
 	size_t queue_records, queue_bytes;
 
 	pthread_mutex_t mu;          /* queue, flags, stats */
-	pthread_cond_t cv;
+	pthread_cond_t cv;           /* work queued, or stop: idle writers wait here */
+	pthread_cond_t backoff_cv;   /* abandon: writers backing off wait here */
 	struct request *qhead, **qtail;
 	bool stopping, abandon;
 	struct pipeline_stats st;
@@ -74,7 +78,7 @@ static void sleep_ms_unless_abandoned(struct pipeline *p, int ms)
 
 	pthread_mutex_lock(&p->mu);
 	if (!p->abandon)
-		pthread_cond_timedwait(&p->cv, &p->mu, &ts);
+		pthread_cond_timedwait(&p->backoff_cv, &p->mu, &ts);
 	pthread_mutex_unlock(&p->mu);
 }
 
@@ -108,6 +112,7 @@ static int commit_batch(struct writer *w, size_t n)
 {
 	struct pipeline *p = w->p;
 	int backoff = 50, busy = 0;
+	uint64_t busy_since = 0;
 	bool fresh = false;           /* reconnected once already in this call */
 
 	for (;;) {
@@ -122,11 +127,18 @@ static int commit_batch(struct writer *w, size_t n)
 		pthread_mutex_unlock(&p->mu);
 		if (abandon)
 			return -ECANCELED;
-		if (r == -EAGAIN && ++busy < 50) {
-			/* lock contention: retry soon, it is not an outage */
-			log_debug("writer %d: transient database error, retrying: %s", w->idx, w->s->errmsg);
-			sleep_ms_unless_abandoned(p, 2 * busy);
-			continue;
+		if (r == -EAGAIN) {
+			if (!busy_since)
+				busy_since = mono_ms();
+			if (mono_ms() - busy_since < BUSY_IS_OUTAGE_MS) {
+				/* lock contention: retry soon, it is not an outage (yet) */
+				log_debug("writer %d: transient database error, retrying: %s", w->idx, w->s->errmsg);
+				busy = busy < 50 ? busy + 1 : 50;
+				sleep_ms_unless_abandoned(p, 2 * busy);
+				continue;
+			}
+		} else {
+			busy_since = 0;
 		}
 		/*
 		 * A connection that died in an outage the other writers already
@@ -185,6 +197,8 @@ static void *writer_main(void *arg)
 		}
 		if (!p->qhead)
 			p->qtail = &p->qhead;
+		else if (p->idle > 0)
+			pthread_cond_signal(&p->cv); /* more than one batch queued: wake a colleague */
 		pthread_mutex_unlock(&p->mu);
 
 		if (commit_batch(w, n) < 0) {
@@ -239,6 +253,7 @@ int pipeline_start(const struct feed_config *cfg, const struct store_params *sp,
 		return -ENOMEM;
 	pthread_mutex_init(&p->mu, NULL);
 	pthread_cond_init(&p->cv, NULL);
+	pthread_cond_init(&p->backoff_cv, NULL);
 	pthread_mutex_init(&p->done_mu, NULL);
 	p->qtail = &p->qhead;
 	p->dtail = &p->dhead;
@@ -388,6 +403,7 @@ void pipeline_stop(struct pipeline **pp, bool abandon)
 	p->stopping = true;
 	p->abandon = abandon;
 	pthread_cond_broadcast(&p->cv);
+	pthread_cond_broadcast(&p->backoff_cv);
 	pthread_mutex_unlock(&p->mu);
 	for (int i = 0; p->w && i < p->nw; i++) {
 		struct writer *w = &p->w[i];
@@ -415,6 +431,7 @@ void pipeline_stop(struct pipeline **pp, bool abandon)
 		close(p->efd);
 	pthread_mutex_destroy(&p->mu);
 	pthread_cond_destroy(&p->cv);
+	pthread_cond_destroy(&p->backoff_cv);
 	pthread_mutex_destroy(&p->done_mu);
 	free(p->w);
 	free(p->url);

@@ -354,7 +354,7 @@ static void pg_redact(char *msg, const struct store_params *params)
 static int pg_open(const struct store_params *params, struct store **ret, char *err,
 		   size_t errsz)
 {
-	const char *keys[8], *vals[8];
+	const char *keys[16], *vals[16];
 	struct store_pg *p = NULL;
 	char timeout[24], *perr = NULL;
 	PQconninfoOption *opts;
@@ -390,6 +390,17 @@ static int pg_open(const struct store_params *params, struct store **ret, char *
 	 */
 	keys[k] = "application_name"; vals[k++] = "feed";
 	keys[k] = "client_encoding"; vals[k++] = "UTF8";
+	/*
+	 * A server that vanishes without a FIN (failover, partition) must show
+	 * as an outage within seconds, not after the kernel's 2-hour keepalive:
+	 * probe idle connections, and give up on unacknowledged data after 30 s.
+	 * The URL may override each of these.
+	 */
+	keys[k] = "keepalives"; vals[k++] = "1";
+	keys[k] = "keepalives_idle"; vals[k++] = "10";
+	keys[k] = "keepalives_interval"; vals[k++] = "5";
+	keys[k] = "keepalives_count"; vals[k++] = "3";
+	keys[k] = "tcp_user_timeout"; vals[k++] = "30000";
 	if (params->connect_timeout > 0) {
 		snprintf(timeout, sizeof(timeout), "%d", params->connect_timeout);
 		keys[k] = "connect_timeout"; vals[k++] = timeout;

@@ -285,7 +285,7 @@ int transport_recv(struct transport *t, struct request **ret)
 		if (zmq_msg_recv(&f[0], s, ZMQ_DONTWAIT) < 0) {
 			int e = errno;
 			zmq_msg_close(&f[0]);
-			if (e == EAGAIN)
+			if (e == EAGAIN || e == EINTR)
 				continue;
 			return -e;
 		}
@@ -299,11 +299,16 @@ int transport_recv(struct transport *t, struct request **ret)
 				truncated = true;
 			}
 			zmq_msg_init(m);
-			if (zmq_msg_recv(m, s, 0) < 0) { /* the rest of a message is already here */
+			int rc;
+			do /* the rest of a message is already here: this does not block */
+				rc = zmq_msg_recv(m, s, 0);
+			while (rc < 0 && errno == EINTR);
+			if (rc < 0) {
 				int e = errno;
+				for (unsigned i = 0; i < nf; i++)
+					if (&f[i] != m)
+						zmq_msg_close(&f[i]);
 				zmq_msg_close(m);
-				for (unsigned i = 0; i < nf && i < MAX_FRAMES; i++)
-					zmq_msg_close(&f[i]);
 				return -e;
 			}
 			more = zmq_msg_more(m);

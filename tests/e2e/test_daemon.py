@@ -365,6 +365,22 @@ class DaemonTest(FeedTestCase):
             sock.close()
 
 
+    def test_ipc_endpoint_belongs_to_the_run_user(self):
+        if not IS_ROOT:
+            self.fail("this test needs root (CI runs as root)")
+        f = self.feed()
+        path = os.path.join(f.dir, "feed.sock")
+        f.sections["listen"]["endpoint"] = f"{f.endpoint},ipc://{path}"
+        f.write_conf()
+        f.start_ok()
+        st = os.stat(path)
+        nobody = pwd.getpwnam(RUN_USER)
+        self.assertEqual((st.st_uid, st.st_gid), (nobody.pw_uid, nobody.pw_gid))
+        self.assertEqual(st.st_mode & 0o777, 0o770)
+        f.endpoint = f"ipc://{path}"
+        self.assertEqual(f.req("6001,7,1"), "TRUE")
+        self.assertEqual(f.stop().returncode, 0)
+
     # -- a peer that never reads its replies -----------------------------------
     def test_peer_not_reading_replies_does_not_hold_others_back(self):
         import struct
