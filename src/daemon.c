@@ -46,6 +46,7 @@
 struct ctx {
 	const struct feed_config *cfg;
 	const char *cfgpath;
+	bool keep_log_level;       /* -v given: SIGHUP does not take log_level from the file */
 	int notify_fd;             /* readiness pipe to the original process, or -1 */
 	char status_path[PATH_MAX];
 	char *pidfile_dir;
@@ -154,8 +155,10 @@ static void on_reload(void *arg)
 	mem = open_memstream(&errs, &errs_len);
 	config_defaults(&fresh);
 	if (c->cfgpath && mem && config_load(&fresh, c->cfgpath, mem) == 0) {
-		log_set_level((enum log_level)fresh.log_level);
-		log_info("SIGHUP: log reopened, log_level = %d; other changes need a restart", fresh.log_level);
+		if (!c->keep_log_level)
+			log_set_level((enum log_level)fresh.log_level);
+		log_info("SIGHUP: log reopened, log_level = %d; other changes need a restart",
+			 (int)log_get_level());
 	} else if (c->cfgpath) {
 		if (mem)
 			fflush(mem);
@@ -500,9 +503,11 @@ static int wait_ready(int fd, pid_t child, int timeout_s)
 	return EXIT_FAIL;
 }
 
-int daemon_serve(const struct feed_config *cfg, const char *cfgpath, bool background)
+int daemon_serve(const struct feed_config *cfg, const char *cfgpath, bool keep_log_level,
+		 bool background)
 {
-	struct ctx c = { .cfg = cfg, .cfgpath = cfgpath, .notify_fd = -1 };
+	struct ctx c = { .cfg = cfg, .cfgpath = cfgpath, .keep_log_level = keep_log_level,
+			 .notify_fd = -1 };
 	int pfd[2];
 	pid_t pid;
 

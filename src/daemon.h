@@ -28,10 +28,12 @@ enum {
 
 /*
  * Serves until stopped. background: detach, and return (in the original
- * process) only once the daemon serves or has failed. cfgpath is re-read
- * on SIGHUP. Returns the exit code.
+ * process) only once the daemon serves or has failed. cfgpath (absolute: the
+ * daemon runs in /) is re-read on SIGHUP for log_level, unless
+ * keep_log_level (set on the command line). Returns the exit code.
  */
-int daemon_serve(const struct feed_config *cfg, const char *cfgpath, bool background);
+int daemon_serve(const struct feed_config *cfg, const char *cfgpath, bool keep_log_level,
+		 bool background);
 /* Stops the instance holding the pidfile lock; SIGKILL after timeout seconds. */
 int daemon_stop(const struct feed_config *cfg, int timeout);
 /* Prints the state; returns an LSB status code. */

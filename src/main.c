@@ -9,6 +9,7 @@
  */
 #include <errno.h>
 #include <getopt.h>
+#include <limits.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -174,12 +175,12 @@ static int load_config(struct opts *o, struct feed_config *cfg)
 
 static int cmd_start(struct opts *o, struct feed_config *cfg, int argc, char **argv)
 {
-	return daemon_serve(cfg, o->config, true);
+	return daemon_serve(cfg, o->config, o->verbose > 0, true);
 }
 
 static int cmd_run(struct opts *o, struct feed_config *cfg, int argc, char **argv)
 {
-	return daemon_serve(cfg, o->config, false);
+	return daemon_serve(cfg, o->config, o->verbose > 0, false);
 }
 
 /* --timeout, or long enough for the daemon's own shutdown_timeout to run out first */
@@ -199,7 +200,7 @@ static int cmd_restart(struct opts *o, struct feed_config *cfg, int argc, char *
 
 	if (r != EXIT_OK)
 		return r;
-	return daemon_serve(cfg, o->config, true);
+	return daemon_serve(cfg, o->config, o->verbose > 0, true);
 }
 
 static int cmd_status(struct opts *o, struct feed_config *cfg, int argc, char **argv)
@@ -384,6 +385,10 @@ int main(int argc, char **argv)
 	if (cmd->fn == cmd_help)
 		return cmd_help(&o, NULL, argc - optind + 1, argv + optind - 1);
 
+	/* the daemon re-reads the file on SIGHUP from / */
+	char abs_config[PATH_MAX];
+	if (o.config[0] != '/' && realpath(o.config, abs_config))
+		o.config = abs_config;
 	config_defaults(&cfg);
 	if (needs_config(cmd)) {
 		r = load_config(&o, &cfg);
