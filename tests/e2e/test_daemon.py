@@ -158,6 +158,32 @@ class DaemonTest(FeedTestCase):
         self.assertFalse(os.path.exists(f.pidfile))
         self.assertEqual(f.sql("SELECT ticket, login FROM fee WHERE ticket = 1006;"), [["1006", "8"]])
 
+    def test_stop_escalates_to_sigkill_after_its_timeout(self):
+        f = self.feed(conf={"daemon": {"shutdown_timeout": "300"}})
+        f.start_ok()
+        pid = f.pid()
+        self.assertEqual(f.req("1007,7,1"), "TRUE")
+        # the database never lets the request in flight commit: feed cannot finish
+        db = sqlite3.connect(f.url[len("sqlite://"):], timeout=30, isolation_level=None)
+        d = f.dealer()
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            d.send_multipart([b"", b"1008,8,2"])
+            wait_until(lambda: "transient database error" in f.log(), 60,
+                       what="the writer to try the request against the lock")
+            r = f.cmd("stop", "--timeout", "2")
+            self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
+            self.assertIn(f"pid {pid} did not stop within 2 s; sending SIGKILL", r.stderr)
+            self.assertTrue(gone(pid))
+            self.assertFalse(d.poll(500), "a reply came for a request that was never committed")
+        finally:
+            d.close()
+            db.execute("ROLLBACK")
+            db.close()
+        self.assertFalse(os.path.exists(f.pidfile), "stale pidfile left after SIGKILL")
+        self.assertEqual(f.status().returncode, 3)
+        self.assertEqual(f.sql("SELECT ticket FROM fee;"), [["1007"]])
+
     def test_stop_when_not_running(self):
         f = self.feed()
         r = f.stop(timeout=5)
