@@ -184,6 +184,34 @@ class DaemonTest(FeedTestCase):
         self.assertEqual(f.status().returncode, 3)
         self.assertEqual(f.sql("SELECT ticket FROM fee;"), [["1007"]])
 
+    def test_long_lock_contention_is_reported_as_an_outage(self):
+        # SQLite BUSY is transient: retried quietly at first, reported as an
+        # outage (once, in the log and in status) after 10 s, and the request
+        # is answered TRUE once the lock is gone.
+        f = self.feed()
+        f.start_ok()
+        self.assertEqual(f.req("1009,7,1"), "TRUE")
+        db = sqlite3.connect(f.url[len("sqlite://"):], timeout=30, isolation_level=None)
+        d = f.dealer()
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            d.send_multipart([b"", b"1010,8,2"])
+            wait_until(lambda: "database unavailable" in f.log(), 60, what="the outage to be logged")
+            wait_until(lambda: "DOWN" in f.status().stdout, 10, what="status to show the outage")
+            self.assertFalse(d.poll(100), "answered while the database was locked")
+            db.execute("ROLLBACK")
+            self.assertTrue(d.poll(60000), "no reply after the lock was released")
+            self.assertEqual(d.recv_multipart(), [b"", b"TRUE"])
+        finally:
+            d.close()
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            db.close()
+        wait_until(lambda: "database available again" in f.log(), 30, what="the recovery to be logged")
+        self.assertEqual(f.log().count("database unavailable"), 1)
+        self.assertEqual(f.log().count("database available again"), 1)
+        self.assertEqual(f.sql("SELECT count(*) FROM fee WHERE ticket = 1010;"), [["1"]])
+
     def test_stop_when_not_running(self):
         f = self.feed()
         r = f.stop(timeout=5)
