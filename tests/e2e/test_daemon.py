@@ -59,6 +59,28 @@ def require_root(test):
         test.fail("this test needs root (CI runs as root): it checks the switch to [daemon] user")
 
 
+class InFlight:
+    """A request kept in flight: another connection holds SQLite's write lock
+    (BEGIN IMMEDIATE) and the request is sent on a DEALER. release() lets it
+    commit; close() releases and closes both."""
+
+    def __init__(self, f, body, wait_for="transient database error"):
+        self.db = sqlite3.connect(f.url[len("sqlite://"):], timeout=30, isolation_level=None)
+        self.db.execute("BEGIN IMMEDIATE")
+        self.dealer = f.dealer()
+        self.dealer.send_multipart([b"", body])
+        wait_until(lambda: wait_for in f.log(), 60, what=f"{wait_for!r} in the log")
+
+    def release(self):
+        if self.db.in_transaction:
+            self.db.execute("ROLLBACK")
+
+    def close(self):
+        self.dealer.close()
+        self.release()
+        self.db.close()
+
+
 class DaemonTest(FeedTestCase):
 
     def assert_no_daemon(self, f, why):
@@ -129,28 +151,23 @@ class DaemonTest(FeedTestCase):
         pid = f.pid()
         self.assertEqual(f.req("1005,7,1"), "TRUE")   # schema exists, WAL files exist
         # Hold SQLite's write lock so the next request stays in flight.
-        db = sqlite3.connect(f.url[len("sqlite://"):], timeout=30, isolation_level=None)
+        held = InFlight(f, b"1006,8,2.25")
+        d = held.dealer
         stop = None
-        d = f.dealer()
         try:
-            db.execute("BEGIN IMMEDIATE")
-            d.send_multipart([b"", b"1006,8,2.25"])
-            wait_until(lambda: "transient database error" in f.log(), 60,
-                       what="the writer to try the request against the lock")
             stop = subprocess.Popen([FEED, "-c", f.conf, "stop", "--timeout", "60"],
                                     stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                     stderr=subprocess.PIPE, text=True)
             wait_until(lambda: "not accepting new requests" in f.log(), 30, what="SIGTERM to arrive")
             self.assertIn("finishing 1 in flight", f.log())
             self.assertIsNone(stop.poll(), "stop returned while a request was in flight")
-            db.execute("ROLLBACK")
+            held.release()
             self.assertTrue(d.poll(30000), "no reply to the request in flight at stop")
             self.assertEqual(d.recv_multipart(), [b"", b"TRUE"])
             out, err = stop.communicate(timeout=90)
             self.assertEqual(stop.returncode, 0, out + err)
         finally:
-            d.close()
-            db.close()
+            held.close()
             if stop and stop.poll() is None:
                 stop.kill()
                 stop.communicate()
@@ -164,22 +181,15 @@ class DaemonTest(FeedTestCase):
         pid = f.pid()
         self.assertEqual(f.req("1007,7,1"), "TRUE")
         # the database never lets the request in flight commit: feed cannot finish
-        db = sqlite3.connect(f.url[len("sqlite://"):], timeout=30, isolation_level=None)
-        d = f.dealer()
+        held = InFlight(f, b"1008,8,2")
         try:
-            db.execute("BEGIN IMMEDIATE")
-            d.send_multipart([b"", b"1008,8,2"])
-            wait_until(lambda: "transient database error" in f.log(), 60,
-                       what="the writer to try the request against the lock")
             r = f.cmd("stop", "--timeout", "2")
             self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
             self.assertIn(f"pid {pid} did not stop within 2 s; sending SIGKILL", r.stderr)
             self.assertTrue(gone(pid))
-            self.assertFalse(d.poll(500), "a reply came for a request that was never committed")
+            self.assertFalse(held.dealer.poll(500), "a reply came for a request that was never committed")
         finally:
-            d.close()
-            db.execute("ROLLBACK")
-            db.close()
+            held.close()
         self.assertFalse(os.path.exists(f.pidfile), "stale pidfile left after SIGKILL")
         self.assertEqual(f.status().returncode, 3)
         self.assertEqual(f.sql("SELECT ticket FROM fee;"), [["1007"]])
@@ -191,22 +201,16 @@ class DaemonTest(FeedTestCase):
         f = self.feed()
         f.start_ok()
         self.assertEqual(f.req("1009,7,1"), "TRUE")
-        db = sqlite3.connect(f.url[len("sqlite://"):], timeout=30, isolation_level=None)
-        d = f.dealer()
+        held = InFlight(f, b"1010,8,2", wait_for="database unavailable")
+        d = held.dealer
         try:
-            db.execute("BEGIN IMMEDIATE")
-            d.send_multipart([b"", b"1010,8,2"])
-            wait_until(lambda: "database unavailable" in f.log(), 60, what="the outage to be logged")
             wait_until(lambda: "DOWN" in f.status().stdout, 10, what="status to show the outage")
             self.assertFalse(d.poll(100), "answered while the database was locked")
-            db.execute("ROLLBACK")
+            held.release()
             self.assertTrue(d.poll(60000), "no reply after the lock was released")
             self.assertEqual(d.recv_multipart(), [b"", b"TRUE"])
         finally:
-            d.close()
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            db.close()
+            held.close()
         wait_until(lambda: "database available again" in f.log(), 30, what="the recovery to be logged")
         self.assertEqual(f.log().count("database unavailable"), 1)
         self.assertEqual(f.log().count("database available again"), 1)
