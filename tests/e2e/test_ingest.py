@@ -450,7 +450,9 @@ class TestRefused(IngestCase):
 class TestCrash(IngestCase):
     def test_kill9_mid_stream_then_resend(self):
         f = self.started()
-        first, total, per = 30_000_001, 40000, 100
+        # far more than feed commits in the moment between the 20th reply and
+        # the kill (it does ~400,000 records/s here), so that the kill lands mid-stream
+        first, total, per = 30_000_001, 200_000, 100
         bodies = chunk_bodies(first, total, per)
         p = Pipeline(f, bodies, window=len(bodies))   # everything in flight at once
         try:
@@ -473,7 +475,7 @@ class TestCrash(IngestCase):
 
         f.start_ok()
         rest = [i for i in range(len(bodies)) if p.replies[i] != "TRUE"]
-        q = Pipeline(f, [bodies[i] for i in rest], window=200)
+        q = Pipeline(f, [bodies[i] for i in rest], window=500)
         try:
             q.run(timeout=300)
         finally:
