@@ -105,6 +105,8 @@ struct store_ops {
 	int (*commit)(struct store *s);
 	int (*rollback)(struct store *s);                /* safe to call after any error */
 
+	/* The largest ticket in fee, 0 if it is empty. Inside the caller's transaction. */
+	int (*max_ticket)(struct store *s, int64_t *ret);
 	/* Rows of fee whose ticket is in tickets[0..n): at most n into rows, count in *ret_n. */
 	int (*lookup)(struct store *s, const int64_t *tickets, size_t n,
 		      struct store_row *rows, size_t *ret_n);

@@ -1173,38 +1173,35 @@ static int my_migrate(struct store *s)
 
 /* ==== The batch primitives ==== */
 
+static int my_max_ticket(struct store *s, int64_t *ret)
+{
+	struct store_mysql *m = my_of(s);
+	int r = my_need_conn(m);
+
+	if (r == 0)
+		r = my_select_i64(m, "SELECT max(ticket) from fee", "SELECT max(ticket) FROM fee", ret);
+	if (r == 0 && *ret < 0)
+		*ret = 0; /* empty table: my_select_i64 reports NULL as -1 */
+	return r;
+}
+
 static int my_lookup(struct store *s, const int64_t *tickets, size_t n,
 		     struct store_row *rows, size_t *ret_n)
 {
 	struct store_mysql *m = my_of(s);
 	size_t got = 0;
-	int64_t max = -1;
 	int r = 0;
 
-	/*
-	 * Tickets mostly grow: one probe of the primary key's end spares the
-	 * lookup of every ticket above the largest stored one. A ticket another
-	 * writer stores meanwhile is caught by the key at insert (-EEXIST).
-	 */
-	if (n > 0) {
-		r = my_select_i64(m, "SELECT max(ticket) from fee", "SELECT max(ticket) FROM fee", &max);
-		if (r < 0)
-			return r;
-	}
 	for (size_t i = 0; i < n; i += MY_LOOKUP_CHUNK) {
 		size_t end = n - i < MY_LOOKUP_CHUNK ? n : i + MY_LOOKUP_CHUNK;
 		MYSQL_RES *res = NULL;
 		MYSQL_ROW row;
-		size_t k = 0;
 
 		my_sql_reset(m);
 		my_sql_add(m, "SELECT ticket, login, volume FROM fee WHERE ticket IN (");
 		for (size_t j = i; j < end; j++)
-			if (tickets[j] <= max)
-				my_sql_add(m, "%s%" PRId64, k++ ? "," : "", tickets[j]);
+			my_sql_add(m, "%s%" PRId64, j > i ? "," : "", tickets[j]);
 		my_sql_add(m, ")");
-		if (k == 0)
-			continue;
 		if (m->sql_full) {
 			my_seterr(m, "lookup: statement exceeds %d bytes", MY_SQL_MAX);
 			return -E2BIG;
@@ -1511,6 +1508,7 @@ const struct store_ops store_mysql_ops = {
 	.begin = my_begin,
 	.commit = my_commit,
 	.rollback = my_rollback,
+	.max_ticket = my_max_ticket,
 	.lookup = my_lookup,
 	.insert = my_insert,
 	.insert_rejects = my_insert_rejects,

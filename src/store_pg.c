@@ -732,14 +732,10 @@ static int pg_rollback(struct store *s)
 
 /* ==== Batches ==== */
 
-/*
- * Tickets mostly grow: one probe of the primary key's end spares the lookup
- * of every ticket above the largest stored one (usually the whole batch).
- * A ticket another writer stores meanwhile is caught by the primary key at
- * insert (-EEXIST, and the batch is looked up again).
- */
-static int pg_max_ticket(struct store_pg *p, int64_t *ret)
+/* Also sends a pending BEGIN: the batch's first round trip does both. */
+static int pg_max_ticket(struct store *s, int64_t *ret)
 {
+	struct store_pg *p = pg_of(s);
 	const char *sql = "SELECT coalesce(max(ticket), 0) FROM fee";
 	PGresult *res;
 	int r = 0;
@@ -766,29 +762,17 @@ static int pg_lookup(struct store *s, const int64_t *tickets, size_t n,
 	PGresult *res = NULL;
 	const char *vals[1];
 	char *arr = NULL;
-	int64_t *probe = NULL, max = 0;
-	size_t got = 0, np = 0;
+	size_t got = 0;
 	int r = 0;
 
 	if (n == 0)
 		goto done;
-	r = pg_max_ticket(p, &max);
+	r = pg_flush_begin(p);
 	if (r < 0)
 		goto out;
-	probe = malloc(n * sizeof(*probe));
-	if (!probe) {
-		pg_setmsg(p, "lookup: out of memory for %zu tickets", n);
-		r = -ENOMEM;
-		goto out;
-	}
-	for (size_t i = 0; i < n; i++)
-		if (tickets[i] <= max)
-			probe[np++] = tickets[i];
-	if (np == 0)
-		goto done;
-	arr = pg_i64_array(probe, sizeof(*probe), np);
+	arr = pg_i64_array(tickets, sizeof(*tickets), n);
 	if (!arr) {
-		pg_setmsg(p, "lookup: out of memory for %zu tickets", np);
+		pg_setmsg(p, "lookup: out of memory for %zu tickets", n);
 		r = -ENOMEM;
 		goto out;
 	}
@@ -810,7 +794,6 @@ done:
 out:
 	PQclear(res);
 	free(arr);
-	free(probe);
 	return r;
 }
 
@@ -1092,6 +1075,7 @@ const struct store_ops store_pg_ops = {
 	.begin = pg_begin,
 	.commit = pg_commit,
 	.rollback = pg_rollback,
+	.max_ticket = pg_max_ticket,
 	.lookup = pg_lookup,
 	.insert = pg_insert,
 	.insert_rejects = pg_insert_rejects,

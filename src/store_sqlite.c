@@ -750,6 +750,24 @@ static int sq_rollback(struct store *s)
 
 /* ==== The batch primitives ==== */
 
+static int sq_max_ticket(struct store *s, int64_t *ret)
+{
+	struct store_sqlite *q = sq_of(s);
+	sqlite3_stmt *st = NULL;
+	int r, rc;
+
+	r = sq_stmt(q, SQ_MAXTICKET, &st);
+	if (r < 0)
+		return r;
+	rc = sqlite3_step(st);
+	if (rc == SQLITE_ROW)
+		*ret = sqlite3_column_type(st, 0) == SQLITE_NULL ? 0 : sqlite3_column_int64(st, 0);
+	else
+		r = sq_fail(q, rc, "%s", sq_stmt_sql[SQ_MAXTICKET].what);
+	sqlite3_reset(st);
+	return r;
+}
+
 static int sq_lookup(struct store *s, const int64_t *tickets, size_t n,
 		     struct store_row *rows, size_t *ret_n)
 {
@@ -758,29 +776,10 @@ static int sq_lookup(struct store *s, const int64_t *tickets, size_t n,
 	size_t found = 0;
 	int r, rc;
 
-	/*
-	 * Tickets mostly grow: one probe of the index's end spares a lookup
-	 * for every ticket above the largest stored one.
-	 */
-	int64_t max = INT64_MAX;
-	r = sq_stmt(q, SQ_MAXTICKET, &st);
-	if (r < 0)
-		return r;
-	rc = sqlite3_step(st);
-	if (rc == SQLITE_ROW)
-		max = sqlite3_column_type(st, 0) == SQLITE_NULL ? 0 : sqlite3_column_int64(st, 0);
-	else
-		r = sq_fail(q, rc, "%s", sq_stmt_sql[SQ_MAXTICKET].what);
-	sqlite3_reset(st);
-	if (r < 0)
-		return r;
-
 	r = sq_stmt(q, SQ_LOOKUP, &st);
 	if (r < 0)
 		return r;
 	for (size_t i = 0; i < n; i++) {
-		if (tickets[i] > max)
-			continue;
 		sqlite3_bind_int64(st, 1, tickets[i]);
 		rc = sqlite3_step(st);
 		if (rc == SQLITE_ROW) {
@@ -948,6 +947,7 @@ const struct store_ops store_sqlite_ops = {
 	.begin = sq_begin,
 	.commit = sq_commit,
 	.rollback = sq_rollback,
+	.max_ticket = sq_max_ticket,
 	.lookup = sq_lookup,
 	.insert = sq_insert,
 	.insert_rejects = sq_insert_rejects,
