@@ -33,7 +33,6 @@ struct request {
 	bool delimited;               /* had an empty delimiter frame */
 	unsigned char *id;            /* request id frame, or NULL */
 	size_t id_len;
-	uint64_t received_ns;         /* CLOCK_MONOTONIC */
 };
 
 struct pipeline;

@@ -14,7 +14,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <zmq.h>
 
 #include "log.h"
@@ -151,14 +150,6 @@ static size_t max_lines(const char *b, size_t len, size_t cap)
 	return n < cap ? n : cap;
 }
 
-static uint64_t now_ns(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
-
 /* Builds the request from the frames; frames stay owned by the caller. */
 static struct request *build(struct transport *t, unsigned sock, zmq_msg_t *f, unsigned nf, bool truncated)
 {
@@ -246,7 +237,6 @@ static struct request *build(struct transport *t, unsigned sock, zmq_msg_t *f, u
 	memcpy(p, endpoint, elen + 1);
 	r->sr.endpoint = (const char *)p;
 	r->sock = sock;
-	r->received_ns = now_ns();
 
 	if (why) {
 		r->sr.bad_input = true;
