@@ -185,7 +185,7 @@ static void *writer_main(void *arg)
 		/* take whole requests, up to batch_max records (at least one request) */
 		while (p->qhead && n < w->cap) {
 			struct request *r = p->qhead;
-			size_t cost = r->sr.n ? r->sr.n : 1;
+			size_t cost = request_records(r);
 			if (n > 0 && records + cost > p->batch_max)
 				break;
 			p->qhead = r->next;
@@ -203,7 +203,7 @@ static void *writer_main(void *arg)
 
 		if (commit_batch(w, n) < 0) {
 			for (size_t i = 0; i < n; i++)
-				free(w->held[i]);
+				request_free(w->held[i]);
 			continue; /* abandoned: the loop ends at the next check */
 		}
 
@@ -331,8 +331,8 @@ bool pipeline_admit(const struct pipeline *p)
 void pipeline_submit(struct pipeline *p, struct request *r)
 {
 	p->inflight++;
-	p->inflight_records += r->sr.n;
-	p->inflight_bytes += r->sr.len;
+	p->inflight_records += request_records(r);
+	p->inflight_bytes += r->cost;
 	r->next = NULL;
 	*p->pending_tail = r;
 	p->pending_tail = &r->next;
@@ -370,9 +370,9 @@ struct request *pipeline_take_done(struct pipeline *p)
 void pipeline_release(struct pipeline *p, struct request *r)
 {
 	p->inflight--;
-	p->inflight_records -= r->sr.n;
-	p->inflight_bytes -= r->sr.len;
-	free(r);
+	p->inflight_records -= request_records(r);
+	p->inflight_bytes -= r->cost;
+	request_free(r);
 }
 
 void pipeline_on_commit(struct pipeline *p, void (*fn)(void *), void *arg)
@@ -417,15 +417,15 @@ void pipeline_stop(struct pipeline **pp, bool abandon)
 	}
 	for (struct request *r = p->qhead, *next; r; r = next) {
 		next = r->next;
-		free(r);
+		request_free(r);
 	}
 	for (struct request *r = p->pending, *next; r; r = next) {
 		next = r->next;
-		free(r);
+		request_free(r);
 	}
 	for (struct request *r = p->dhead, *next; r; r = next) {
 		next = r->next;
-		free(r);
+		request_free(r);
 	}
 	if (p->efd >= 0)
 		close(p->efd);

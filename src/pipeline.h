@@ -15,25 +15,8 @@
 #include <stdint.h>
 
 #include "config.h"
+#include "request.h"
 #include "store.h"
-
-/*
- * One request, one allocation: this struct, then the envelope frames
- * (each as a 2-byte length + bytes), the id, the body and the records.
- * Owned by the main thread, then by the queue, a writer, the done list, and
- * the main thread again, which frees it after replying.
- */
-struct request {
-	struct request *next;
-	struct store_req sr;          /* the store's view: records, body, outcome */
-	unsigned sock;                /* index of the socket it came from */
-	unsigned char *env;           /* envelope frames (routing id first) */
-	size_t env_len;
-	unsigned nenv;
-	bool delimited;               /* had an empty delimiter frame */
-	unsigned char *id;            /* request id frame, or NULL */
-	size_t id_len;
-};
 
 struct pipeline;
 
@@ -53,7 +36,11 @@ struct pipeline_stats {
 int pipeline_start(const struct feed_config *cfg, const struct store_params *sp,
 		   struct pipeline **ret, char *err, size_t errsz);
 
-/* Main thread: may one more request be read? (bounded records and bytes in flight) */
+/*
+ * Main thread: may one more request be read? In flight are at most
+ * queue_records records (every request counts at least one) and queue_bytes
+ * bytes (every request counts its whole allocation), plus the one last admitted.
+ */
 bool pipeline_admit(const struct pipeline *p);
 /* Main thread: accounts r as in flight; the writers see it at the next flush. */
 void pipeline_submit(struct pipeline *p, struct request *r);

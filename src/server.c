@@ -22,6 +22,7 @@
 
 #include "log.h"
 #include "pipeline.h"
+#include "ratelimit.h"
 #include "settle.h"
 #include "timeutil.h"
 #include "transport.h"
@@ -34,16 +35,23 @@ struct server {
 	struct pipeline *p;
 	struct settler *settler;
 	char url_redacted[512];
-	struct request *blocked, **blocked_tail;  /* replies waiting for a full peer */
-	uint64_t blocked_since;                   /* mono ms the oldest of them blocked */
+	struct request *parked, **parked_tail;    /* replies waiting for a full peer */
+	size_t parked_records, parked_bytes;      /* their share of the in-flight budget */
+	struct ratelimit rl_reject, rl_stuck;     /* log lines per rejected request, per stuck peer */
 };
 
 /*
- * A peer that does not read its replies holds the others back (input stops
- * while replies wait); after this long its replies are dropped. The records
- * are committed: the client's re-send is answered TRUE.
+ * A reply whose peer does not read (its pipe is full) is parked, and only
+ * that peer waits: input goes on, the other peers' replies go out. A parked
+ * reply is retried each turn (one try per stuck peer) and dropped after
+ * PARKED_MS, or sooner, oldest first, when parked replies hold more than a
+ * share of the in-flight budget (1/PARKED_SHARE), so that a stuck peer
+ * cannot starve the others of admission. The records are committed: the
+ * client's re-send is answered TRUE.
  */
-#define BLOCKED_REPLY_MS 5000
+#define PARKED_MS 5000
+#define PARKED_SHARE 4
+#define STUCK_MAX 16            /* stuck peers remembered per pass */
 
 int server_bind(const struct feed_config *cfg, struct server **ret, char *err, size_t errsz)
 {
@@ -53,7 +61,9 @@ int server_bind(const struct feed_config *cfg, struct server **ret, char *err, s
 	if (!s)
 		return -ENOMEM;
 	s->cfg = cfg;
-	s->blocked_tail = &s->blocked;
+	s->parked_tail = &s->parked;
+	s->rl_reject = (struct ratelimit)RATELIMIT_INIT(1000, 10);
+	s->rl_stuck = (struct ratelimit)RATELIMIT_INIT(10000, 5);
 	store_url_redact(cfg->url, s->url_redacted, sizeof(s->url_redacted));
 	r = transport_open(cfg, &s->t, err, errsz);
 	if (r < 0) {
@@ -99,50 +109,93 @@ static void log_unstored(const struct request *r)
 		r->sr.endpoint, r->sr.reason, r->sr.len, dump);
 }
 
-/* Sends replies: first the ones held back, then the newly committed. */
-static int send_replies(struct server *s)
+static void park(struct server *s, struct request *r, uint64_t now)
 {
-	struct request *list = pipeline_take_done(s->p);
-	struct request *r, *next;
+	if (!r->parked_ms) {
+		r->parked_ms = now;
+		if (ratelimit_ok(&s->rl_stuck, now))
+			log_warn("%s is not reading its replies: they are held for %d ms, then dropped",
+				 r->sr.endpoint, PARKED_MS);
+	}
+	r->next = NULL;
+	*s->parked_tail = r;
+	s->parked_tail = &r->next;
+	s->parked_records += request_records(r);
+	s->parked_bytes += r->cost;
+}
 
-	/* append the new ones after the held ones, to keep each peer's order */
-	*s->blocked_tail = list;
-	r = s->blocked;
-	s->blocked = NULL;
-	s->blocked_tail = &s->blocked;
-	bool give_up = s->blocked_since && mono_ms() - s->blocked_since > BLOCKED_REPLY_MS;
-	size_t dropped = 0;
+/* Is r's peer one that was found full in this pass? */
+static bool stuck(struct request *const *st, size_t n, const struct request *r)
+{
+	for (size_t i = 0; i < n; i++)
+		if (request_same_peer(st[i], r))
+			return true;
+	return false;
+}
 
+static void replied(struct server *s, struct request *r, int rc)
+{
+	if (rc < 0)
+		log_warn("%s: reply not sent: %s", r->sr.endpoint, strerror(-rc));
+	if (r->sr.unstored)
+		log_unstored(r);
+	else if (r->sr.rejected && ratelimit_ok(&s->rl_reject, mono_ms()))
+		log_info("rejected a request from %s: %s", r->sr.endpoint, r->sr.reason);
+	pipeline_release(s->p, r);
+}
+
+/* Sends replies: first the parked ones, then the newly committed, each peer in order. */
+static void send_replies(struct server *s)
+{
+	struct request *r, *next, *st[STUCK_MAX];
+	size_t nst = 0, dropped = 0;
+	uint64_t now = mono_ms();
+	size_t max_records = (size_t)s->cfg->queue_records / PARKED_SHARE;
+	size_t max_bytes = (size_t)s->cfg->queue_bytes / PARKED_SHARE;
+
+	*s->parked_tail = pipeline_take_done(s->p);
+	r = s->parked;
+	s->parked = NULL;
+	s->parked_tail = &s->parked;
+	s->parked_records = s->parked_bytes = 0;
 	for (; r; r = next) {
 		next = r->next;
-		int rc = transport_reply(s->t, r);
-		if (rc == -EAGAIN && give_up) {
+		if (r->parked_ms && now - r->parked_ms > PARKED_MS) {
 			dropped++;
 			pipeline_release(s->p, r);
 			continue;
 		}
-		if (rc == -EAGAIN) {
-			r->next = NULL;
-			*s->blocked_tail = r;
-			s->blocked_tail = &r->next;
+		if (stuck(st, nst, r)) {
+			park(s, r, now);
 			continue;
 		}
-		if (rc < 0)
-			log_warn("%s: reply not sent: %s", r->sr.endpoint, strerror(-rc));
-		if (r->sr.unstored)
-			log_unstored(r);
-		else if (r->sr.rejected)
-			log_info("rejected a request from %s: %s", r->sr.endpoint, r->sr.reason);
+		int rc = transport_reply(s->t, r);
+		if (rc != -EAGAIN) {
+			replied(s, r, rc);
+			continue;
+		}
+		if (nst < STUCK_MAX)
+			st[nst++] = r;
+		park(s, r, now);
+	}
+	/* over their share of the budget: drop the oldest */
+	while (s->parked && (s->parked_records > max_records || s->parked_bytes > max_bytes)) {
+		r = s->parked;
+		s->parked = r->next;
+		if (!s->parked)
+			s->parked_tail = &s->parked;
+		s->parked_records -= request_records(r);
+		s->parked_bytes -= r->cost;
+		dropped++;
 		pipeline_release(s->p, r);
 	}
 	if (dropped)
-		log_warn("dropped %zu replies to peers that did not read them for %d ms (their records are committed; a re-send is answered TRUE)",
-			 dropped, BLOCKED_REPLY_MS);
-	if (!s->blocked)
-		s->blocked_since = 0;
-	else if (!s->blocked_since)
-		s->blocked_since = mono_ms();
-	return 0;
+		log_warn("dropped %zu replies to peers that did not read them (their records are committed; a re-send is answered TRUE)",
+			 dropped);
+	uint64_t n = ratelimit_suppressed(&s->rl_reject, now);
+	if (n)
+		log_info("suppressed %llu more lines about rejected requests (each is in fee_reject)",
+			 (unsigned long long)n);
 }
 
 static void report_state(struct server *s, const struct server_hooks *h, bool *last_up, uint64_t *last_ms)
@@ -177,8 +230,8 @@ int server_loop(struct server *s, int sigfd, const struct server_hooks *h)
 	for (;;) {
 		unsigned ready = 0;
 		bool input = false;
-		bool want = !stopping && !s->blocked && pipeline_admit(s->p);
-		int r = transport_poll(s->t, want, fds, 2, s->blocked ? 10 : 1000, &ready, &input);
+		bool want = !stopping && pipeline_admit(s->p);
+		int r = transport_poll(s->t, want, fds, 2, s->parked ? 10 : 1000, &ready, &input);
 
 		if (r < 0) {
 			log_err("poll failed: %s", strerror(-r));
@@ -234,7 +287,7 @@ void server_free(struct server **ps)
 		return;
 	/* writers first: they kick the settler after each commit */
 	if (s->p) {
-		for (struct request *r = s->blocked, *next; r; r = next) {
+		for (struct request *r = s->parked, *next; r; r = next) {
 			next = r->next;
 			pipeline_release(s->p, r);
 		}

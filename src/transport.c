@@ -1,27 +1,30 @@
 /*
  * transport.c - ROUTER sockets: bind, receive requests, send replies.
  *
- * Framing (docs/protocol.md): the routing id and every frame up to and
- * including the first empty frame are the envelope, echoed back verbatim;
- * after it, one frame is the body, two are a request id and the body. A
- * DEALER that sends no delimiter gets the same rule on the frames after
- * the routing id. ROUTER_MANDATORY makes a full or vanished peer visible
+ * Framing rules live in request.c. Every frame of a message is read (ZeroMQ
+ * delivers messages whole); past REQUEST_MAX_FRAMES they are drained, and
+ * past DROP_FRAMES the sender's connection is dropped. ROUTER_MANDATORY makes a full or vanished peer visible
  * instead of a silent drop. Main thread only; created after the last fork.
  */
 #include "transport.h"
 
 #include <errno.h>
+#include <malloc.h>
+#include <netdb.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <zmq.h>
 
 #include "log.h"
 #include "protocol.h"
+#include "ratelimit.h"
+#include "timeutil.h"
 
 #define MAX_SOCKETS 16
-#define MAX_FRAMES 32          /* frames per message we keep; more is malformed */
 #define ENDPOINT_MAX 256
+#define DROP_FRAMES 1024       /* a message of more frames drops its peer's connection */
 
 struct transport {
 	void *ctx;
@@ -31,6 +34,7 @@ struct transport {
 	unsigned next;             /* round-robin start for fairness */
 	struct proto_limits lim;
 	char endpoints[MAX_SOCKETS * ENDPOINT_MAX];
+	struct ratelimit rl_drop;  /* log lines about dropped messages and peers */
 };
 
 static int set_int(void *s, int opt, int v) { return zmq_setsockopt(s, opt, &v, sizeof(v)); }
@@ -45,6 +49,7 @@ int transport_open(const struct feed_config *cfg, struct transport **ret, char *
 		return -ENOMEM;
 	t->lim.max_bytes = (size_t)cfg->max_message_bytes;
 	t->lim.max_records = (size_t)cfg->max_records;
+	t->rl_drop = (struct ratelimit)RATELIMIT_INIT(1000, 10);
 	t->ctx = zmq_ctx_new();
 	list = strdup(cfg->endpoint);
 	if (!t->ctx || !list) {
@@ -140,125 +145,120 @@ int transport_poll(struct transport *t, bool want_input, const int *fds, size_t 
 	return 0;
 }
 
-/* Counts the records a body can hold at most: its lines. */
-static size_t max_lines(const char *b, size_t len, size_t cap)
+/*
+ * The sender of m as "host:port", from the descriptor ZeroMQ read it on
+ * (ZMQ_SRCFD), or "" if unknown. A system call: only for rare messages.
+ */
+static void peer_of_fd(zmq_msg_t *m, int *ret_fd, char *buf, size_t size)
 {
-	size_t n = 1;
+	struct sockaddr_storage ss;
+	socklen_t len = sizeof(ss);
+	char host[NI_MAXHOST], serv[NI_MAXSERV];
+	int fd = zmq_msg_get(m, ZMQ_SRCFD);
 
-	for (const char *p = b, *end = b + len; n <= cap && (p = memchr(p, '\n', (size_t)(end - p))); p++)
-		n++;
-	return n < cap ? n : cap;
+	buf[0] = '\0';
+	*ret_fd = -1;
+	if (fd < 0 || getpeername(fd, (struct sockaddr *)&ss, &len) != 0 ||
+	    (ss.ss_family != AF_INET && ss.ss_family != AF_INET6) ||
+	    getnameinfo((struct sockaddr *)&ss, len, host, sizeof(host), serv, sizeof(serv),
+			NI_NUMERICHOST | NI_NUMERICSERV) != 0)
+		return;
+	*ret_fd = fd;
+	snprintf(buf, size, "%s:%s", host, serv);
 }
 
-/* Builds the request from the frames; frames stay owned by the caller. */
-static struct request *build(struct transport *t, unsigned sock, zmq_msg_t *f, unsigned nf, bool truncated)
+/*
+ * A peer that sent a message of more than DROP_FRAMES frames is hostile (no
+ * sender or proxy needs that many): ZeroMQ had to hold the whole message
+ * before feed could see any of it. Its connection is shut down so that it
+ * cannot send the next one, and the memory goes back to the system.
+ */
+static void drop_peer(struct transport *t, unsigned sock, zmq_msg_t *m, size_t total)
 {
-	unsigned nenv = 1, rest;
-	bool delimited = false;
-	const char *why = NULL;
-	zmq_msg_t *id = NULL, *body = NULL;
-	size_t env_len = 0, nrec = 0, body_len;
-	char endpoint[ENDPOINT_MAX + 80];
-	struct request *r;
+	char peer[NI_MAXHOST + NI_MAXSERV + 2];
+	int fd;
+	uint64_t now = mono_ms();
 
-	for (unsigned i = 1; i < nf; i++)
-		if (zmq_msg_size(&f[i]) == 0) {
-			nenv = i + 1;
-			delimited = true;
-			break;
-		}
-	rest = nf - nenv;
-	if (truncated)
-		why = "malformed message: too many frames";
-	else if (rest == 1)
-		body = &f[nenv];
-	else if (rest == 2 && zmq_msg_size(&f[nenv]) > 0 && zmq_msg_size(&f[nenv]) <= 255) {
-		id = &f[nenv];
-		body = &f[nenv + 1];
-	} else if (rest == 2)
-		why = "malformed message: the request id frame must be 1..255 bytes";
-	else
-		why = "malformed message: expected the body, or a request id and the body, after the envelope";
-	if (!body && rest > 0)
-		body = &f[nf - 1]; /* kept verbatim in fee_reject */
+	peer_of_fd(m, &fd, peer, sizeof(peer));
+	/* shut down the connection, not the descriptor's new owner: the address must match */
+	const char *pa = zmq_msg_gets(m, "Peer-Address");
+	bool same = fd >= 0 && (!pa || strncmp(peer, pa, strlen(pa)) == 0);
+	if (same)
+		shutdown(fd, SHUT_RDWR);
+	if (ratelimit_ok(&t->rl_drop, now))
+		log_warn("%s: %s the connection of %s: %zu frames in one message (at most %d)",
+			 t->names[sock], same ? "dropped" : "could not drop", peer[0] ? peer : "an unknown peer",
+			 total, REQUEST_MAX_FRAMES);
+	malloc_trim(0);
+}
 
-	for (unsigned i = 0; i < nenv; i++) {
-		if (zmq_msg_size(&f[i]) > 65535)
-			return NULL;
-		env_len += 2 + zmq_msg_size(&f[i]);
-	}
-	body_len = body ? zmq_msg_size(body) : 0;
-	if (!why && body_len <= t->lim.max_bytes)
-		nrec = max_lines(zmq_msg_data(body), body_len, t->lim.max_records);
-
-	/* "endpoint peer address", without printf: this runs for every request */
-	const char *pa = zmq_msg_gets(&f[nf - 1], "Peer-Address");
+/* "endpoint peer address", without printf: this runs for every request. */
+static void where_of(const struct transport *t, unsigned sock, zmq_msg_t *m, char *buf, size_t size)
+{
+	const char *pa = zmq_msg_gets(m, "Peer-Address");
+	char peer[NI_MAXHOST + NI_MAXSERV + 2];
 	size_t elen = strlen(t->names[sock]);
-	memcpy(endpoint, t->names[sock], elen);
-	if (pa) {
-		size_t pl = strnlen(pa, 63);
-		memcpy(endpoint + elen, " peer ", 6);
-		memcpy(endpoint + elen + 6, pa, pl);
+	int fd;
+
+	if (!pa) {
+		/*
+		 * ZMTP/1.0 peers (libzmq 2, and bytes that are not ZeroMQ at all,
+		 * which libzmq reads as ZMTP/1.0) carry neither metadata nor a
+		 * source descriptor: say so rather than nothing.
+		 */
+		peer_of_fd(m, &fd, peer, sizeof(peer));
+		pa = peer[0] ? peer : "unknown (ZMTP/1.0 framing: a libzmq 2 sender, or bytes that are not ZeroMQ)";
+	}
+	memcpy(buf, t->names[sock], elen);
+	if (*pa) {
+		size_t pl = strnlen(pa, size - elen - 7);
+		memcpy(buf + elen, " peer ", 6);
+		memcpy(buf + elen + 6, pa, pl);
 		elen += 6 + pl;
 	}
-	endpoint[elen] = '\0';
+	buf[elen] = '\0';
+}
 
-	size_t size = sizeof(*r) + nrec * sizeof(struct record) + env_len +
-		      (id ? zmq_msg_size(id) : 0) + body_len + elen + 1;
-	r = malloc(size);
-	if (!r)
-		return NULL;
-	memset(r, 0, sizeof(*r));
-	unsigned char *p = (unsigned char *)(r + 1);
-	struct record *recs = (struct record *)p;
-	p += nrec * sizeof(struct record);
-	r->env = p;
-	for (unsigned i = 0; i < nenv; i++) {
-		size_t fl = zmq_msg_size(&f[i]);
-		*p++ = (unsigned char)(fl >> 8);
-		*p++ = (unsigned char)fl;
-		memcpy(p, zmq_msg_data(&f[i]), fl);
-		p += fl;
-	}
-	r->env_len = env_len;
-	r->nenv = nenv;
-	r->delimited = delimited;
-	if (id) {
-		r->id = p;
-		r->id_len = zmq_msg_size(id);
-		memcpy(p, zmq_msg_data(id), r->id_len);
-		p += r->id_len;
-	}
-	r->sr.body = p;
-	r->sr.len = body_len;
-	if (body_len)
-		memcpy(p, zmq_msg_data(body), body_len);
-	p += body_len;
-	memcpy(p, endpoint, elen + 1);
-	r->sr.endpoint = (const char *)p;
-	r->sock = sock;
+/*
+ * Reads the rest of a message: the first REQUEST_MAX_FRAMES frames into f,
+ * the others drained into one scratch frame. Returns the frame count or -errno.
+ */
+static ssize_t recv_rest(void *s, zmq_msg_t *f, unsigned *ret_nf)
+{
+	zmq_msg_t scratch;
+	unsigned nf = 1;
+	size_t total = 1;
+	bool more = zmq_msg_more(&f[0]), drained = false;
+	int r = 0;
 
-	if (why) {
-		r->sr.bad_input = true;
-		r->sr.rejected = true;
-		snprintf(r->sr.reason, sizeof(r->sr.reason), "%s", why);
-		return r;
+	while (more) {
+		zmq_msg_t *m = &scratch;
+		if (nf < REQUEST_MAX_FRAMES) {
+			m = &f[nf];
+			zmq_msg_init(m);
+		} else if (!drained) {
+			zmq_msg_init(m);
+			drained = true;     /* zmq_msg_recv frees its previous content */
+		}
+		int rc;
+		do /* the rest of a message is already here: this does not block */
+			rc = zmq_msg_recv(m, s, 0);
+		while (rc < 0 && errno == EINTR);
+		if (rc < 0) {
+			r = -errno;
+			if (m != &scratch)
+				zmq_msg_close(m);
+			break;
+		}
+		more = zmq_msg_more(m);
+		if (m != &scratch)
+			nf++;
+		total++;
 	}
-	struct proto_error pe;
-	int n = proto_parse(r->sr.body, body_len, &t->lim, recs, nrec, &pe);
-	if (n < 0) {
-		char text[sizeof(r->sr.reason) + 8];
-		proto_format_error(&pe, text, sizeof(text));
-		/* stored and sent without the "FALSE: " prefix the formatter adds */
-		snprintf(r->sr.reason, sizeof(r->sr.reason), "%.255s",
-			 strncmp(text, "FALSE: ", 7) == 0 ? text + 7 : text);
-		r->sr.bad_input = true;
-		r->sr.rejected = true;
-		return r;
-	}
-	r->sr.recs = recs;
-	r->sr.n = (size_t)n;
-	return r;
+	if (drained)
+		zmq_msg_close(&scratch);
+	*ret_nf = nf;
+	return r < 0 ? r : (ssize_t)total;
 }
 
 int transport_recv(struct transport *t, struct request **ret)
@@ -266,10 +266,10 @@ int transport_recv(struct transport *t, struct request **ret)
 	for (unsigned k = 0; k < t->n; k++) {
 		unsigned sock = (t->next + k) % t->n;
 		void *s = t->socks[sock];
-		zmq_msg_t f[MAX_FRAMES];
+		zmq_msg_t f[REQUEST_MAX_FRAMES];
+		struct frame fr[REQUEST_MAX_FRAMES];
+		char where[ENDPOINT_MAX + NI_MAXHOST + NI_MAXSERV + 8];
 		unsigned nf = 0;
-		bool truncated = false;
-		int more = 1;
 
 		zmq_msg_init(&f[0]);
 		if (zmq_msg_recv(&f[0], s, ZMQ_DONTWAIT) < 0) {
@@ -279,36 +279,25 @@ int transport_recv(struct transport *t, struct request **ret)
 				continue;
 			return -e;
 		}
-		nf = 1;
-		more = zmq_msg_more(&f[0]);
-		while (more) {
-			zmq_msg_t *m = nf < MAX_FRAMES ? &f[nf] : &f[MAX_FRAMES - 1];
-			if (nf >= MAX_FRAMES) {
-				/* keep draining the message; the overflow frames are dropped */
-				zmq_msg_close(m);
-				truncated = true;
-			}
-			zmq_msg_init(m);
-			int rc;
-			do /* the rest of a message is already here: this does not block */
-				rc = zmq_msg_recv(m, s, 0);
-			while (rc < 0 && errno == EINTR);
-			if (rc < 0) {
-				int e = errno;
-				for (unsigned i = 0; i < nf; i++)
-					if (&f[i] != m)
-						zmq_msg_close(&f[i]);
-				zmq_msg_close(m);
-				return -e;
-			}
-			more = zmq_msg_more(m);
-			if (nf < MAX_FRAMES)
-				nf++;
+		ssize_t total = recv_rest(s, f, &nf);
+		if (total < 0) {
+			for (unsigned i = 0; i < nf; i++)
+				zmq_msg_close(&f[i]);
+			return (int)total;
 		}
 		t->next = (sock + 1) % t->n;
-		struct request *r = nf >= 2 ? build(t, sock, f, nf, truncated) : NULL;
-		if (!r)
-			log_warn("%s: dropped a message that cannot be answered (%u frames)", t->names[sock], nf);
+		if ((size_t)total > DROP_FRAMES)
+			drop_peer(t, sock, &f[nf - 1], (size_t)total);
+		struct request *r = NULL;
+		if (nf >= 2) {
+			for (unsigned i = 0; i < nf; i++)
+				fr[i] = (struct frame){ zmq_msg_data(&f[i]), zmq_msg_size(&f[i]) };
+			where_of(t, sock, &f[nf - 1], where, sizeof(where));
+			r = request_from_frames(fr, nf, (size_t)total, &t->lim, where, sock);
+		}
+		if (!r && ratelimit_ok(&t->rl_drop, mono_ms()))
+			log_warn("%s: dropped a message that cannot be answered (%zd frames%s)", t->names[sock],
+				 total, nf >= 2 ? ", out of memory" : "");
 		for (unsigned i = 0; i < nf; i++)
 			zmq_msg_close(&f[i]);
 		if (!r)
@@ -332,8 +321,9 @@ int transport_reply(struct transport *t, struct request *r)
 			len = sizeof(text) - 1;
 	}
 	for (unsigned i = 0; i < r->nenv; i++) {
-		size_t fl = ((size_t)p[0] << 8) | p[1];
-		if (zmq_send(s, p + 2, fl, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0) {
+		size_t fl;
+		const unsigned char *fd = request_env_next(&p, &fl);
+		if (zmq_send(s, fd, fl, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0) {
 			if (i > 0)
 				return -errno; /* cannot happen: the message is queued whole */
 			if (errno == EAGAIN)
@@ -344,7 +334,6 @@ int transport_reply(struct transport *t, struct request *r)
 			}
 			return -errno;
 		}
-		p += 2 + fl;
 	}
 	if (r->id && zmq_send(s, r->id, r->id_len, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0)
 		return -errno;
