@@ -7,7 +7,6 @@ systemd notification protocol. Everything the daemon is supposed to have done
 is read back from /proc, the pidfile and the log, never assumed.
 """
 import ctypes
-import grp
 import os
 import pwd
 import re
