@@ -7,12 +7,17 @@
  * original process waits on a pipe and exits 0 only when the daemon says
  * it serves (endpoints bound, database open, pidfile held), else prints
  * the daemon's own error. `run` does the same work in the foreground.
- * Single instance is enforced by the pidfile's lock (libbsd pidfile(3)),
- * held for the daemon's whole life; a pidfile left by kill -9 is harmless.
+ * Single instance is enforced by the pidfile's lock (flock), held for the
+ * daemon's whole life; a pidfile left by kill -9 is harmless.
+ *
+ * Started as root, feed creates files (pidfile, log, ipc sockets) in
+ * directories its run-as user may write to. That user could put a symlink
+ * or a hard link there, so root never acts through such a path: it opens
+ * the directory and checks it, opens the name relative to it with
+ * O_NOFOLLOW, checks what it got, and changes owners through descriptors.
  */
 #include "daemon.h"
 
-#include <bsd/libutil.h>
 #include <bsd/unistd.h>
 #include <dirent.h>
 #include <errno.h>
@@ -29,6 +34,7 @@
 #include <string.h>
 #include <sys/file.h>
 #include <sys/pidfd.h>
+#include <sys/prctl.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -50,6 +56,10 @@ struct ctx {
 	int notify_fd;             /* readiness pipe to the original process, or -1 */
 	char status_path[PATH_MAX];
 	char *pidfile_dir;
+	const char *pidfile_name;  /* in cfg->pidfile */
+	const char *status_name;   /* in status_path */
+	int pid_dirfd;             /* the checked pidfile directory, or -1 */
+	int pid_fd;                /* the locked pidfile, or -1 */
 	uid_t uid;
 	gid_t gid;
 	bool drop;                 /* switch user after binding */
@@ -113,18 +123,21 @@ static void status_path_for(const struct feed_config *cfg, char *buf, size_t siz
 
 static void write_status(struct ctx *c, const char *state)
 {
-	char tmp[PATH_MAX + 8];
-	FILE *f;
+	char tmp[NAME_MAX + 8];
+	FILE *f = NULL;
+	int fd;
 
-	snprintf(tmp, sizeof(tmp), "%s.tmp", c->status_path);
-	f = fopen(tmp, "we");
-	if (!f) {
-		log_debug("status file %s: %s", tmp, strerror(errno));
+	snprintf(tmp, sizeof(tmp), "%s.tmp", c->status_name);
+	fd = openat(c->pid_dirfd, tmp, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0644);
+	if (fd < 0 || !(f = fdopen(fd, "w"))) {
+		log_debug("status file %s.tmp: %s", c->status_path, strerror(errno));
+		if (fd >= 0)
+			close(fd);
 		return;
 	}
 	fprintf(f, "pid=%d\nstarted=%lld\nendpoint=%s\ndatabase=%s\nstate=%s\n", (int)getpid(),
 		(long long)c->started, c->endpoints, c->url, state);
-	if (fclose(f) != 0 || rename(tmp, c->status_path) != 0)
+	if (fclose(f) != 0 || renameat(c->pid_dirfd, tmp, c->pid_dirfd, c->status_name) != 0)
 		log_debug("status file %s: %s", c->status_path, strerror(errno));
 }
 
@@ -219,6 +232,44 @@ static int resolve_user(struct ctx *c)
 	return 0;
 }
 
+/*
+ * Before any thread exists (threads inherit both, and both are per thread):
+ * no exec can ever grant privileges again (no_new_privs), and, when root
+ * drops to the user, the capability bounding set is emptied, which needs
+ * CAP_SETPCAP and so must come before setuid. The loop asks the kernel
+ * where the set ends (PR_CAPBSET_READ fails with EINVAL past the last
+ * capability) rather than trusting the headers or /proc.
+ */
+static int restrict_privileges(struct ctx *c)
+{
+	int r;
+
+	if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0) {
+		r = -errno;
+		fail(c, "prctl(PR_SET_NO_NEW_PRIVS): %s", strerror(-r));
+		return r;
+	}
+	if (!c->drop)
+		return 0;
+	for (int cap = 0; prctl(PR_CAPBSET_READ, cap, 0, 0, 0) >= 0; cap++) {
+		if (prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) < 0) {
+			r = -errno;
+			fail(c, "cannot drop capability %d from the bounding set: %s", cap, strerror(-r));
+			return r;
+		}
+	}
+	return 0;
+}
+
+static bool bounding_set_empty(void)
+{
+	int cap, r = 0;
+
+	for (cap = 0; (r = prctl(PR_CAPBSET_READ, cap, 0, 0, 0)) == 0; cap++)
+		;
+	return r < 0 && errno == EINVAL && cap > 0;
+}
+
 /* initgroups -> setgid -> setuid, each checked; then prove root is gone. */
 static int drop_privileges(struct ctx *c)
 {
@@ -239,7 +290,8 @@ static int drop_privileges(struct ctx *c)
 		return -errno;
 	}
 	if (setuid(0) != -1 || seteuid(0) != -1 || setgid(0) != -1 || getuid() != c->uid ||
-	    geteuid() != c->uid || getgid() != c->gid || getegid() != c->gid) {
+	    geteuid() != c->uid || getgid() != c->gid || getegid() != c->gid ||
+	    prctl(PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0) != 1 || !bounding_set_empty()) {
 		fail(c, "privileges were not dropped completely (root could be regained); refusing to run");
 		return -EPERM;
 	}
@@ -247,57 +299,312 @@ static int drop_privileges(struct ctx *c)
 	return 0;
 }
 
-/* Creates the pidfile's directory if missing (owned by the run-as user). */
-static int prepare_pidfile_dir(struct ctx *c)
-{
-	char *slash;
+/* ==== Files made for the run-as user (pidfile, log, ipc sockets) ==== */
 
-	c->pidfile_dir = strdup(c->cfg->pidfile);
-	if (!c->pidfile_dir) {
-		fail(c, "out of memory");
-		return -ENOMEM;
-	}
-	slash = strrchr(c->pidfile_dir, '/');
-	if (slash == c->pidfile_dir)
-		slash[1] = '\0';
-	else
-		*slash = '\0';
-	if (mkdir(c->pidfile_dir, 0755) == 0) {
-		if (c->drop && chown(c->pidfile_dir, c->uid, c->gid) < 0) {
-			fail(c, "[daemon] pidfile: cannot give %s to user %s: %s", c->pidfile_dir, c->cfg->user, strerror(errno));
-			return -errno;
-		}
-	} else if (errno != EEXIST) {
-		fail(c, "[daemon] pidfile: cannot create directory %s: %s", c->pidfile_dir, strerror(errno));
-		return -errno;
-	}
-	return 0;
+/* The owner that a file feed did not just create must have: the run-as user. */
+static uid_t file_owner(const struct ctx *c)
+{
+	return c->drop ? c->uid : geteuid();
 }
 
-static int open_log(struct ctx *c, bool background)
+/* Splits path into a malloc'ed directory and a pointer to its last name. */
+static int split_path(const char *path, char **ret_dir, const char **ret_name)
 {
-	const char *dest = c->cfg->log;
-	int r;
+	const char *slash = strrchr(path, '/');
+	char *dir;
 
-	if (strcmp(dest, "auto") == 0)
-		dest = background ? "syslog" : "stderr";
-	r = log_open(dest, (enum log_level)c->cfg->log_level);
-	if (r < 0) {
-		fail(c, "[daemon] log: cannot open %s: %s", dest, strerror(-r));
-		return r;
-	}
-	/* the log file must stay reopenable (SIGHUP) after the switch of user */
-	if (c->drop && dest[0] == '/' && chown(dest, c->uid, c->gid) < 0) {
-		fail(c, "[daemon] log: cannot give %s to user %s: %s", dest, c->cfg->user, strerror(errno));
-		return -errno;
-	}
+	if (!slash || !slash[1])
+		return -EINVAL;
+	dir = slash == path ? strdup("/") : strndup(path, (size_t)(slash - path));
+	if (!dir)
+		return -ENOMEM;
+	*ret_dir = dir;
+	*ret_name = slash + 1;
 	return 0;
 }
 
 /*
- * ipc:// sockets are files created by bind with the daemon's umask, as root
- * if started as root: give them to the run-as user and group, mode 0770, so
- * that the group's members can connect.
+ * Opens directory dir (just created by feed: then not through a symlink)
+ * and checks that nobody but root and the run-as user can replace the
+ * files in it: owned by one of them, and not writable by group or others,
+ * unless sticky (there, others cannot rename or remove what feed creates).
+ */
+static int open_dir_checked(struct ctx *c, const char *what, const char *dir, bool created,
+			    int *ret_fd)
+{
+	struct stat st;
+	int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC | (created ? O_NOFOLLOW : 0));
+
+	if (fd < 0) {
+		int r = -errno;
+		fail(c, "%s: cannot open directory %s: %s", what, dir, strerror(-r));
+		return r;
+	}
+	if (fstat(fd, &st) < 0) {
+		int r = -errno;
+		fail(c, "%s: cannot stat directory %s: %s", what, dir, strerror(-r));
+		close(fd);
+		return r;
+	}
+	if (st.st_uid != 0 && st.st_uid != geteuid() && st.st_uid != file_owner(c)) {
+		fail(c, "%s: directory %s belongs to uid %d, who could replace the files feed makes there; use a directory owned by root or by the user feed runs as",
+		     what, dir, (int)st.st_uid);
+		close(fd);
+		return -EPERM;
+	}
+	if ((st.st_mode & (S_IWGRP | S_IWOTH)) && !(st.st_mode & S_ISVTX)) {
+		fail(c, "%s: directory %s is writable by other users (mode %04o, not sticky): they could replace the files feed makes there with symlinks; remove their write access (chmod go-w %s)",
+		     what, dir, (unsigned)(st.st_mode & 07777), dir);
+		close(fd);
+		return -EPERM;
+	}
+	*ret_fd = fd;
+	return 0;
+}
+
+/*
+ * Opens name in the checked directory dirfd, creating it if missing, never
+ * through a symlink, and checks that it is a plain file with no other name,
+ * and, unless it was just created, that it already belongs to the run-as
+ * user: root never takes over a file of someone else's. O_NONBLOCK: a FIFO
+ * put there must not hang start-up (no effect on the regular file).
+ */
+static int open_file_checked(struct ctx *c, const char *what, const char *path, int dirfd,
+			     const char *name, int flags, mode_t mode, int *ret_fd, bool *ret_created)
+{
+	const int base = flags | O_NOFOLLOW | O_CLOEXEC | O_NOCTTY | O_NONBLOCK;
+	struct stat st;
+	bool created = false;
+	int fd = -1, r = 0;
+
+	for (int tries = 0; fd < 0 && tries < 8; tries++) {
+		fd = openat(dirfd, name, base | O_CREAT | O_EXCL, mode);
+		created = fd >= 0;
+		if (fd < 0 && errno == EEXIST)
+			fd = openat(dirfd, name, base, mode);
+		if (fd < 0 && errno != ENOENT)
+			break; /* ENOENT: removed between the two opens, try again */
+	}
+	if (fd < 0) {
+		r = -errno;
+		if (r == -ELOOP)
+			fail(c, "%s: %s is a symbolic link: not following it (whoever can write its directory could point it at any file)",
+			     what, path);
+		else
+			fail(c, "%s: cannot open %s: %s", what, path, strerror(-r));
+		return r;
+	}
+	if (fstat(fd, &st) < 0) {
+		r = -errno;
+		fail(c, "%s: cannot stat %s: %s", what, path, strerror(-r));
+	} else if (!S_ISREG(st.st_mode)) {
+		r = -EPERM;
+		fail(c, "%s: %s is not a regular file", what, path);
+	} else if (st.st_nlink != 1) {
+		r = -EPERM;
+		fail(c, "%s: %s has %ld other hard links: not writing to it", what, path,
+		     (long)st.st_nlink - 1);
+	} else if (!created && st.st_uid != file_owner(c)) {
+		r = -EPERM;
+		fail(c, "%s: %s exists and belongs to uid %d, not to the user feed runs as (uid %d): not taking it over; remove it or give it to that user",
+		     what, path, (int)st.st_uid, (int)file_owner(c));
+	} else if (created && c->drop && fchown(fd, c->uid, c->gid) < 0) {
+		r = -errno;
+		fail(c, "%s: cannot give %s to user %s: %s", what, path, c->cfg->user, strerror(-r));
+	}
+	if (r < 0) {
+		close(fd);
+		return r;
+	}
+	*ret_fd = fd;
+	*ret_created = created;
+	return 0;
+}
+
+/* Creates the pidfile's directory if missing (owned by the run-as user) and opens it, checked. */
+static int open_pidfile_dir(struct ctx *c)
+{
+	const char *what = "[daemon] pidfile";
+	bool created;
+	struct stat st;
+	int r = split_path(c->cfg->pidfile, &c->pidfile_dir, &c->pidfile_name);
+
+	if (r < 0) {
+		fail(c, "%s: %s: %s", what, c->cfg->pidfile, r == -EINVAL ? "not a file path" : strerror(-r));
+		return r;
+	}
+	c->status_name = strrchr(c->status_path, '/') + 1;
+	created = mkdir(c->pidfile_dir, 0755) == 0;
+	if (!created && errno != EEXIST) {
+		r = -errno;
+		fail(c, "%s: cannot create directory %s: %s", what, c->pidfile_dir, strerror(-r));
+		return r;
+	}
+	r = open_dir_checked(c, what, c->pidfile_dir, created, &c->pid_dirfd);
+	if (r < 0)
+		return r;
+	/* what was just made is root's; anything else already has its owner */
+	if (created && c->drop && fstat(c->pid_dirfd, &st) == 0 && st.st_uid == geteuid() &&
+	    fchown(c->pid_dirfd, c->uid, c->gid) < 0) {
+		r = -errno;
+		fail(c, "%s: cannot give %s to user %s: %s", what, c->pidfile_dir, c->cfg->user, strerror(-r));
+		return r;
+	}
+	return 0;
+}
+
+/* Reads the pid a pidfile names (0 if none). */
+static pid_t read_pid(int fd)
+{
+	char buf[32];
+	ssize_t n = pread(fd, buf, sizeof(buf) - 1, 0);
+
+	buf[n > 0 ? n : 0] = '\0';
+	return (pid_t)strtol(buf, NULL, 10);
+}
+
+/* Does process pid have the file st open? (proof that it is the lock holder) */
+static int holds_file(pid_t pid, const struct stat *st)
+{
+	char dir[64];
+	DIR *d;
+	struct dirent *e;
+	int found = 0;
+
+	snprintf(dir, sizeof(dir), "/proc/%d/fd", (int)pid);
+	d = opendir(dir);
+	if (!d)
+		return -errno;
+	while ((e = readdir(d))) {
+		struct stat fst;
+		if (fstatat(dirfd(d), e->d_name, &fst, 0) == 0 && fst.st_dev == st->st_dev &&
+		    fst.st_ino == st->st_ino) {
+			found = 1;
+			break;
+		}
+	}
+	closedir(d);
+	return found;
+}
+
+/*
+ * Takes the pidfile's lock (held until exit) and empties the file. After
+ * locking, the name must still lead to the locked file: an instance that
+ * was stopping, or a `stop` cleaning up after SIGKILL, removes the name
+ * while holding the lock, and a lock on a removed file protects nothing.
+ */
+static int lock_pidfile(struct ctx *c)
+{
+	const char *what = "[daemon] pidfile", *path = c->cfg->pidfile;
+
+	for (int tries = 0; tries < 8; tries++) {
+		struct stat held, named;
+		bool created;
+		int fd, r = open_file_checked(c, what, path, c->pid_dirfd, c->pidfile_name, O_RDWR, 0644,
+					      &fd, &created);
+		if (r < 0)
+			return r;
+		if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
+			r = -errno;
+			pid_t other = read_pid(fd);
+			/* the holder may also be a `stop` removing the file of a killed daemon */
+			int h = other > 0 && fstat(fd, &held) == 0 ? holds_file(other, &held) : 0;
+			if (r != -EWOULDBLOCK)
+				fail(c, "%s: cannot lock %s: %s", what, path, strerror(-r));
+			else if (h > 0 || (h < 0 && h != -ENOENT && (kill(other, 0) == 0 || errno == EPERM)))
+				fail(c, "already running (pid %d)", (int)other);
+			else
+				fail(c, "%s: %s is locked by another process (a `feed stop` removing it?); try again",
+				     what, path);
+			close(fd);
+			return r;
+		}
+		if (fstat(fd, &held) == 0 &&
+		    fstatat(c->pid_dirfd, c->pidfile_name, &named, AT_SYMLINK_NOFOLLOW) == 0 &&
+		    held.st_dev == named.st_dev && held.st_ino == named.st_ino) {
+			if (ftruncate(fd, 0) < 0) {
+				r = -errno;
+				fail(c, "%s: cannot truncate %s: %s", what, path, strerror(errno));
+				close(fd);
+				return r;
+			}
+			c->pid_fd = fd;
+			return 0;
+		}
+		close(fd); /* removed or replaced while we locked: lock the new one */
+	}
+	fail(c, "%s: %s keeps being replaced; is another feed starting and stopping?", what, path);
+	return -EAGAIN;
+}
+
+static int write_pidfile(struct ctx *c)
+{
+	char buf[32];
+	int n = snprintf(buf, sizeof(buf), "%d\n", (int)getpid());
+
+	if (pwrite(c->pid_fd, buf, (size_t)n, 0) != n) {
+		fail(c, "cannot write pidfile %s: %s", c->cfg->pidfile, errno ? strerror(errno) : "short write");
+		return -EIO;
+	}
+	return 0;
+}
+
+/* Removes the pidfile (and status file) if its name still leads to ours; unlocks it last. */
+static void remove_pidfile(struct ctx *c)
+{
+	struct stat held, named;
+
+	if (c->pid_fd < 0)
+		return;
+	unlinkat(c->pid_dirfd, c->status_name, 0);
+	if (fstat(c->pid_fd, &held) == 0 &&
+	    fstatat(c->pid_dirfd, c->pidfile_name, &named, AT_SYMLINK_NOFOLLOW) == 0 &&
+	    held.st_dev == named.st_dev && held.st_ino == named.st_ino &&
+	    unlinkat(c->pid_dirfd, c->pidfile_name, 0) < 0)
+		log_warn("cannot remove pidfile %s: %s", c->cfg->pidfile, strerror(errno));
+	close(c->pid_fd);
+	c->pid_fd = -1;
+}
+
+static int open_log(struct ctx *c, bool background)
+{
+	const char *what = "[daemon] log", *dest = c->cfg->log, *name;
+	char *dir = NULL;
+	bool created;
+	int dirfd = -1, fd = -1, r;
+
+	if (strcmp(dest, "auto") == 0)
+		dest = background ? "syslog" : "stderr";
+	if (dest[0] != '/') {
+		r = log_open(dest, (enum log_level)c->cfg->log_level);
+		if (r < 0)
+			fail(c, "%s: cannot open %s: %s", what, dest, strerror(-r));
+		return r;
+	}
+	/* a file: its owner must be the run-as user, so it can be reopened on SIGHUP */
+	r = split_path(dest, &dir, &name);
+	if (r < 0) {
+		fail(c, "%s: %s: %s", what, dest, r == -EINVAL ? "not a file path" : strerror(-r));
+		return r;
+	}
+	r = open_dir_checked(c, what, dir, false, &dirfd);
+	if (r == 0)
+		r = open_file_checked(c, what, dest, dirfd, name, O_WRONLY | O_APPEND, 0640, &fd, &created);
+	if (r == 0)
+		r = log_open_fd(fd, dest, (enum log_level)c->cfg->log_level);
+	if (dirfd >= 0)
+		close(dirfd);
+	free(dir);
+	return r;
+}
+
+/*
+ * ipc:// sockets are files that bind creates, as root if started as root,
+ * with mode 0770 (the umask around the bind): give them to the run-as user
+ * and group, so that the group's members can connect. The run-as user may
+ * own the socket's directory and replace the socket after bind: the owner
+ * is changed only through a descriptor of the very socket that bind made
+ * (a socket of ours, with one name), never through a symlink.
  */
 static int prepare_ipc_endpoints(struct ctx *c)
 {
@@ -308,10 +615,29 @@ static int prepare_ipc_endpoints(struct ctx *c)
 		if (strncmp(ep, "ipc://", 6) != 0 || ep[6] == '@')
 			continue; /* tcp, or an abstract socket: no file */
 		const char *path = ep + 6;
-		if ((c->drop && chown(path, c->uid, c->gid) < 0) || chmod(path, 0770) < 0) {
-			fail(c, "[listen] endpoint %s: cannot set owner and mode of %s: %s", ep, path, strerror(errno));
-			return -errno;
+		struct stat st;
+		int fd = open(path, O_PATH | O_NOFOLLOW | O_CLOEXEC), r = 0;
+
+		if (fd < 0 || fstat(fd, &st) < 0) {
+			r = -errno;
+			fail(c, "[listen] endpoint %s: cannot open %s: %s", ep, path, strerror(-r));
+		} else if (S_ISLNK(st.st_mode)) {
+			fail(c, "[listen] endpoint %s: %s was replaced by a symbolic link after bind: not following it",
+			     ep, path);
+			r = -ELOOP;
+		} else if (!S_ISSOCK(st.st_mode) || st.st_uid != geteuid() || st.st_nlink != 1) {
+			fail(c, "[listen] endpoint %s: %s is no longer the socket feed bound (replaced after bind?)",
+			     ep, path);
+			r = -EPERM;
+		} else if (c->drop && fchownat(fd, "", c->uid, c->gid, AT_EMPTY_PATH) < 0) {
+			r = -errno;
+			fail(c, "[listen] endpoint %s: cannot give %s to user %s: %s", ep, path,
+			     c->cfg->user, strerror(-r));
 		}
+		if (fd >= 0)
+			close(fd);
+		if (r < 0)
+			return r;
 	}
 	return 0;
 }
@@ -321,15 +647,14 @@ static int prepare_ipc_endpoints(struct ctx *c)
 static int serve(struct ctx *c, bool background)
 {
 	const struct feed_config *cfg = c->cfg;
-	struct pidfh *pfh = NULL;
 	struct server *srv = NULL;
 	struct store_params sp = { .url = cfg->url, .durability = cfg->durability,
 				   .connect_timeout = cfg->connect_timeout };
 	char *password = NULL;
 	char err[1024] = "";
 	sigset_t mask;
-	int sigfd = -1, rc = EXIT_FAIL;
-	pid_t other = 0;
+	int sigfd = -1, rc = EXIT_FAIL, r;
+	mode_t umask_saved;
 	FILE *mem;
 	char *errs = NULL;
 	size_t errs_len = 0;
@@ -345,21 +670,9 @@ static int serve(struct ctx *c, bool background)
 	mallopt(M_TRIM_THRESHOLD, 64 << 20);
 	store_url_redact(cfg->url, c->url, sizeof(c->url));
 	status_path_for(cfg, c->status_path, sizeof(c->status_path));
-	if (resolve_user(c) < 0 || open_log(c, background) < 0 || prepare_pidfile_dir(c) < 0)
+	if (resolve_user(c) < 0 || restrict_privileges(c) < 0 || open_log(c, background) < 0 ||
+	    open_pidfile_dir(c) < 0 || lock_pidfile(c) < 0)
 		goto out;
-
-	pfh = pidfile_open(cfg->pidfile, 0644, &other);
-	if (!pfh) {
-		if (errno == EEXIST)
-			fail(c, "already running (pid %d)", (int)other);
-		else
-			fail(c, "cannot open pidfile %s: %s", cfg->pidfile, strerror(errno));
-		goto out;
-	}
-	if (c->drop && fchown(pidfile_fileno(pfh), c->uid, c->gid) < 0) {
-		fail(c, "cannot give pidfile %s to user %s: %s", cfg->pidfile, cfg->user, strerror(errno));
-		goto out;
-	}
 
 	/* Signals go to the loop through a signalfd; blocked before any thread exists. */
 	sigemptyset(&mask);
@@ -385,7 +698,11 @@ static int serve(struct ctx *c, bool background)
 	fclose(mem);
 	sp.password = password;
 
-	if (server_bind(cfg, &srv, err, sizeof(err)) < 0) {
+	/* ipc:// sockets get mode 0770 from bind itself: no chmod through a path afterwards */
+	umask_saved = umask(0007);
+	r = server_bind(cfg, &srv, err, sizeof(err));
+	umask(umask_saved);
+	if (r < 0) {
 		fail(c, "%s", err);
 		goto out;
 	}
@@ -394,7 +711,7 @@ static int serve(struct ctx *c, bool background)
 		goto out;
 	if (drop_privileges(c) < 0)
 		goto out;
-	if (access(c->pidfile_dir, W_OK | X_OK) < 0) {
+	if (faccessat(c->pid_dirfd, ".", W_OK | X_OK, 0) < 0) {
 		fail(c, "[daemon] pidfile: directory %s is not writable by user %s, so the pidfile could not be removed at exit; use a directory that user owns (e.g. /run/feed)",
 		     c->pidfile_dir, cfg->user[0] ? cfg->user : "(current)");
 		goto out;
@@ -403,10 +720,8 @@ static int serve(struct ctx *c, bool background)
 		fail(c, "database %s: %s", c->url, err);
 		goto out;
 	}
-	if (pidfile_write(pfh) < 0) {
-		fail(c, "cannot write pidfile %s: %s", cfg->pidfile, strerror(errno));
+	if (write_pidfile(c) < 0)
 		goto out;
-	}
 
 	log_info("feed %s serving %s, database %s, pid %d", FEED_VERSION, c->endpoints, c->url, (int)getpid());
 	if (c->notify_fd >= 0) {
@@ -432,12 +747,9 @@ out:
 	free(errs);
 	if (sigfd >= 0)
 		close(sigfd);
-	if (pfh) {
-		if (c->status_path[0])
-			unlink(c->status_path);
-		if (pidfile_remove(pfh) < 0)
-			log_warn("cannot remove pidfile %s: %s", cfg->pidfile, strerror(errno));
-	}
+	remove_pidfile(c);
+	if (c->pid_dirfd >= 0)
+		close(c->pid_dirfd);
 	if (rc == EXIT_OK)
 		log_info("stopped");
 	free(c->pidfile_dir);
@@ -507,7 +819,7 @@ int daemon_serve(const struct feed_config *cfg, const char *cfgpath, bool keep_l
 		 bool background)
 {
 	struct ctx c = { .cfg = cfg, .cfgpath = cfgpath, .keep_log_level = keep_log_level,
-			 .notify_fd = -1 };
+			 .notify_fd = -1, .pid_dirfd = -1, .pid_fd = -1 };
 	int pfd[2];
 	pid_t pid;
 
@@ -556,15 +868,33 @@ int daemon_serve(const struct feed_config *cfg, const char *cfgpath, bool keep_l
 
 /* ==== stop and status ==== */
 
-/* Opens the pidfile; *ret_held tells whether a live daemon holds its lock. */
-static int probe_pidfile(const char *path, bool *ret_held, pid_t *ret_pid, struct stat *ret_st)
+/*
+ * Opens a file of feed's for reading, as `stop` and `status` do (maybe as
+ * root): never through a symlink, never a FIFO or device (no hang, no side
+ * effect). Returns the descriptor or -errno.
+ */
+static int open_own_file(int dirfd, const char *path)
 {
-	char buf[32] = "";
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
-	ssize_t n;
+	struct stat st;
+	int fd = openat(dirfd, path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
 
 	if (fd < 0)
 		return -errno;
+	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
+		int r = S_ISREG(st.st_mode) ? -errno : -EINVAL;
+		close(fd);
+		return r;
+	}
+	return fd;
+}
+
+/* Opens the pidfile; *ret_held tells whether a live daemon holds its lock. */
+static int probe_pidfile(const char *path, bool *ret_held, pid_t *ret_pid, struct stat *ret_st)
+{
+	int fd = open_own_file(AT_FDCWD, path);
+
+	if (fd < 0)
+		return fd;
 	if (flock(fd, LOCK_SH | LOCK_NB) == 0) {
 		*ret_held = false;
 		flock(fd, LOCK_UN);
@@ -575,36 +905,10 @@ static int probe_pidfile(const char *path, bool *ret_held, pid_t *ret_pid, struc
 		close(fd);
 		return r;
 	}
-	n = pread(fd, buf, sizeof(buf) - 1, 0);
+	*ret_pid = read_pid(fd);
 	fstat(fd, ret_st);
 	close(fd);
-	buf[n > 0 ? n : 0] = '\0';
-	*ret_pid = (pid_t)strtol(buf, NULL, 10);
 	return 0;
-}
-
-/* Does process pid have the file st open? (proof that it is the lock holder) */
-static int holds_file(pid_t pid, const struct stat *st)
-{
-	char dir[64];
-	DIR *d;
-	struct dirent *e;
-	int found = 0;
-
-	snprintf(dir, sizeof(dir), "/proc/%d/fd", (int)pid);
-	d = opendir(dir);
-	if (!d)
-		return -errno;
-	while ((e = readdir(d))) {
-		struct stat fst;
-		if (fstatat(dirfd(d), e->d_name, &fst, 0) == 0 && fst.st_dev == st->st_dev &&
-		    fst.st_ino == st->st_ino) {
-			found = 1;
-			break;
-		}
-	}
-	closedir(d);
-	return found;
 }
 
 /* Waits up to ms for the process behind pidfd to exit (the pidfd becomes readable). */
@@ -617,6 +921,40 @@ static bool wait_exit(int pidfd, int ms)
 		r = poll(&p, 1, ms);
 	while (r < 0 && errno == EINTR);
 	return r > 0;
+}
+
+/*
+ * After a SIGKILL: the killed daemon's pidfile and status file are stale;
+ * removes them, unless a new instance took the pidfile meanwhile. The
+ * decision and the removal are made holding the pidfile's lock, so no
+ * instance can take it in between (one that opened the file just before
+ * finds, once it has the lock, that the name no longer leads to it, and
+ * takes a fresh file). The daemon removes its own files when it exits;
+ * this is only for the one that could not.
+ */
+static void remove_stale_pidfile(const struct feed_config *cfg, pid_t killed)
+{
+	char *dir = NULL, sp[PATH_MAX];
+	const char *name;
+	struct stat locked, named;
+	int dirfd = -1, fd = -1;
+
+	status_path_for(cfg, sp, sizeof(sp));
+	if (split_path(cfg->pidfile, &dir, &name) < 0)
+		return;
+	dirfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	fd = dirfd < 0 ? -1 : open_own_file(dirfd, name);
+	if (fd >= 0 && flock(fd, LOCK_EX | LOCK_NB) == 0 && read_pid(fd) == killed &&
+	    fstat(fd, &locked) == 0 && fstatat(dirfd, name, &named, AT_SYMLINK_NOFOLLOW) == 0 &&
+	    locked.st_dev == named.st_dev && locked.st_ino == named.st_ino) {
+		unlinkat(dirfd, strrchr(sp, '/') + 1, 0);
+		unlinkat(dirfd, name, 0);
+	}
+	if (fd >= 0)
+		close(fd); /* unlocks, after the removal */
+	if (dirfd >= 0)
+		close(dirfd);
+	free(dir);
 }
 
 int daemon_stop(const struct feed_config *cfg, int timeout)
@@ -668,13 +1006,7 @@ int daemon_stop(const struct feed_config *cfg, int timeout)
 	pidfd_send_signal(pfd, SIGKILL, NULL, 0);
 	wait_exit(pfd, 5000);
 	close(pfd);
-	/* its pidfile and status file are stale now, unless a new instance already took them */
-	if (probe_pidfile(cfg->pidfile, &held, &pid, &st) == 0 && !held) {
-		char sp[PATH_MAX];
-		status_path_for(cfg, sp, sizeof(sp));
-		unlink(sp);
-		unlink(cfg->pidfile);
-	}
+	remove_stale_pidfile(cfg, pid);
 	return EXIT_FAIL;
 }
 
@@ -709,9 +1041,13 @@ int daemon_status(const struct feed_config *cfg)
 	}
 	printf("feed is running (pid %d)\n", (int)pid);
 	status_path_for(cfg, path, sizeof(path));
-	f = fopen(path, "re");
-	if (!f)
+	r = open_own_file(AT_FDCWD, path);
+	f = r < 0 ? NULL : fdopen(r, "r");
+	if (!f) {
+		if (r >= 0)
+			close(r);
 		return STATUS_RUNNING;
+	}
 	while (fgets(line, sizeof(line), f)) {
 		line[strcspn(line, "\n")] = '\0';
 		if (strncmp(line, "started=", 8) == 0)

@@ -10,6 +10,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
 #include <syslog.h>
@@ -22,14 +23,26 @@ static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static enum dest dest = DEST_STDERR;
 static int fd = STDERR_FILENO;
 static char path[4096];
-static volatile enum log_level cur_level = LOG_LVL_INFO;
+/* Relaxed is enough: a thread may log one more or one fewer line around a change. */
+static _Atomic(enum log_level) cur_level = LOG_LVL_INFO;
 
 static const char *const level_names[] = { "error", "warning", "info", "debug" };
 
+/* O_NOFOLLOW: whoever may write the log's directory must not choose the file written. */
 static int open_file(const char *p)
 {
-	int f = open(p, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NOCTTY, 0640);
+	int f = open(p, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NOCTTY | O_NOFOLLOW, 0640);
 	return f < 0 ? -errno : f;
+}
+
+static void close_dest(void)
+{
+	if (dest == DEST_FILE && fd >= 0)
+		close(fd);
+	if (dest == DEST_SYSLOG)
+		closelog();
+	dest = DEST_STDERR;
+	fd = STDERR_FILENO;
 }
 
 int log_open(const char *d, enum log_level level)
@@ -37,13 +50,9 @@ int log_open(const char *d, enum log_level level)
 	int r = 0;
 
 	pthread_mutex_lock(&lock);
-	if (dest == DEST_FILE && fd >= 0)
-		close(fd);
-	if (dest == DEST_SYSLOG)
-		closelog();
+	close_dest();
 	if (strcmp(d, "stderr") == 0) {
-		dest = DEST_STDERR;
-		fd = STDERR_FILENO;
+		/* close_dest() left stderr */
 	} else if (strcmp(d, "syslog") == 0) {
 		dest = DEST_SYSLOG;
 		openlog("feed", LOG_PID | LOG_NDELAY, LOG_DAEMON);
@@ -51,17 +60,27 @@ int log_open(const char *d, enum log_level level)
 		int f = open_file(d);
 		if (f < 0) {
 			r = f;
-			dest = DEST_STDERR;
-			fd = STDERR_FILENO;
 		} else {
 			dest = DEST_FILE;
 			fd = f;
 			snprintf(path, sizeof(path), "%s", d);
 		}
 	}
-	cur_level = level;
+	log_set_level(level);
 	pthread_mutex_unlock(&lock);
 	return r;
+}
+
+int log_open_fd(int f, const char *p, enum log_level level)
+{
+	pthread_mutex_lock(&lock);
+	close_dest();
+	dest = DEST_FILE;
+	fd = f;
+	snprintf(path, sizeof(path), "%s", p);
+	log_set_level(level);
+	pthread_mutex_unlock(&lock);
+	return 0;
 }
 
 int log_reopen(void)
@@ -85,17 +104,19 @@ int log_reopen(void)
 void log_close(void)
 {
 	pthread_mutex_lock(&lock);
-	if (dest == DEST_FILE)
-		close(fd);
-	if (dest == DEST_SYSLOG)
-		closelog();
-	dest = DEST_STDERR;
-	fd = STDERR_FILENO;
+	close_dest();
 	pthread_mutex_unlock(&lock);
 }
 
-void log_set_level(enum log_level level) { cur_level = level; }
-enum log_level log_get_level(void) { return cur_level; }
+void log_set_level(enum log_level level)
+{
+	atomic_store_explicit(&cur_level, level, memory_order_relaxed);
+}
+
+enum log_level log_get_level(void)
+{
+	return atomic_load_explicit(&cur_level, memory_order_relaxed);
+}
 
 void log_vmsg(enum log_level level, const char *fmt, va_list ap)
 {
@@ -104,7 +125,7 @@ void log_vmsg(enum log_level level, const char *fmt, va_list ap)
 	size_t n = 0;
 	int saved = errno;
 
-	if (level > cur_level)
+	if (level > log_get_level())
 		return;
 	pthread_mutex_lock(&lock);
 	if (dest == DEST_SYSLOG) {

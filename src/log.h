@@ -3,7 +3,7 @@
  *
  * Destinations: stderr, syslog, or a file (reopened on SIGHUP for logrotate).
  * Thread-safe: every line is written with one write(2) (files, stderr) or one
- * syslog(3) call. Library-style modules do not log; their callers do, once.
+ * syslog(3) call; the level is an atomic (set on SIGHUP, read by every thread). Library-style modules do not log; their callers do, once.
  */
 #ifndef FEED_LOG_H
 #define FEED_LOG_H
@@ -12,9 +12,17 @@
 
 enum log_level { LOG_LVL_ERR = 0, LOG_LVL_WARN, LOG_LVL_INFO, LOG_LVL_DEBUG };
 
-/* dest: "stderr", "syslog" or an absolute file path. Returns 0 or -errno. */
+/*
+ * dest: "stderr", "syslog" or an absolute file path (a symlink there is not
+ * followed). Returns 0 or -errno.
+ */
 int log_open(const char *dest, enum log_level level);
-/* Reopens a file destination (no-op otherwise). Returns 0 or -errno. */
+/*
+ * Logs to fd, a file opened for appending by the caller (who checked it);
+ * takes ownership of fd. path is what log_reopen opens. Returns 0.
+ */
+int log_open_fd(int fd, const char *path, enum log_level level);
+/* Reopens a file destination (no-op otherwise), not following a symlink. Returns 0 or -errno. */
 int log_reopen(void);
 void log_set_level(enum log_level level);
 enum log_level log_get_level(void);

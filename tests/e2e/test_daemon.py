@@ -6,14 +6,18 @@ real cause, privilege drop, the daemon(7) steps, SIGTERM / SIGHUP and the
 systemd notification protocol. Everything the daemon is supposed to have done
 is read back from /proc, the pidfile and the log, never assumed.
 """
+import ctypes
 import os
 import pwd
 import re
 import signal
 import socket
 import sqlite3
+import stat
 import subprocess
 import sys
+import tempfile
+import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -37,6 +41,10 @@ def proc_stat(pid):
         return f.read().rsplit(")", 1)[1].split()
 
 
+def stat_is_socket(path):
+    return stat.S_ISSOCK(os.lstat(path).st_mode)
+
+
 def ancestors(pid):
     out = []
     while pid > 1:
@@ -57,6 +65,114 @@ def gone(pid):
 def require_root(test):
     if not IS_ROOT:
         test.fail("this test needs root (CI runs as root): it checks the switch to [daemon] user")
+
+
+def as_run_user(*argv):
+    """Runs argv as the run-as user (what that user could do on its own)."""
+    pw = pwd.getpwnam(RUN_USER)
+    subprocess.run(["setpriv", f"--reuid={pw.pw_uid}", f"--regid={pw.pw_gid}", "--clear-groups",
+                    "--", *argv], check=True, timeout=30, stdin=subprocess.DEVNULL)
+
+
+class RootFile:
+    """A file of root's, in a directory of root's, that must survive untouched."""
+
+    def __init__(self, testcase):
+        self.dir = tempfile.mkdtemp(prefix="feed-e2e-root.")
+        testcase.addCleanup(lambda: subprocess.run(["rm", "-rf", self.dir], check=False))
+        os.chmod(self.dir, 0o755)
+        self.path = os.path.join(self.dir, "precious")
+        with open(self.path, "w") as f:
+            f.write("root's data, not a pid\n")
+        os.chmod(self.path, 0o600)
+        self.before = self.state()
+
+    def state(self):
+        st = os.lstat(self.path)
+        return (read_text(self.path), st.st_uid, st.st_gid, st.st_mode)
+
+
+# -- ptrace: stop a process at one exact system call (x86_64) ----------------
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.ptrace.restype = ctypes.c_long
+_libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p]
+PTRACE_TRACEME, PTRACE_DETACH, PTRACE_GETREGS, PTRACE_SYSCALL, PTRACE_SETOPTIONS = 0, 17, 12, 24, 0x4200
+PTRACE_O_TRACESYSGOOD, PTRACE_O_EXITKILL = 1, 0x100000
+SYS_UNLINK, SYS_BIND, SYS_UNLINKAT = 87, 49, 263
+ENOSYS_RET = 2**64 - 38   # rax at a syscall-entry stop
+
+
+class _Regs(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_ulonglong) for n in (
+        "r15 r14 r13 r12 rbp rbx r11 r10 r9 r8 rax rcx rdx rsi rdi orig_rax rip cs eflags rsp ss "
+        "fs_base gs_base ds es fs gs").split()]
+
+
+def _ptrace(req, pid, addr=0, data=0):
+    r = _libc.ptrace(req, pid, addr, data)
+    if r < 0:
+        raise OSError(ctypes.get_errno(), f"ptrace({req}, {pid})")
+    return r
+
+
+class SyscallTrap:
+    """Runs argv with its main thread traced, and stops it at the first system
+    call for which stop_at(trap, regs, entering) is true: the test then acts
+    in that exact window and calls release(). A real race, made deterministic."""
+
+    def __init__(self, argv, stop_at, timeout=60, **popen):
+        if os.uname().machine != "x86_64":
+            raise AssertionError("SyscallTrap reads x86_64 registers")
+        self.proc = subprocess.Popen(argv, preexec_fn=lambda: _ptrace(PTRACE_TRACEME, 0),
+                                     stdin=subprocess.DEVNULL, **popen)
+        self.pid = self.proc.pid
+        self.returncode = None
+        self._wait(timeout)   # the SIGTRAP of execve
+        _ptrace(PTRACE_SETOPTIONS, self.pid, 0, PTRACE_O_TRACESYSGOOD | PTRACE_O_EXITKILL)
+        sig = 0
+        while True:
+            _ptrace(PTRACE_SYSCALL, self.pid, 0, sig)
+            status = self._wait(timeout)
+            if status is None:
+                raise AssertionError(f"{argv} exited ({self.returncode}) before the trapped system call")
+            sig = os.WSTOPSIG(status)
+            if sig != (signal.SIGTRAP | 0x80):
+                continue   # a signal for the tracee: deliver it
+            sig = 0
+            regs = _Regs()
+            _ptrace(PTRACE_GETREGS, self.pid, 0, ctypes.addressof(regs))
+            if stop_at(self, regs, regs.rax == ENOSYS_RET):
+                return
+
+    def _wait(self, timeout):
+        deadline = time.monotonic() + timeout
+        while True:
+            pid, status = os.waitpid(self.pid, os.WNOHANG | getattr(os, "__WALL", 0x40000000))
+            if pid:
+                break
+            if time.monotonic() > deadline:
+                self.proc.kill()
+                raise AssertionError(f"traced pid {self.pid} neither stopped nor exited within {timeout} s")
+            time.sleep(0.0002)
+        if os.WIFSTOPPED(status):
+            return status
+        self.returncode = os.waitstatus_to_exitcode(status)
+        self.proc.returncode = self.returncode
+        return None
+
+    def read(self, addr, size):
+        with open(f"/proc/{self.pid}/mem", "rb", buffering=0) as m:
+            m.seek(addr)
+            return m.read(size)
+
+    def string(self, addr, limit=4096):
+        out = b""
+        while b"\0" not in out and len(out) < limit:
+            out += self.read(addr + len(out), 4096 - (addr + len(out)) % 4096)  # up to a page end
+        return out.split(b"\0", 1)[0].decode(errors="replace")
+
+    def release(self):
+        _ptrace(PTRACE_DETACH, self.pid, 0, 0)
 
 
 class InFlight:
@@ -194,6 +310,51 @@ class DaemonTest(FeedTestCase):
         self.assertEqual(f.status().returncode, 3)
         self.assertEqual(f.sql("SELECT ticket FROM fee;"), [["1007"]])
 
+    def test_stop_after_sigkill_never_removes_the_pidfile_of_a_new_instance(self):
+        # After its SIGKILL, stop cleans up the stale pidfile. It is stopped
+        # by ptrace at that clean-up (its first unlink), and a new instance is
+        # started in that window: the new instance's pidfile must survive.
+        f = self.feed(conf={"daemon": {"shutdown_timeout": "300"}})
+        f.start_ok()
+        old = f.pid()
+        self.assertEqual(f.req("1015,7,1"), "TRUE")
+        held = InFlight(f, b"1016,8,2")   # feed cannot finish: stop escalates
+
+        def at_cleanup(trap, regs, entering):
+            if not entering or regs.orig_rax not in (SYS_UNLINK, SYS_UNLINKAT):
+                return False
+            path = trap.string(regs.rdi if regs.orig_rax == SYS_UNLINK else regs.rsi)
+            return os.path.basename(path) in ("feed.pid", "feed.status")
+
+        try:
+            trap = SyscallTrap([FEED, "-c", f.conf, "stop", "--timeout", "2"], at_cleanup,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            self.assertTrue(gone(old))
+        finally:
+            held.close()
+        try:
+            r = f.start()
+        finally:
+            trap.release()
+        out, err = trap.proc.communicate(timeout=60)
+        self.assertIn(f"pid {old} did not stop within 2 s; sending SIGKILL", err)
+        if r.returncode == 0:
+            self.assertTrue(os.path.exists(f.pidfile), "stop removed the pidfile of the new instance")
+            new = f.pid()
+        else:
+            # refused while stop held the stale pidfile: it says why, and the next start works
+            self.assertIn(f.pidfile, r.stderr)
+            self.assertFalse(os.path.exists(f.pidfile), "stop left the stale pidfile")
+            f.start_ok()
+            new = f.pid()
+        self.assertNotEqual(new, old)
+        self.assertEqual(f.status().returncode, 0)
+        r = f.start()
+        self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
+        self.assertIn(f"already running (pid {new})", r.stderr)
+        self.assertEqual(feed_procs(f.conf), [new], "more than one feed process serves")
+        self.assertEqual(f.req("1017,7,1"), "TRUE")
+
     def test_long_lock_contention_is_reported_as_an_outage(self):
         # SQLite BUSY is transient: retried quietly at first, reported as an
         # outage (once, in the log and in status) after 10 s, and the request
@@ -320,6 +481,116 @@ class DaemonTest(FeedTestCase):
         self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
         self.assertIn("[daemon] user", f.log() + r.stderr)
         self.assert_no_daemon(f, "run as root without user")
+
+    # -- files that root opens for the run-as user ------------------------------
+    def plant_symlink(self, path, target):
+        """The run-as user plants path -> target: its own directory lets it."""
+        as_run_user("ln", "-sfn", target, path)
+        st = os.lstat(path)
+        self.assertEqual(st.st_uid, pwd.getpwnam(RUN_USER).pw_uid)
+
+    def assert_refused(self, f, r, *words):
+        self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
+        for w in words:
+            self.assertIn(w, r.stderr)
+        self.assert_no_daemon(f, " ".join(words))
+
+    def test_pidfile_symlink_planted_by_the_run_user_is_not_followed(self):
+        require_root(self)
+        f = self.feed()
+        victim = RootFile(self)
+        rundir = os.path.dirname(f.pidfile)
+        os.mkdir(rundir, 0o755)
+        feedtest.give_to_run_user(rundir)   # as feed itself makes it
+        self.plant_symlink(f.pidfile, victim.path)
+        r = f.cmd("start", timeout=60)
+        self.assertEqual(victim.state(), victim.before, "start wrote or chowned through the planted symlink")
+        self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
+        self.assertIn(f.pidfile, r.stderr)
+        self.assertIn("symbolic link", r.stderr)
+        wait_until(lambda: not feed_procs(f.conf), 10, what="no feed process left")
+        self.assertTrue(os.path.islink(f.pidfile), "the planted link is the user's business")
+
+    def test_log_symlink_planted_by_the_run_user_is_not_followed(self):
+        require_root(self)
+        f = self.feed()
+        victim = RootFile(self)
+        self.plant_symlink(f.logfile, victim.path)
+        r = f.cmd("start", timeout=60)
+        self.assertEqual(victim.state(), victim.before, "start wrote or chowned through the planted symlink")
+        self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
+        self.assertIn(f.logfile, r.stderr)
+        self.assertIn("symbolic link", r.stderr)
+        wait_until(lambda: not feed_procs(f.conf), 10, what="no feed process left")
+
+    def test_ipc_socket_swapped_for_a_symlink_after_bind_is_not_followed(self):
+        # The run-as user owns the socket's directory, so between bind(2) and
+        # the change of the socket's owner and mode it can replace the socket
+        # with a symlink. The daemon is stopped by ptrace right after its
+        # bind returns, the swap is done, then it goes on.
+        require_root(self)
+        f = self.feed()
+        victim = RootFile(self)
+        path = os.path.join(f.dir, "feed.sock")
+        f.sections["listen"]["endpoint"] = f"{f.endpoint},ipc://{path}"
+        f.write_conf()
+
+        def after_bind(trap, regs, entering):
+            return (not entering and regs.orig_rax == SYS_BIND and regs.rax == 0
+                    and trap.string(regs.rsi + 2) == path)
+
+        trap = SyscallTrap([FEED, "-c", f.conf, "run"], after_bind,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        f.proc = trap.proc
+        try:
+            self.assertTrue(stat_is_socket(path))
+            self.plant_symlink(path, victim.path)
+        finally:
+            trap.release()
+        wait_until(lambda: trap.proc.poll() is not None or f._serving(), 60, what="feed run to fail or serve")
+        self.assertEqual(victim.state(), victim.before, "feed changed owner or mode through the planted symlink")
+        self.assertEqual(trap.proc.wait(60), 1, f.log())
+        self.assertIn(path, f.log())
+        self.assertIn("symbolic link", f.log())
+
+    def test_pidfile_directory_writable_by_others_is_refused(self):
+        f = self.feed()
+        rundir = os.path.dirname(f.pidfile)
+        os.mkdir(rundir)
+        os.chmod(rundir, 0o777)   # anyone could plant a symlink there
+        r = f.cmd("start", timeout=60)
+        self.assert_refused(f, r, rundir, "writable by other users")
+        self.assertEqual(os.listdir(rundir), [], "start left something in the refused directory")
+        # with the sticky bit, others cannot replace what feed creates there
+        os.chmod(rundir, 0o1777)
+        f.start_ok()
+        self.assertEqual(f.req("1013,7,1"), "TRUE")
+
+    def test_log_directory_writable_by_others_is_refused(self):
+        f = self.feed()
+        logdir = os.path.join(f.dir, "log")
+        os.mkdir(logdir)
+        os.chmod(logdir, 0o777)
+        f.logfile = os.path.join(logdir, "feed.log")
+        f.sections["daemon"]["log"] = f.logfile
+        f.write_conf()
+        r = f.cmd("start", timeout=60)
+        self.assert_refused(f, r, logdir, "writable by other users")
+        self.assertFalse(os.path.exists(f.logfile))
+
+    def test_no_new_privileges_and_no_capabilities_in_any_thread(self):
+        require_root(self)
+        f = self.feed()
+        f.start_ok()
+        pid = f.pid()
+        self.assertEqual(f.req("1014,7,1"), "TRUE")   # the writer threads exist now
+        tasks = os.listdir(f"/proc/{pid}/task")
+        self.assertGreater(len(tasks), 1)
+        for tid in tasks:
+            st = proc_status(f"{pid}/task/{tid}")
+            self.assertEqual(st["NoNewPrivs"], "1", f"thread {tid}")
+            for cap in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"):
+                self.assertEqual(st[cap], "0000000000000000", f"thread {tid}: {cap}")
 
     # -- the daemon(7) steps ----------------------------------------------------
     def test_start_detaches_properly(self):
