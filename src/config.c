@@ -317,6 +317,10 @@ static void print_unknown(FILE *errs, const char *origin, const char *section, c
 	for (size_t i = 0; i < NKEYS; i++)
 		if (strcmp(keys[i].section, section) == 0)
 			fprintf(errs, " %s", keys[i].name);
+	/* a key put under the wrong header */
+	for (size_t i = 0; i < NKEYS; i++)
+		if (strcmp(keys[i].name, key) == 0)
+			fprintf(errs, "; %s is a key of [%s]", keys[i].name, keys[i].section);
 	fputc('\n', errs);
 }
 
@@ -641,27 +645,49 @@ int config_validate(const struct feed_config *c, FILE *errs)
 
 int config_read_password(const struct feed_config *c, char **ret, FILE *errs)
 {
-	char buf[1024];
+	char buf[1024], shown[SHOW_MAX];
+	const char *why = NULL;
+	size_t len = 0;
 	FILE *f;
+	int ch, r = 0;
 
 	*ret = NULL;
 	if (!c->password_file[0])
 		return 0;
 	f = fopen(c->password_file, "re");
 	if (!f) {
-		int r = -errno;
-		char shown[SHOW_MAX];
+		r = -errno;
 		fprintf(errs, "[database] password_file: cannot read %s: %s\n", show(c->password_file, shown),
 			strerror(-r));
 		return r;
 	}
-	if (!fgets(buf, sizeof(buf), f))
-		buf[0] = '\0';
+	/* byte by byte: a NUL, a cut or a read error would silently give another password */
+	while ((ch = getc(f)) != EOF && ch != '\n') {
+		if (ch == '\0')
+			why = "its first line holds a NUL byte";
+		else if (len == sizeof(buf) - 1)
+			why = "first line longer than 1023 bytes";
+		if (why)
+			break;
+		buf[len++] = (char)ch;
+	}
+	if (!why && ferror(f)) {
+		r = errno ? -errno : -EIO;
+		why = strerror(-r);
+	}
 	fclose(f);
-	buf[strcspn(buf, "\r\n")] = '\0';
-	*ret = strdup(buf);
+	if (len && buf[len - 1] == '\r')
+		len--;
+	buf[len] = '\0';
+	if (why) {
+		fprintf(errs, "[database] password_file: %s: %s\n", show(c->password_file, shown), why);
+		r = r ? r : -EINVAL;
+	} else {
+		*ret = strdup(buf);
+		r = *ret ? 0 : -ENOMEM;
+	}
 	explicit_bzero(buf, sizeof(buf));
-	return *ret ? 0 : -ENOMEM;
+	return r;
 }
 
 void config_print_example(FILE *out)

@@ -69,7 +69,11 @@ int config_set(struct feed_config *c, const char *section, const char *key,
 /* Cross-key checks (URL scheme known, endpoints non-empty, ...). Returns error count. */
 int config_validate(const struct feed_config *c, FILE *errs);
 
-/* Reads password_file (first line, without the newline) into *ret (owned). 0 if none configured. */
+/*
+ * Reads password_file (its first line, without LF or CRLF, at most 1023 bytes,
+ * no NUL) into *ret (owned). 0 if none configured; a negative errno after
+ * printing why (a longer line, a NUL byte or a read error is refused).
+ */
 int config_read_password(const struct feed_config *c, char **ret, FILE *errs);
 
 /*

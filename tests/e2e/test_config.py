@@ -138,6 +138,7 @@ class ConfigTest(FeedTestCase):
         msg = next(ln for ln in err.splitlines() if "unknown key" in ln)
         for k in accepted:
             self.assertRegex(msg, rf"\b{k}\b", f"accepted key {k} not listed")
+        self.assertIn("batch_max is a key of [database]", msg, "the section the key belongs to is not named")
 
     def test_key_outside_any_section(self):
         self.f.write_conf("batch_max = 5\n" + self.base)
@@ -380,6 +381,35 @@ class ConfigTest(FeedTestCase):
         msg = next(ln for ln in err.splitlines() if b"--pidfile" in ln)
         self.assertRegex(msg, rb'got "r+"\.\.\. \(5000 bytes\)')
         self.assertLess(len(msg), 1200, "the whole value was echoed")
+
+    def test_password_file_that_would_give_a_wrong_password(self):
+        # the password is the first line: a line cut at the buffer, cut at a NUL byte, or a
+        # file that cannot be read would silently give another password than the file holds
+        path = os.path.join(self.f.dir, "db.password")
+        for content, why in ((b"p" * 2000 + b"\n", "first line longer than 1023 bytes"),
+                             (b"secret\0more\n", "a NUL byte"), (None, "Is a directory")):
+            with self.subTest(why=why):
+                if os.path.isdir(path):
+                    os.rmdir(path)
+                elif os.path.exists(path):
+                    os.remove(path)
+                if content is None:
+                    os.mkdir(path)
+                else:
+                    with open(path, "wb") as pw:
+                        pw.write(content)
+                self.write(f"[database]\npassword_file = {path}\n")
+                r = feed_cmd("-c", self.f.conf, "check")
+                self.assertEqual(r.returncode, EXIT_CONFIG, r.stdout + r.stderr)
+                self.assertIn(f"[database] password_file: {path}:", r.stderr)
+                self.assertIn(why, r.stderr)
+                self.assertNotIn("secret", r.stderr)
+        os.rmdir(path)
+        for content in (b"p" * 1023 + b"\n", b"secret\r\n", b"secret", b""):
+            with open(path, "wb") as pw:
+                pw.write(content)
+            r = feed_cmd("-c", self.f.conf, "check")
+            self.assertEqual(r.returncode, 0, f"{content[:20]!r}: {r.stderr}")
 
     # -- what is not a configuration file -----------------------------------------------------
     def test_directory_is_not_a_configuration_file(self):
