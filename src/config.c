@@ -456,7 +456,7 @@ static char *check_line(struct load_ctx *ctx, char *line)
 	if (*end != '=' && *end != ':')
 		return syntax_error(ctx, line, "expected \"[section]\", \"key = value\" or a ; comment");
 	if (end == line)
-		return syntax_error(ctx, line, "no key before the \"=\"");
+		return syntax_error(ctx, line, *end == '=' ? "no key before the \"=\"" : "no key before the \":\"");
 	return line;
 }
 
