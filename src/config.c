@@ -5,12 +5,20 @@
  *
  * Runs on the main thread before anything starts; the struct is read-only
  * afterwards (SIGHUP re-reads only the keys marked reloadable).
+ *
+ * The file is read through our own line reader, which hands libinih only
+ * text it reads the way the documentation says: every byte is checked (no
+ * control bytes), every line is bounded, leading whitespace is dropped (no
+ * continuation lines) and each line's shape is checked, so that every bad
+ * line is reported with its number, not only the first one inih notices.
+ * Config and command-line text is escaped in every message.
  */
 #include "config.h"
 
 #include <errno.h>
 #include <ini.h>
 #include <limits.h>
+#include <stdarg.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdlib.h>
@@ -140,18 +148,79 @@ static const struct key *find_key(const char *section, const char *name)
 	return NULL;
 }
 
-static bool section_known(const char *section)
-{
-	for (size_t i = 0; i < NKEYS; i++)
-		if (strcmp(keys[i].section, section) == 0)
-			return true;
-	return false;
-}
-
 static void print_choices(FILE *errs, const char *const *choices)
 {
 	for (size_t i = 0; choices[i]; i++)
 		fprintf(errs, "%s%s", i ? ", " : "", choices[i]);
+}
+
+/* The sections, in table order: "daemon, listen, database, fee". */
+static void print_sections(FILE *errs)
+{
+	for (size_t i = 0; i < NKEYS; i++)
+		if (i == 0 || strcmp(keys[i].section, keys[i - 1].section) != 0)
+			fprintf(errs, "%s%s", i ? ", " : "", keys[i].section);
+}
+
+/* The table's spelling of a known section name (so that it outlives the line), or NULL. */
+static const char *known_section(const char *name)
+{
+	for (size_t i = 0; i < NKEYS; i++)
+		if (strcmp(keys[i].section, name) == 0)
+			return keys[i].section;
+	return NULL;
+}
+
+size_t config_escape(const char *s, char *buf, size_t size)
+{
+	size_t i, o = 0;
+
+	for (i = 0; s[i]; i++) {
+		unsigned char ch = (unsigned char)s[i];
+		char e[5];
+		size_t n;
+
+		if (ch == '"' || ch == '\\')
+			n = (size_t)snprintf(e, sizeof(e), "\\%c", ch);
+		else if (ch < 0x20 || ch >= 0x7f)
+			n = (size_t)snprintf(e, sizeof(e), "\\x%02x", ch);
+		else
+			e[0] = (char)ch, n = 1;
+		if (o + n >= size)
+			break;
+		memcpy(buf + o, e, n);
+		o += n;
+	}
+	buf[o] = '\0';
+	return i;
+}
+
+/*
+ * Room for a whole line of the file escaped (198 bytes x 4) with its quotes:
+ * only command-line text can be longer, and is shown cut, saying so.
+ */
+#define SHOW_MAX 1024
+
+/* s escaped and in quotes, or its escaped start and "... (N bytes)" if too long. Returns buf. */
+static const char *quote(const char *s, char buf[SHOW_MAX])
+{
+	size_t len = strlen(s), n;
+
+	buf[0] = '"';
+	n = config_escape(s, buf + 1, SHOW_MAX - 40);
+	if (n < len)
+		snprintf(buf + strlen(buf), 40, "\"... (%zu bytes)", len);
+	else
+		strcat(buf, "\"");
+	return buf;
+}
+
+/* A name (key, section) escaped, "..." if cut. Returns buf. */
+static const char *show(const char *s, char buf[SHOW_MAX])
+{
+	if (config_escape(s, buf, SHOW_MAX - 4) < strlen(s))
+		strcat(buf, "...");
+	return buf;
 }
 
 /* Parses v per k into the struct; on error prints "origin: [s] k: why" and returns -EINVAL. */
@@ -159,16 +228,21 @@ static int set_value(struct feed_config *c, const struct key *k, const char *v,
 		     const char *origin, FILE *errs)
 {
 	char *p = (char *)c + k->offset;
+	char q[SHOW_MAX];
 	char *end;
 
 	switch (k->type) {
 	case K_STR: {
 		const char *why = k->check ? k->check(v) : NULL;
 		if (why) {
-			char shown[256];
-			/* a URL may carry a password: never echo it */
-			store_url_redact(v, shown, sizeof(shown));
-			fprintf(errs, "%s: [%s] %s: %s, got \"%s\"\n", origin, k->section, k->name, why, shown);
+			/* a URL may carry a password: never echo it ("pw" -> "***": 3 more bytes at most) */
+			size_t size = strlen(v) + 4;
+			char *redacted = malloc(size);
+			if (!redacted)
+				return -ENOMEM;
+			store_url_redact(v, redacted, size);
+			fprintf(errs, "%s: [%s] %s: %s, got %s\n", origin, k->section, k->name, why, quote(redacted, q));
+			free(redacted);
 			return -EINVAL;
 		}
 		char *dup = strdup(v);
@@ -184,11 +258,11 @@ static int set_value(struct feed_config *c, const struct key *k, const char *v,
 		long n = strtol(v, &end, k->type == K_OCTAL ? 8 : 10);
 		if (*v == '\0' || *end != '\0' || errno || n < k->min || n > k->max) {
 			if (k->type == K_OCTAL)
-				fprintf(errs, "%s: [%s] %s: must be an octal number %03lo..%03lo, got \"%s\"\n",
-					origin, k->section, k->name, k->min, k->max, v);
+				fprintf(errs, "%s: [%s] %s: must be an octal number %03lo..%03lo, got %s\n",
+					origin, k->section, k->name, k->min, k->max, quote(v, q));
 			else
-				fprintf(errs, "%s: [%s] %s: must be an integer %ld..%ld, got \"%s\"\n",
-					origin, k->section, k->name, k->min, k->max, v);
+				fprintf(errs, "%s: [%s] %s: must be an integer %ld..%ld, got %s\n",
+					origin, k->section, k->name, k->min, k->max, quote(v, q));
 			return -EINVAL;
 		}
 		*(int *)p = (int)n;
@@ -203,14 +277,14 @@ static int set_value(struct feed_config *c, const struct key *k, const char *v,
 		}
 		fprintf(errs, "%s: [%s] %s: must be one of ", origin, k->section, k->name);
 		print_choices(errs, k->choices);
-		fprintf(errs, ", got \"%s\"\n", v);
+		fprintf(errs, ", got %s\n", quote(v, q));
 		return -EINVAL;
 	case K_RATE: {
 		const char *why = NULL;
 		int64_t r;
 		if (dec_parse(v, strlen(v), DEC_SCALE, DEC_STRICT, &r, &why) < 0) {
-			fprintf(errs, "%s: [%s] %s: must be a decimal >= 0 with at most %d fractional digits, got \"%s\"%s%s\n",
-				origin, k->section, k->name, DEC_SCALE, v, why ? ": " : "", why ? why : "");
+			fprintf(errs, "%s: [%s] %s: must be a decimal >= 0 with at most %d fractional digits, got %s%s%s\n",
+				origin, k->section, k->name, DEC_SCALE, quote(v, q), why ? ": " : "", why ? why : "");
 			return -EINVAL;
 		}
 		*(int64_t *)p = r;
@@ -228,107 +302,332 @@ void config_defaults(struct feed_config *c)
 			abort(); /* a bad default is a programmer error */
 }
 
+/* "origin: [section] key: unknown key; [section] accepts: ..." or the unknown section. */
+static void print_unknown(FILE *errs, const char *origin, const char *section, const char *key)
+{
+	char s[SHOW_MAX], k[SHOW_MAX];
+
+	if (!known_section(section)) {
+		fprintf(errs, "%s: unknown section [%s] (known: ", origin, show(section, s));
+		print_sections(errs);
+		fprintf(errs, ")\n");
+		return;
+	}
+	fprintf(errs, "%s: [%s] %s: unknown key; [%s] accepts:", origin, section, show(key, k), section);
+	for (size_t i = 0; i < NKEYS; i++)
+		if (strcmp(keys[i].section, section) == 0)
+			fprintf(errs, " %s", keys[i].name);
+	/* a key put under the wrong header */
+	for (size_t i = 0; i < NKEYS; i++)
+		if (strcmp(keys[i].name, key) == 0)
+			fprintf(errs, "; %s is a key of [%s]", keys[i].name, keys[i].section);
+	fputc('\n', errs);
+}
+
 int config_set(struct feed_config *c, const char *section, const char *key,
 	       const char *value, const char *origin, FILE *errs)
 {
 	const struct key *k = find_key(section, key);
 
 	if (!k) {
-		if (!section_known(section)) {
-			fprintf(errs, "%s: unknown section [%s] (known: daemon, listen, database, fee)\n",
-				origin, section);
-		} else {
-			fprintf(errs, "%s: [%s] %s: unknown key; [%s] accepts:", origin, section, key, section);
-			for (size_t i = 0; i < NKEYS; i++)
-				if (strcmp(keys[i].section, section) == 0)
-					fprintf(errs, " %s", keys[i].name);
-			fputc('\n', errs);
-		}
+		print_unknown(errs, origin, section, key);
 		return -ENOENT;
 	}
 	return set_value(c, k, value, origin, errs);
 }
 
+/* ==== Reading the file ==== */
+
+/* A configuration file is a few KiB; this also ends reading /dev/zero or a log given by mistake. */
+#define CONFIG_MAX_BYTES (1 << 20)
+/* Enough to fix a file by; bounds the output (and the SIGHUP log message) for a file that is no config. */
+#define CONFIG_MAX_ERRORS 100
+
 struct load_ctx {
 	struct feed_config *c;
-	const char *path;
 	FILE *f;
 	FILE *errs;
+	char *path;             /* escaped, for messages */
+	char *origin;           /* "path:line" of the current line */
+	size_t origin_size;
 	int nerr;
 	int line;               /* line the reader returned last = line of the entry */
-	char bad_section[64];   /* last unknown section reported */
+	size_t bytes;           /* read so far */
+	int read_errno;         /* the file could not be read to its end */
+	bool oom;
+	bool stop;              /* read no further: too many errors, too large, unreadable, out of memory */
+	bool in_section;        /* a [section] header was seen */
+	const char *section;    /* current section (the table's string); NULL if unknown or broken */
+	int set_on[NKEYS];      /* line on which each key was set, 0 = not yet */
 };
 
-/* inih's line reader, counting lines (this inih build passes no line numbers). */
+static void count_error(struct load_ctx *ctx)
+{
+	if (++ctx->nerr == CONFIG_MAX_ERRORS && !ctx->stop) {
+		fprintf(ctx->errs, "%s:%d: too many errors (%d); the rest of the file is not read\n",
+			ctx->path, ctx->line, CONFIG_MAX_ERRORS);
+		ctx->stop = true;
+	}
+}
+
+/* Prints "path:line: <fmt>" and counts one error. */
+__attribute__((format(printf, 2, 3)))
+static void load_error(struct load_ctx *ctx, const char *fmt, ...)
+{
+	va_list ap;
+
+	fprintf(ctx->errs, "%s:%d: ", ctx->path, ctx->line);
+	va_start(ap, fmt);
+	vfprintf(ctx->errs, fmt, ap);
+	va_end(ap);
+	fputc('\n', ctx->errs);
+	count_error(ctx);
+}
+
+/* inih's scan: the first of `chars`, an inline comment (";" after whitespace), or the end. */
+static char *scan(const char *s, const char *chars)
+{
+	bool was_space = false;
+
+	while (*s && !strchr(chars, *s) && !(was_space && *s == ';')) {
+		was_space = *s == ' ' || *s == '\t';
+		s++;
+	}
+	return (char *)s;
+}
+
+/* Reports the line as a syntax error and hands inih an empty line instead. */
+static char *syntax_error(struct load_ctx *ctx, char *line, const char *why)
+{
+	char q[SHOW_MAX];
+
+	load_error(ctx, "syntax error: %s, got %s", why, quote(line, q));
+	line[0] = '\0';
+	return line;
+}
+
+/*
+ * Checks the shape of one line (control bytes and length already checked),
+ * the way inih will read it, so that every bad line is reported and not only
+ * the first; follows the sections. Returns the line to hand inih ("" when bad).
+ */
+static char *check_line(struct load_ctx *ctx, char *line)
+{
+	char *s = line, *end;
+
+	if (ctx->line == 1 && strncmp(s, "\xEF\xBB\xBF", 3) == 0)
+		s += 3;   /* UTF-8 byte order mark */
+	/* inih takes an indented line for more of the previous key's value: no continuations here */
+	s += strspn(s, " \t");
+	memmove(line, s, strlen(s) + 1);
+	end = line + strlen(line);
+	while (end > line && (end[-1] == ' ' || end[-1] == '\t'))
+		*--end = '\0';
+
+	if (line[0] == '\0' || line[0] == ';' || line[0] == '#')
+		return line;
+	if (line[0] == '[') {
+		char *close = scan(line + 1, "]");
+		char s_name[SHOW_MAX];
+		const char *rest;
+
+		/* keys under a broken or unknown header are not checked: the header is the error */
+		ctx->in_section = true;
+		ctx->section = NULL;
+		if (*close != ']')
+			return syntax_error(ctx, line, "no \"]\" ends the section name");
+		/* inih ignores what follows "]": "[daemon] log_level = debug" would set nothing */
+		rest = close + 1 + strspn(close + 1, " \t");
+		if (*rest != '\0' && *rest != ';')
+			return syntax_error(ctx, line, "only a ; comment may follow \"[section]\"");
+		*close = '\0';
+		ctx->section = known_section(line + 1);
+		if (!ctx->section) {
+			fprintf(ctx->errs, "%s:%d: unknown section [%s] (known: ", ctx->path, ctx->line,
+				show(line + 1, s_name));
+			print_sections(ctx->errs);
+			fprintf(ctx->errs, ")\n");
+			count_error(ctx);
+		}
+		*close = ']';
+		return line;
+	}
+	end = scan(line, "=:");
+	if (*end != '=' && *end != ':')
+		return syntax_error(ctx, line, "expected \"[section]\", \"key = value\" or a ; comment");
+	if (end == line)
+		return syntax_error(ctx, line, *end == '=' ? "no key before the \"=\"" : "no key before the \":\"");
+	return line;
+}
+
+/*
+ * inih's line reader. Reads one line of at most num - 2 bytes (a line that
+ * fills inih's buffer would be taken for a truncated one) without its LF or
+ * CRLF, byte by byte: a NUL must not end the line early, or the rest of a
+ * long line would be read as a line of its own (fgets + strlen did that).
+ * Control bytes other than tab are refused: the file is text.
+ */
 static char *read_line(char *str, int num, void *stream)
 {
 	struct load_ctx *ctx = stream;
-	char *r = fgets(str, num, ctx->f);
-	size_t n;
+	size_t limit = (size_t)num - 2, len = 0, bad_col = 0;
+	int ch, bad = -1;
+	bool any = false;
 
-	if (!r)
+	if (ctx->stop)
 		return NULL;
-	ctx->line++;
-	n = strlen(str);
-	if (n == (size_t)num - 1 && str[n - 1] != '\n') {
-		int ch;
-		fprintf(ctx->errs, "%s:%d: line longer than %d characters\n", ctx->path, ctx->line, num - 2);
-		ctx->nerr++;
-		while ((ch = fgetc(ctx->f)) != EOF && ch != '\n')
-			;
-		str[0] = '\0';   /* ignore the line */
+	for (;;) {
+		ch = getc(ctx->f);
+		if (ch == EOF) {
+			if (ferror(ctx->f)) {
+				ctx->read_errno = errno ? errno : EIO;
+				ctx->stop = true;
+				return NULL;
+			}
+			if (!any)
+				return NULL;
+			break;
+		}
+		if (!any) {
+			any = true;
+			ctx->line++;
+		}
+		if (++ctx->bytes > CONFIG_MAX_BYTES) {
+			if (bad >= 0)
+				load_error(ctx, "control byte \\x%02x in column %zu: a configuration file is text",
+					   bad, bad_col);
+			if (!ctx->stop)
+				load_error(ctx, "file larger than %d bytes: not a configuration file? (not read further)",
+					   CONFIG_MAX_BYTES);
+			ctx->stop = true;
+			str[0] = '\0';
+			return str;
+		}
+		if (ch == '\n')
+			break;
+		if (ch == '\r') {
+			int next = getc(ctx->f);
+			if (next == '\n' || next == EOF) {
+				ctx->bytes += next == '\n';
+				break;
+			}
+			ungetc(next, ctx->f);
+		}
+		if (bad < 0 && ((ch < 0x20 && ch != '\t') || ch == 0x7f)) {
+			bad = ch;
+			bad_col = len + 1;
+		}
+		if (len < limit)
+			str[len] = (char)ch;
+		len++;
 	}
-	return r;
+	str[len < limit ? len : limit] = '\0';
+	if (bad >= 0) {
+		load_error(ctx, "control byte \\x%02x in column %zu: a configuration file is text", bad, bad_col);
+		str[0] = '\0';
+	} else if (len > limit) {
+		load_error(ctx, "line longer than %zu characters", limit);
+		str[0] = '\0';   /* ignore the line */
+	} else {
+		check_line(ctx, str);
+	}
+	return str;
 }
 
 static int on_entry(void *user, const char *section, const char *name, const char *value)
 {
 	struct load_ctx *ctx = user;
-	char origin[4200];
+	const struct key *k;
+	char q[SHOW_MAX];
+	int r;
 
-	snprintf(origin, sizeof(origin), "%s:%d", ctx->path, ctx->line);
-	if (*section == '\0') {
-		fprintf(ctx->errs, "%s: key \"%s\" outside of any section\n", origin, name);
-		ctx->nerr++;
+	(void)section;   /* ours is ctx->section: inih's copy is cut at 49 bytes */
+	if (ctx->stop)
+		return 1;
+	snprintf(ctx->origin, ctx->origin_size, "%s:%d", ctx->path, ctx->line);
+	if (!ctx->in_section) {
+		fprintf(ctx->errs, "%s: key %s outside of any section\n", ctx->origin, quote(name, q));
+		count_error(ctx);
 		return 1;
 	}
-	if (!section_known(section)) {
-		if (strcmp(ctx->bad_section, section) != 0) {
-			fprintf(ctx->errs, "%s: unknown section [%s] (known: daemon, listen, database, fee)\n",
-				origin, section);
-			snprintf(ctx->bad_section, sizeof(ctx->bad_section), "%s", section);
-			ctx->nerr++;
-		}
+	if (!ctx->section)
+		return 1;   /* its header was reported */
+	k = find_key(ctx->section, name);
+	if (!k) {
+		print_unknown(ctx->errs, ctx->origin, ctx->section, name);
+		count_error(ctx);
 		return 1;
 	}
-	if (config_set(ctx->c, section, name, value, origin, ctx->errs) < 0)
-		ctx->nerr++;
+	if (ctx->set_on[k - keys]) {
+		/* the first would silently lose to the second: an edit of the first would do nothing */
+		fprintf(ctx->errs, "%s: [%s] %s: set again (first on line %d); a key may be set once\n",
+			ctx->origin, k->section, k->name, ctx->set_on[k - keys]);
+		count_error(ctx);
+		return 1;
+	}
+	ctx->set_on[k - keys] = ctx->line;
+	r = set_value(ctx->c, k, value, ctx->origin, ctx->errs);
+	if (r == -ENOMEM)
+		ctx->oom = ctx->stop = true;
+	else if (r < 0)
+		count_error(ctx);
 	return 1;
+}
+
+/* s escaped into a new string (4 bytes per byte at most), or NULL. */
+static char *escape_dup(const char *s)
+{
+	size_t size = strlen(s) * 4 + 1;
+	char *buf = malloc(size);
+
+	if (buf)
+		config_escape(s, buf, size);
+	return buf;
 }
 
 int config_load(struct feed_config *c, const char *path, FILE *errs)
 {
-	struct load_ctx ctx = { .c = c, .path = path, .errs = errs };
+	struct load_ctx ctx = { .c = c, .errs = errs };
 	int r;
 
+	ctx.path = escape_dup(path);
+	ctx.origin_size = ctx.path ? strlen(ctx.path) + 16 : 0;
+	ctx.origin = ctx.path ? malloc(ctx.origin_size) : NULL;
+	if (!ctx.origin) {
+		fprintf(errs, "cannot read the configuration file: out of memory\n");
+		r = -ENOMEM;
+		goto out;
+	}
 	ctx.f = fopen(path, "re");
 	if (!ctx.f) {
 		r = -errno;
-		fprintf(errs, "%s: cannot open configuration file: %s\n", path, strerror(errno));
-		return r;
+		fprintf(errs, "%s: cannot open configuration file: %s\n", ctx.path, strerror(-r));
+		goto out;
 	}
 	r = ini_parse_stream(read_line, &ctx, on_entry, &ctx);
 	fclose(ctx.f);
-	if (r > 0) {
-		/* inih reports the first syntax error's line (other lines still apply) */
-		fprintf(errs, "%s:%d: syntax error: expected \"[section]\", \"key = value\" or a ; comment\n",
-			path, r);
-		ctx.nerr++;
-	} else if (r < 0) {
-		fprintf(errs, "%s: cannot parse configuration file (out of memory)\n", path);
-		return -ENOMEM;
+	if (ctx.read_errno) {
+		/* a directory, an I/O error: what was read is not the whole file */
+		fprintf(errs, "%s: cannot read configuration file: %s\n", ctx.path, strerror(ctx.read_errno));
+		r = -ctx.read_errno;
+		goto out;
 	}
-	return ctx.nerr;
+	if (ctx.oom || r < 0) {
+		fprintf(errs, "%s: cannot parse configuration file (out of memory)\n", ctx.path);
+		r = -ENOMEM;
+		goto out;
+	}
+	if (r > 0) {
+		/* check_line() hands inih only lines it accepts: should it still object, say where */
+		fprintf(errs, "%s:%d: syntax error: expected \"[section]\", \"key = value\" or a ; comment\n",
+			ctx.path, r);
+		ctx.nerr++;
+	}
+	r = ctx.nerr;
+out:
+	free(ctx.origin);
+	free(ctx.path);
+	return r;
 }
 
 int config_validate(const struct feed_config *c, FILE *errs)
@@ -346,25 +645,49 @@ int config_validate(const struct feed_config *c, FILE *errs)
 
 int config_read_password(const struct feed_config *c, char **ret, FILE *errs)
 {
-	char buf[1024];
+	char buf[1024], shown[SHOW_MAX];
+	const char *why = NULL;
+	size_t len = 0;
 	FILE *f;
+	int ch, r = 0;
 
 	*ret = NULL;
 	if (!c->password_file[0])
 		return 0;
 	f = fopen(c->password_file, "re");
 	if (!f) {
-		int r = -errno;
-		fprintf(errs, "[database] password_file: cannot read %s: %s\n", c->password_file, strerror(errno));
+		r = -errno;
+		fprintf(errs, "[database] password_file: cannot read %s: %s\n", show(c->password_file, shown),
+			strerror(-r));
 		return r;
 	}
-	if (!fgets(buf, sizeof(buf), f))
-		buf[0] = '\0';
+	/* byte by byte: a NUL, a cut or a read error would silently give another password */
+	while ((ch = getc(f)) != EOF && ch != '\n') {
+		if (ch == '\0')
+			why = "its first line holds a NUL byte";
+		else if (len == sizeof(buf) - 1)
+			why = "first line longer than 1023 bytes";
+		if (why)
+			break;
+		buf[len++] = (char)ch;
+	}
+	if (!why && ferror(f)) {
+		r = errno ? -errno : -EIO;
+		why = strerror(-r);
+	}
 	fclose(f);
-	buf[strcspn(buf, "\r\n")] = '\0';
-	*ret = strdup(buf);
+	if (len && buf[len - 1] == '\r')
+		len--;
+	buf[len] = '\0';
+	if (why) {
+		fprintf(errs, "[database] password_file: %s: %s\n", show(c->password_file, shown), why);
+		r = r ? r : -EINVAL;
+	} else {
+		*ret = strdup(buf);
+		r = *ret ? 0 : -ENOMEM;
+	}
 	explicit_bzero(buf, sizeof(buf));
-	return *ret ? 0 : -ENOMEM;
+	return r;
 }
 
 void config_print_example(FILE *out)

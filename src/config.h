@@ -8,6 +8,7 @@
 #ifndef FEED_CONFIG_H
 #define FEED_CONFIG_H
 
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 
@@ -48,15 +49,19 @@ void config_defaults(struct feed_config *c);
 
 /*
  * Reads an INI file over the current values. Every error is printed to
- * `errs` as "FILE:LINE: [section] key: problem"; returns the number of
- * errors (0 = fine) or -errno if the file cannot be read (also printed).
+ * `errs` as "FILE:LINE: [section] key: problem", with config text escaped
+ * (config_escape()); after 100 errors, or 1 MiB, the rest is not read.
+ * A key set twice, a control byte, an unknown or broken [section] header
+ * (even with no keys under it) are errors. Returns the number of errors
+ * (0 = fine) or -errno if the file cannot be read to its end (also printed).
  */
 int config_load(struct feed_config *c, const char *path, FILE *errs);
 
 /*
  * Sets one key from text, as the file would. `origin` names where the value
- * came from for the error message ("--endpoint", "feed.conf:12").
- * Returns 0 or -EINVAL/-ENOENT after printing the problem to errs.
+ * came from for the error message ("--endpoint", "feed.conf:12") and is
+ * printed as is (escape what is not a literal); the value is escaped.
+ * Returns 0 or -EINVAL/-ENOENT/-ENOMEM after printing the problem to errs.
  */
 int config_set(struct feed_config *c, const char *section, const char *key,
 	       const char *value, const char *origin, FILE *errs);
@@ -64,8 +69,21 @@ int config_set(struct feed_config *c, const char *section, const char *key,
 /* Cross-key checks (URL scheme known, endpoints non-empty, ...). Returns error count. */
 int config_validate(const struct feed_config *c, FILE *errs);
 
-/* Reads password_file (first line, without the newline) into *ret (owned). 0 if none configured. */
+/*
+ * Reads password_file (its first line, without LF or CRLF, at most 1023 bytes,
+ * no NUL) into *ret (owned). 0 if none configured; a negative errno after
+ * printing why (a longer line, a NUL byte or a read error is refused).
+ */
 int config_read_password(const struct feed_config *c, char **ret, FILE *errs);
+
+/*
+ * Writes s into buf (size >= 1, always terminated) as printable ASCII, for
+ * messages that quote config or command-line text: control bytes, DEL and
+ * bytes >= 0x80 become \xNN, '"' and '\\' are backslashed, so that no escape
+ * sequence reaches a terminal or a log raw. Stops before an escape that
+ * does not fit; returns how many bytes of s were written (strlen(s) if all).
+ */
+size_t config_escape(const char *s, char *buf, size_t size);
 
 /* Prints every key, its default and description as an INI file. */
 void config_print_example(FILE *out);

@@ -52,9 +52,27 @@ class ConfigTest(FeedTestCase):
         self.base_lines = self.base.count("\n")
 
     def write(self, extra):
-        """The valid base configuration followed by extra; returns the line number of extra's first line."""
-        self.f.write_conf(self.base + extra)
-        return self.base_lines + 1
+        """The valid base configuration, less the keys extra sets (a key may appear once), followed
+        by extra (str or bytes); returns the line number of extra's first line."""
+        raw = extra if isinstance(extra, bytes) else extra.encode()
+        given = set(re.findall(rb"(?m)^[ \t]*(\w+)[ \t]*[=:]", raw))
+        base = "".join(f"[{sec}]\n" + "".join(f"{k} = {v}\n" for k, v in kv.items()
+                                               if v is not None and k.encode() not in given)
+                       for sec, kv in self.f.sections.items())
+        with open(self.f.conf, "wb") as c:
+            c.write(base.encode() + raw)
+        return base.count("\n") + 1
+
+    def run_raw(self, *args, conf=None):
+        """check with the raw bytes of stderr (what reaches the terminal): (exit code, stderr)."""
+        r = subprocess.run([FEED, "-c", conf or self.f.conf, *args, "check"], capture_output=True,
+                           timeout=30, stdin=subprocess.DEVNULL)
+        return r.returncode, r.stderr
+
+    def assert_no_raw_control(self, err):
+        """Nothing but printable ASCII and newlines reaches the terminal."""
+        bad = [b for b in err if b != 0x0A and not 0x20 <= b < 0x7F]
+        self.assertEqual(bad, [], f"raw control or non-ASCII bytes in the message: {err!r}")
 
     def assert_config_error(self, *args, patterns=(), count=None):
         """start and check must both exit 6 with every pattern on stderr, starting nothing."""
@@ -97,9 +115,20 @@ class ConfigTest(FeedTestCase):
         self.assertFalse(os.path.exists(os.path.dirname(path)), "check created directories")
 
     def test_unknown_section(self):
-        line = self.write("[bogus]\nkey = 1\n")
-        self.assert_config_error(patterns=[re.escape(f"{self.f.conf}:{line + 1}: unknown section [bogus]")],
-                                 count=1)
+        # reported once, on the line of its header, with the known sections
+        line = self.write("[bogus]\nkey = 1\nother = 2\n")
+        self.assert_config_error(patterns=[re.escape(
+            f"{self.f.conf}:{line}: unknown section [bogus] (known: daemon, listen, database, fee)")], count=1)
+
+    def test_unknown_empty_section(self):
+        for extra, shown in (("[bogus]\n", "[bogus]"), ("[bogus]\n[daemon]\nlog_level = info\n", "[bogus]"),
+                             ("[]\n", "[]"), ("[Daemon]\n", "[Daemon]"),
+                             ("[" + "d" * 150 + "]\n", "[" + "d" * 150 + "]")):
+            with self.subTest(extra=extra):
+                line = self.write(extra)
+                self.assert_config_error(patterns=[re.escape(
+                    f"{self.f.conf}:{line}: unknown section {shown} (known: daemon, listen, database, fee)")],
+                    count=1)
 
     def test_unknown_key_lists_the_accepted_keys(self):
         line = self.write("[daemon]\nbatch_max = 5\n")
@@ -109,6 +138,7 @@ class ConfigTest(FeedTestCase):
         msg = next(ln for ln in err.splitlines() if "unknown key" in ln)
         for k in accepted:
             self.assertRegex(msg, rf"\b{k}\b", f"accepted key {k} not listed")
+        self.assertIn("batch_max is a key of [database]", msg, "the section the key belongs to is not named")
 
     def test_key_outside_any_section(self):
         self.f.write_conf("batch_max = 5\n" + self.base)
@@ -219,16 +249,194 @@ class ConfigTest(FeedTestCase):
         self.assertEqual(int(m.group(1)), limit, "docs/configuration.md states another line limit than feed's")
 
     def test_all_errors_reported_in_one_run_with_file_and_line(self):
-        line = self.write("[database]\nbatch_max = abc\nwriters = 1\n[listen]\nhwm = 1\n[daemon]\nfoo = bar\n")
-        err = self.assert_config_error(patterns=[
-            re.escape(f"{self.f.conf}:{line + 1}: [database] batch_max:"),
-            re.escape(f"{self.f.conf}:{line + 4}: [listen] hwm:"),
-            re.escape(f"{self.f.conf}:{line + 6}: [daemon] foo:")], count=3)
+        # value errors, syntax errors and unknown names, each with its line, in the order of the file
+        # (the keys under a broken or unknown section header are not checked: that header is the error)
+        line = self.write("[database]\nbatch_max = abc\nwriters = 1\nthis is not ini\n[listen]\nhwm = 1\n= 5\n"
+                          "[daemon\nfoo = bar\n[daemon]\nfoo = bar\n[fee] junk\nsettle_batch = x\n"
+                          "[bogus]\nsettle_batch = x\n")
+        expected = [(1, "[database] batch_max:"), (3, "syntax error"), (5, "[listen] hwm:"), (6, "syntax error"),
+                    (7, "syntax error"), (10, "[daemon] foo:"), (11, "syntax error"), (13, "unknown section [bogus]")]
+        err = self.assert_config_error(
+            patterns=[re.escape(f"{self.f.conf}:{line + n}: {what}") for n, what in expected], count=len(expected))
         self.assertNotIn(f"{self.f.conf}:{line + 2}:", err, "a good line was reported")
+        reported = [int(m) for m in re.findall(rf"(?m)^{re.escape(self.f.conf)}:(\d+): ", err)]
+        self.assertEqual(reported, [line + n for n, _ in expected], "not one error per bad line, in file order")
         # every line but the summary names FILE:LINE
         for ln in err.splitlines():
             if not ln.startswith("feed: "):
                 self.assertRegex(ln, "^" + re.escape(self.f.conf) + r":\d+: ", "error without FILE:LINE")
+
+    def test_syntax_errors_name_their_line(self):
+        cases = ["[daemon", "[daemon] log_level = loud", "[daemon] # comment", "log_level", "= debug",
+                 "  = debug", "log_level ; = debug"]
+        for text in cases:
+            with self.subTest(text=text):
+                line = self.write(f"[daemon]\n{text}\n")
+                err = self.assert_config_error(patterns=[re.escape(f"{self.f.conf}:{line + 1}: syntax error")],
+                                               count=1)
+                self.assertNotIn("log_level:", err)
+        # keys after a broken section header do not land in the section before it
+        line = self.write("[listen]\n[database\nbatch_max = 5\n")
+        err = self.assert_config_error(patterns=[re.escape(f"{self.f.conf}:{line + 1}: syntax error")], count=1)
+        self.assertNotIn("unknown key", err)
+        # a header followed by a ; comment is fine
+        self.write("[daemon] ; the daemon\nlog_level = info\n")
+        r = feed_cmd("-c", self.f.conf, "check")
+        self.assertEqual(r.returncode, 0, r.stderr)
+
+    def test_indented_line_is_not_a_continuation(self):
+        # an indented key is a key of its own, not more value of the key above it
+        line = self.write("[daemon]\nlog_level = info\n  umask = 0\n")
+        err = self.assert_config_error(patterns=[re.escape(
+            f'{self.f.conf}:{line + 2}: [daemon] umask: must be an octal number 001..777, got "0"')], count=1)
+        self.assertNotIn("log_level", err)
+        # and an indented word is no silent second value of it
+        line = self.write("[daemon]\nlog_level = info\n    debug\n")
+        self.assert_config_error(patterns=[re.escape(f"{self.f.conf}:{line + 2}: syntax error")], count=1)
+        self.write("[daemon]\n\tlog_level = info\n  umask = 077\n")
+        r = feed_cmd("-c", self.f.conf, "check")
+        self.assertEqual(r.returncode, 0, r.stderr)
+
+    def test_repeated_key(self):
+        line = self.write("[daemon]\nlog_level = error\n[listen]\nhwm = 100\n[daemon]\nlog_level = debug\n")
+        self.assert_config_error(patterns=[re.escape(
+            f"{self.f.conf}:{line + 5}: [daemon] log_level: set again (first on line {line + 1})")], count=1)
+        # the same section twice is fine
+        self.write("[daemon]\nlog_level = error\n[listen]\nhwm = 100\n[daemon]\numask = 077\n")
+        r = feed_cmd("-c", self.f.conf, "check")
+        self.assertEqual(r.returncode, 0, r.stderr)
+
+    # -- bytes that are not text ---------------------------------------------------------
+    def test_nul_byte_cannot_hide_a_key_behind_the_line_limit(self):
+        # fgets() reads 199 bytes of the padded comment, strlen() stops at the NUL and sees a short
+        # line, so the rest of the physical line used to be parsed as a line of its own
+        limit = 198
+        pad = b"; \0" + b"x" * (limit + 1 - 3)
+        for hidden in (b"log_level = loud", b"log_level = error"):
+            with self.subTest(hidden=hidden):
+                line = self.write(b"[daemon]\n" + pad + hidden + b"\n")
+                err = self.assert_config_error(patterns=[re.escape(
+                    f"{self.f.conf}:{line + 1}: control byte \\x00 in column 3")], count=1)
+                self.assertNotIn("log_level", err, "the text after the NUL byte was parsed")
+                self.assertNotIn(f"{self.f.conf}:{line + 2}:", err, "a line beyond the end of the file")
+
+    def test_control_bytes_refused(self):
+        for byte, col_text in ((b"\0", b"log_level = info\0 junk"), (b"\x1b", b"log_level = \x1b[31minfo"),
+                               (b"\x01", b"; \x01 comment"), (b"\x7f", b"log_level = in\x7ffo"),
+                               (b"\x0c", b"\x0c"), (b"\x0b", b"log_level = info\x0b"),
+                               (b"\r", b"log_level = in\rfo")):
+            with self.subTest(byte=byte):
+                line = self.write(b"[daemon]\n" + col_text + b"\n")
+                col = col_text.index(byte) + 1
+                rc, err = self.run_raw()
+                self.assertEqual(rc, EXIT_CONFIG, err)
+                self.assertIn(f"{self.f.conf}:{line + 1}: control byte \\x{byte[0]:02x} in column {col}".encode(),
+                              err)
+                self.assertIn(b"1 configuration error;", err)
+                self.assert_no_raw_control(err)
+        # tab, CRLF line ends and UTF-8 in comments are text
+        self.write(b"[daemon]\r\n\tlog_level\t=\tinfo\r\n; caf\xc3\xa9\r\numask = 077\r\n")
+        rc, err = self.run_raw()
+        self.assertEqual(rc, 0, err)
+
+    def test_messages_escape_control_and_non_ascii_bytes(self):
+        # from the file: bytes >= 0x80 (here a UTF-8 C1 CSI) in a value, a key and a section name
+        line = self.write(b"[daemon]\nlog_level = \xc2\x9b31mred\nfo\xc2\x9bo = 1\n[b\xc2\x9bgus]\n")
+        rc, err = self.run_raw()
+        self.assertEqual(rc, EXIT_CONFIG, err)
+        self.assertIn(f'{self.f.conf}:{line + 1}: [daemon] log_level: must be one of error, warning, info, debug, '
+                      f'got "\\xc2\\x9b31mred"'.encode(), err)
+        self.assertIn(f"{self.f.conf}:{line + 2}: [daemon] fo\\xc2\\x9bo: unknown key".encode(), err)
+        self.assertIn(f"{self.f.conf}:{line + 3}: unknown section [b\\xc2\\x9bgus]".encode(), err)
+        self.assert_no_raw_control(err)
+        # from the command line: ESC, BEL and a quote in option values
+        for args in (("-p", "run/\x1b]0;owned\x07"), ("-l", "\x1b[2Jx"), ("-d", "ftp://u:pw@h/\x1b[31m"),
+                     ("-p", 'a"b\\c')):
+            with self.subTest(args=args):
+                self.write("")
+                rc, err = self.run_raw(*args)
+                self.assertEqual(rc, EXIT_CONFIG, err)
+                self.assertIn(args[0].encode(), err)
+                self.assert_no_raw_control(err)
+                self.assertNotIn(b"pw", err)
+                if "\x1b" in args[1]:
+                    self.assertIn(b"\\x1b", err)
+        rc, err = self.run_raw("-p", 'a"b\\c')
+        self.assertIn(b'got "a\\"b\\\\c"', err, "a quote or backslash in the value is not escaped")
+        # the path of the file itself
+        d = os.path.join(self.f.dir, "conf\x1b[31m")
+        os.mkdir(d)
+        path = os.path.join(d, "feed.conf")
+        with open(path, "w") as c:
+            c.write(self.base + "[daemon]\numask = 0\n")
+        for conf in (path, path + ".missing"):
+            rc, err = self.run_raw(conf=conf)
+            self.assertEqual(rc, EXIT_CONFIG, err)
+            self.assertIn(b"conf\\x1b[31m", err)
+            self.assert_no_raw_control(err)
+
+    def test_long_command_line_value_is_shortened_visibly(self):
+        rc, err = self.run_raw("-p", "r" * 5000)
+        self.assertEqual(rc, EXIT_CONFIG, err)
+        msg = next(ln for ln in err.splitlines() if b"--pidfile" in ln)
+        self.assertRegex(msg, rb'got "r+"\.\.\. \(5000 bytes\)')
+        self.assertLess(len(msg), 1200, "the whole value was echoed")
+
+    def test_password_file_that_would_give_a_wrong_password(self):
+        # the password is the first line: a line cut at the buffer, cut at a NUL byte, or a
+        # file that cannot be read would silently give another password than the file holds
+        path = os.path.join(self.f.dir, "db.password")
+        for content, why in ((b"p" * 2000 + b"\n", "first line longer than 1023 bytes"),
+                             (b"secret\0more\n", "a NUL byte"), (None, "Is a directory")):
+            with self.subTest(why=why):
+                if os.path.isdir(path):
+                    os.rmdir(path)
+                elif os.path.exists(path):
+                    os.remove(path)
+                if content is None:
+                    os.mkdir(path)
+                else:
+                    with open(path, "wb") as pw:
+                        pw.write(content)
+                self.write(f"[database]\npassword_file = {path}\n")
+                r = feed_cmd("-c", self.f.conf, "check")
+                self.assertEqual(r.returncode, EXIT_CONFIG, r.stdout + r.stderr)
+                self.assertIn(f"[database] password_file: {path}:", r.stderr)
+                self.assertIn(why, r.stderr)
+                self.assertNotIn("secret", r.stderr)
+        os.rmdir(path)
+        for content in (b"p" * 1023 + b"\n", b"secret\r\n", b"secret", b""):
+            with open(path, "wb") as pw:
+                pw.write(content)
+            r = feed_cmd("-c", self.f.conf, "check")
+            self.assertEqual(r.returncode, 0, f"{content[:20]!r}: {r.stderr}")
+
+    # -- what is not a configuration file -----------------------------------------------------
+    def test_directory_is_not_a_configuration_file(self):
+        r = feed_cmd("-c", self.f.dir, "-d", self.f.url, "-p", self.f.pidfile, "check")
+        self.assertEqual(r.returncode, EXIT_CONFIG, r.stdout + r.stderr)
+        self.assertIn(f"{self.f.dir}: cannot read configuration file: Is a directory", r.stderr)
+        self.assertNotIn("configuration OK", r.stdout)
+
+    def test_endless_or_huge_file_is_refused(self):
+        # a character device that never ends: refused after the size limit, not read forever
+        r = feed_cmd("-c", "/dev/zero", "check", timeout=60)
+        self.assertEqual(r.returncode, EXIT_CONFIG, r.stderr)
+        self.assertIn("/dev/zero:1: control byte \\x00 in column 1", r.stderr)
+        self.assertIn("/dev/zero:1: file larger than 1048576 bytes", r.stderr)
+        # many lines of comments beyond 1 MiB, then a key
+        line = self.write("; a comment of some length to fill the file up\n" * 30000 + "[daemon]\nlog_level = info\n")
+        big = os.path.getsize(self.f.conf)
+        self.assertGreater(big, 1 << 20)
+        err = self.assert_config_error(patterns=[r"feed\.conf:\d+: file larger than 1048576 bytes"], count=1)
+        n = int(re.search(r"feed\.conf:(\d+): file larger", err).group(1))
+        self.assertTrue(line < n <= line + 30000, n)
+
+    def test_error_count_is_bounded(self):
+        line = self.write("[daemon]\n" + "log_levl = x\n" * 500)
+        err = self.assert_config_error(count=100)
+        self.assertEqual(len(re.findall(r"unknown key", err)), 100)
+        self.assertIn(f"{self.f.conf}:{line + 100}: too many errors (100); the rest of the file is not read", err)
 
     def test_cross_key_error(self):
         self.write("[listen]\nmax_message_bytes = 1048576\nqueue_bytes = 1048576\n")
