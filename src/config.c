@@ -16,6 +16,7 @@
 #include "config.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <ini.h>
 #include <limits.h>
 #include <stdarg.h>
@@ -23,6 +24,8 @@
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "decimal.h"
 #include "log.h"
@@ -654,11 +657,23 @@ int config_read_password(const struct feed_config *c, char **ret, FILE *errs)
 	*ret = NULL;
 	if (!c->password_file[0])
 		return 0;
-	f = fopen(c->password_file, "re");
+	/* read as root: never through a symlink, never from a FIFO or device */
+	int fd = open(c->password_file, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+	struct stat st;
+	if (fd >= 0 && (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode))) {
+		close(fd);
+		fprintf(errs, "[database] password_file: %s: not a regular file\n", show(c->password_file, shown));
+		return -EINVAL;
+	}
+	f = fd >= 0 ? fdopen(fd, "r") : NULL;
 	if (!f) {
 		r = -errno;
+		if (fd >= 0)
+			close(fd);
+		if (r == -ELOOP)
+			r = -EINVAL; /* O_NOFOLLOW met a symlink */
 		fprintf(errs, "[database] password_file: cannot read %s: %s\n", show(c->password_file, shown),
-			strerror(-r));
+			r == -EINVAL ? "it is a symbolic link (give the file itself)" : strerror(-r));
 		return r;
 	}
 	/* byte by byte: a NUL, a cut or a read error would silently give another password */

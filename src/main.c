@@ -131,7 +131,9 @@ static int parse_opt(struct opts *o, int c, const struct command *cmd)
 			return -EINVAL;
 		}
 		if (*optarg == '\0' || *end || t < 1 || t > 86400) {
-			fprintf(stderr, "feed: --timeout: must be 1..86400 seconds, got \"%s\"\n", optarg);
+			char shown[64];
+			config_escape(optarg, shown, sizeof(shown));
+			fprintf(stderr, "feed: --timeout: must be 1..86400 seconds, got \"%s\"\n", shown);
 			return -EINVAL;
 		}
 		o->timeout = (int)t;
@@ -310,7 +312,9 @@ static int cmd_help(struct opts *o, struct feed_config *cfg, int argc, char **ar
 	if (argc == 2) {
 		const struct command *c = find_command(argv[1]);
 		if (!c) {
-			fprintf(stderr, "feed: unknown command \"%s\"\n", argv[1]);
+			char shown[64];
+			config_escape(argv[1], shown, sizeof(shown));
+			fprintf(stderr, "feed: unknown command \"%s\"\n", shown);
 			usage(stderr);
 			return EXIT_USAGE;
 		}
@@ -353,7 +357,9 @@ int main(int argc, char **argv)
 	}
 	cmd = find_command(argv[optind]);
 	if (!cmd) {
-		fprintf(stderr, "feed: unknown command \"%s\"\n", argv[optind]);
+		char shown[64];
+		config_escape(argv[optind], shown, sizeof(shown));
+		fprintf(stderr, "feed: unknown command \"%s\"\n", shown);
 		usage(stderr);
 		return EXIT_USAGE;
 	}
@@ -378,7 +384,9 @@ int main(int argc, char **argv)
 		}
 	}
 	if (cmd->fn != cmd_help && optind < argc) {
-		fprintf(stderr, "feed: %s: unexpected argument \"%s\"\n", cmd->name, argv[optind]);
+		char shown[64];
+		config_escape(argv[optind], shown, sizeof(shown));
+		fprintf(stderr, "feed: %s: unexpected argument \"%s\"\n", cmd->name, shown);
 		command_usage(stderr, cmd);
 		return EXIT_USAGE;
 	}
