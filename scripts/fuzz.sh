@@ -1,6 +1,8 @@
 #!/bin/sh
 # fuzz.sh - build the libFuzzer targets with clang in build-fuzz and run
-# fuzz_protocol for FUZZ_SECONDS (default 60) on a copy of tests/fuzz/corpus.
+# each for FUZZ_SECONDS (default 60): fuzz_protocol (the body parser) on a
+# copy of tests/fuzz/corpus, fuzz_framing (frames in, request out) on a copy
+# of tests/fuzz/corpus-framing.
 # Exits non-zero if the build fails or the fuzzer finds a crash, a leak or a
 # broken invariant; the reproducer is left in build-fuzz/artifacts/.
 set -eu
@@ -17,18 +19,22 @@ esac
 
 cmake -S "$root" -B "$build" -DCMAKE_C_COMPILER=clang -DFEED_FUZZ=ON \
 	-DCMAKE_BUILD_TYPE=RelWithDebInfo
-cmake --build "$build" --target fuzz_protocol -j "$jobs"
+cmake --build "$build" --target fuzz_protocol fuzz_framing -j "$jobs"
 
-# Work on a copy: the fuzzer adds files to its corpus directory.
-work="$build/corpus-run"
-rm -rf "$work"
-mkdir -p "$work" "$build/artifacts"
-cp "$root"/tests/fuzz/corpus/* "$work"/
-
-"$build/tests/fuzz/fuzz_protocol" \
-	-max_total_time="$seconds" \
-	-max_len=8192 \
-	-timeout=10 \
-	-print_final_stats=1 \
-	-artifact_prefix="$build/artifacts/" \
-	"$work"
+mkdir -p "$build/artifacts"
+for target in protocol framing; do
+	corpus=corpus
+	[ "$target" = framing ] && corpus=corpus-framing
+	# Work on a copy: the fuzzer adds files to its corpus directory.
+	work="$build/$corpus-run"
+	rm -rf "$work"
+	mkdir -p "$work"
+	cp "$root/tests/fuzz/$corpus"/* "$work"/
+	"$build/tests/fuzz/fuzz_$target" \
+		-max_total_time="$seconds" \
+		-max_len=8192 \
+		-timeout=10 \
+		-print_final_stats=1 \
+		-artifact_prefix="$build/artifacts/$target-" \
+		"$work"
+done

@@ -4,7 +4,8 @@
 # 1. build/ with -Wall -Wextra -Werror, all tests (unit, store conformance on
 #    SQLite, PostgreSQL and MariaDB, end-to-end on all three);
 # 2. build-asan/ with AddressSanitizer + UndefinedBehaviorSanitizer, all tests again;
-# 3. the protocol fuzzer for FUZZ_SECONDS (default 60).
+# 3. build-tsan/ with ThreadSanitizer, the end-to-end ingest tests again;
+# 4. the fuzzers (body parser, framing) for FUZZ_SECONDS each (default 60).
 # Database servers are throwaway ones the tests start themselves.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,6 +28,22 @@ UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1:log_path=$reports/ubsan \
 	ctest --test-dir build-asan --output-on-failure -j"$jobs"
 if [ -n "$(ls -A "$reports")" ]; then
 	echo "test.sh: sanitizer reports:" >&2
+	cat "$reports"/* >&2
+	exit 1
+fi
+rm -rf "$reports"
+
+# ThreadSanitizer: the end-to-end ingest tests (every backend) against a TSan
+# build; any report fails the run. tests/tsan.supp names the uninstrumented
+# libraries whose own synchronisation TSan cannot see, each with its reason.
+cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DFEED_WERROR=ON -DFEED_TSAN=ON >/dev/null
+cmake --build build-tsan -j"$(nproc)"
+reports=$(mktemp -d "${TMPDIR:-/tmp}/feed-tsan.XXXXXX")
+chmod 1777 "$reports"
+TSAN_OPTIONS="suppressions=$PWD/tests/tsan.supp:log_path=$reports/tsan:second_deadlock_stack=1" \
+	ctest --test-dir build-tsan --output-on-failure -j"$jobs" -R '^e2e_ingest_'
+if [ -n "$(ls -A "$reports")" ]; then
+	echo "test.sh: ThreadSanitizer reports:" >&2
 	cat "$reports"/* >&2
 	exit 1
 fi

@@ -662,7 +662,8 @@ int config_read_password(const struct feed_config *c, char **ret, FILE *errs)
 	struct stat st;
 	if (fd >= 0 && (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode))) {
 		close(fd);
-		fprintf(errs, "[database] password_file: %s: not a regular file\n", show(c->password_file, shown));
+		fprintf(errs, "[database] password_file: %s: %s\n", show(c->password_file, shown),
+			S_ISDIR(st.st_mode) ? strerror(EISDIR) : "not a regular file");
 		return -EINVAL;
 	}
 	f = fd >= 0 ? fdopen(fd, "r") : NULL;

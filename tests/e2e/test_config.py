@@ -382,6 +382,19 @@ class ConfigTest(FeedTestCase):
         self.assertRegex(msg, rb'got "r+"\.\.\. \(5000 bytes\)')
         self.assertLess(len(msg), 1200, "the whole value was echoed")
 
+    def test_password_file_symlink_is_not_followed(self):
+        # read as root: a link planted where the password file should be must not
+        # hand another file's first line to the database server as a password
+        secret = os.path.join(self.f.dir, "not-the-password")
+        with open(secret, "w") as fh:
+            fh.write("root:$6$hash:19000:0:99999:7:::\n")
+        path = os.path.join(self.f.dir, "db.password")
+        os.symlink(secret, path)
+        self.write(f"[database]\npassword_file = {path}\n")
+        r = feed_cmd("-c", self.f.conf, "check")
+        self.assertEqual(r.returncode, EXIT_CONFIG, r.stdout + r.stderr)
+        self.assertIn(f"[database] password_file: cannot read {path}: it is a symbolic link", r.stderr)
+
     def test_password_file_that_would_give_a_wrong_password(self):
         # the password is the first line: a line cut at the buffer, cut at a NUL byte, or a
         # file that cannot be read would silently give another password than the file holds
