@@ -21,7 +21,8 @@
  *
  * Durability is a server setting here: COMMIT is durable only with
  * innodb_flush_log_at_trx_commit = 1 (and sync_binlog = 1 with a binary
- * log), which durability = full requires of the DBA; normal needs nothing.
+ * log). Every connect reads them: durability = full refuses a server
+ * without them, normal accepts it and says so (my_check_durability()).
  *
  * insert() uses MariaDB's bulk protocol (array binding, one round trip per
  * chunk) when the server offers it, else bounded multi-row INSERTs, which
