@@ -248,12 +248,15 @@ class TestDurabilityFull(ServerCase):
     def test_full_raises_weaker_setting(self):
         f = self.feed(conf={"database": {"durability": "full", "connect_timeout": "2"}})
         if backend() == "postgresql":
-            self.set_role(f, "off")
-            f.start_ok()
-            # read back by feed on its own (writer) connection after setting it
-            self.assertRegex(f.log(), r"database: synchronous_commit = on \(durability = full\)")
-            self.assertNotRegex(f.log(), r"database: synchronous_commit = off")
-            self.assertEqual(f.req("1,7,1.5"), "TRUE")
+            # remote_write flushes locally but waits only for a standby's write, not its flush
+            for n, weaker in enumerate(("off", "local", "remote_write")):
+                self.set_role(f, weaker)
+                f.start_ok()
+                # read back by feed on its own (writer) connection after setting it
+                got = re.findall(r"database: (synchronous_commit = .*)", f.log())
+                self.assertEqual(got, ["synchronous_commit = on (durability = full)"] * (n + 1), weaker)
+                self.assertEqual(f.req(f"{n + 1},7,1.5"), "TRUE")
+                self.assertEqual(f.stop().returncode, 0)
         else:
             self.set_global(f, "innodb_flush_log_at_trx_commit", 2)
             self.assert_refused(f, "innodb_flush_log_at_trx_commit", 2)
