@@ -229,6 +229,9 @@ static int open_db(struct feed_config *cfg, bool migrate)
 		fprintf(stderr, "feed: database %s: %s\n", redacted, err);
 	} else if (migrate && (r = s->ops->migrate(s)) < 0) {
 		fprintf(stderr, "feed: database %s: %s\n", redacted, s->errmsg);
+	} else if (s->durability[0]) {
+		fprintf(s->durability_warn ? stderr : stdout, "%sdatabase %s: %s\n",
+			s->durability_warn ? "feed: warning: " : "", redacted, s->durability);
 	}
 	if (s)
 		s->ops->close(s);

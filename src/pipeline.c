@@ -304,6 +304,9 @@ int pipeline_start(const struct feed_config *cfg, const struct store_params *sp,
 				snprintf(err, errsz, "database schema: %s", w->s->errmsg);
 				goto fail;
 			}
+			if (w->s->durability[0])
+				log_msg(w->s->durability_warn ? LOG_LVL_WARN : LOG_LVL_INFO,
+					"database: %s", w->s->durability);
 		}
 	}
 	for (int i = 0; i < p->nw; i++) {

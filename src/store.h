@@ -75,10 +75,16 @@ struct store_settle {
  * One connection. Each backend embeds this as the first member of its own
  * struct (struct store_pg { struct store base; PGconn *conn; ... }) and sets
  * base.ops in open(). errmsg holds the last error, "" if none.
+ * durability says, after open(), how commits reach the disk as read back from
+ * the server ("synchronous_commit = on"), "" if the backend has nothing to
+ * say; durability_warn is set when that is weaker than durability = full
+ * (accepted with normal). The caller logs it once.
  */
 struct store {
 	const struct store_ops *ops;
 	char errmsg[512];
+	char durability[384];
+	bool durability_warn;
 };
 
 struct store_ops {

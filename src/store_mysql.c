@@ -21,7 +21,8 @@
  *
  * Durability is a server setting here: COMMIT is durable only with
  * innodb_flush_log_at_trx_commit = 1 (and sync_binlog = 1 with a binary
- * log), which durability = full requires of the DBA; normal needs nothing.
+ * log). Every connect reads them: durability = full refuses a server
+ * without them, normal accepts it and says so (my_check_durability()).
  *
  * insert() uses MariaDB's bulk protocol (array binding, one round trip per
  * chunk) when the server offers it, else bounded multi-row INSERTs, which
@@ -53,6 +54,9 @@
 					     innodb_lock_wait_timeout (50) and
 					     GET_LOCK's wait (30) */
 #define MY_DEFAULT_CONNECT_TIMEOUT 10
+
+#define STR_(x) #x
+#define STR(x) STR_(x)
 
 enum my_ssl_mode {
 	MY_SSL_PREFERRED = 0,
@@ -91,6 +95,7 @@ struct store_mysql {
 	struct store base;            /* first: a struct store * points here */
 	MYSQL *conn;                  /* NULL while disconnected */
 	struct my_conninfo ci;
+	enum store_durability durability;
 	MYSQL_STMT *ins_stmt;         /* bulk INSERT, prepared lazily */
 	struct my_bulkrow *bulk;      /* MY_BULK_CHUNK rows, allocated lazily */
 	bool can_bulk;                /* server speaks MariaDB's bulk protocol */
@@ -708,6 +713,73 @@ static int my_set_options(struct store_mysql *m)
 	return 0;
 }
 
+/*
+ * A COMMIT is on disk when the server answers only with the InnoDB log
+ * flushed at every commit (1, or MariaDB's 3) and, when it writes a binary
+ * log, that log synced at every commit too (recovery trusts the binlog).
+ * These are the server's global settings: full refuses to run without them,
+ * normal runs and says what it accepted. Read at every connect.
+ */
+static int my_check_durability(struct store_mysql *m)
+{
+	static const char q[] = "SELECT @@GLOBAL.innodb_flush_log_at_trx_commit,"
+				" @@GLOBAL.log_bin, @@GLOBAL.sync_binlog";
+	bool full = m->durability != STORE_DURABLE_NORMAL;
+	int64_t v[3] = { -1, -1, -1 };
+	const char *var = NULL, *why = "";
+	int64_t val = 0;
+	MYSQL_RES *res = NULL;
+	MYSQL_ROW row;
+	int r;
+
+	r = my_select(m, "read the server's durability settings", q, sizeof(q) - 1, 3, &res);
+	if (r < 0)
+		return r;
+	row = mysql_fetch_row(res);
+	if (row) {
+		unsigned long *len = mysql_fetch_lengths(res);
+
+		for (int i = 0; i < 3; i++)
+			if (!row[i] || !my_parse_i64(row[i], len[i], &v[i]))
+				v[i] = -1;
+	}
+	mysql_free_result(res);
+	if (v[0] < 0 || v[1] < 0 || v[2] < 0) {
+		my_seterr(m, "read the server's durability settings: unexpected answer to %s", q);
+		return -EIO;
+	}
+	if (v[0] != 1 && v[0] != 3) {
+		var = "innodb_flush_log_at_trx_commit";
+		val = v[0];
+		why = "the InnoDB log is not flushed to disk at every commit";
+	} else if (v[1] && v[2] != 1) {
+		var = "sync_binlog";
+		val = v[2];
+		why = "the binary log (log_bin = ON) is not synced to disk at every commit";
+	}
+	m->base.durability_warn = var != NULL && !full;
+	if (!var) {
+		snprintf(m->base.durability, sizeof(m->base.durability),
+			 "innodb_flush_log_at_trx_commit = %" PRId64 ", log_bin = %s, sync_binlog = %"
+			 PRId64 " (durability = %s)", v[0], v[1] ? "ON" : "OFF", v[2],
+			 full ? "full" : "normal");
+		return 0;
+	}
+	if (!full) {
+		snprintf(m->base.durability, sizeof(m->base.durability),
+			 "the server has %s = %" PRId64 ": %s, so a commit feed answered TRUE can be "
+			 "lost in a crash of the machine (durability = normal accepts this)",
+			 var, val, why);
+		return 0;
+	}
+	my_seterr(m, "durability = full, but the server has %s = %" PRId64 ": %s, so a commit "
+		  "feed answered TRUE could be lost in a crash of the machine. Either set %s = 1 "
+		  "on the server (SET GLOBAL and in its configuration file), or set "
+		  "durability = normal in the [database] section of feed.conf to accept that risk",
+		  var, val, why, var);
+	return -EIO;
+}
+
 static int my_connect(struct store_mysql *m)
 {
 	const struct my_conninfo *ci = &m->ci;
@@ -751,6 +823,9 @@ static int my_connect(struct store_mysql *m)
 		goto out;
 	r = my_query_str(m, "set session isolation level",
 			 "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED");
+	if (r < 0)
+		goto out;
+	r = my_check_durability(m);
 	if (r < 0)
 		goto out;
 	{
@@ -800,6 +875,7 @@ static int my_open(const struct store_params *p, struct store **ret, char *err, 
 		return -ENOMEM;
 	}
 	m->base.ops = &store_mysql_ops;
+	m->durability = p->durability;
 	r = my_parse_url(p->url, &m->ci, err, errsz);
 	if (r < 0) {
 		free(m);
@@ -894,6 +970,26 @@ static int my_select_i64(struct store_mysql *m, const char *what, const char *sq
 	return r;
 }
 
+/*
+ * DDL waits for a metadata lock that any open transaction on the table
+ * holds, and every later statement on the table queues behind that wait
+ * (lock_wait_timeout defaults to a year): migrate() runs DDL only where the
+ * catalog says it is needed, and waits at most this long for the lock.
+ */
+#define MY_DDL_LOCK_TIMEOUT_S 5
+
+/* Runs one DDL statement on table; a lock timeout says what it waited for. */
+static int my_ddl(struct store_mysql *m, const char *what, const char *table, const char *sql)
+{
+	int r = my_query_str(m, what, sql);
+
+	if (r < 0 && m->conn && mysql_errno(m->conn) == 1205)   /* ER_LOCK_WAIT_TIMEOUT */
+		my_seterr(m, "%s: waited %d s for a lock on table %s, which another session holds "
+			  "(an open transaction that read or wrote %s: see SHOW PROCESSLIST); end it "
+			  "and start feed again", what, MY_DDL_LOCK_TIMEOUT_S, table, table);
+	return r;
+}
+
 static const char my_create_fee[] =
 	"CREATE TABLE IF NOT EXISTS fee ("
 	" ticket BIGINT NOT NULL PRIMARY KEY,"
@@ -979,7 +1075,7 @@ static int my_widen_volume(struct store_mysql *m)
 	snprintf(sql, sizeof(sql), "ALTER TABLE fee MODIFY volume DECIMAL(%" PRId64 ",%d)%s",
 		 (v[0] - v[1] > 11 ? v[0] - v[1] : 11) + DEC_SCALE, DEC_SCALE,
 		 v[2] ? " NOT NULL" : "");
-	return my_query_str(m, "widen fee.volume to DECIMAL(19,8)", sql);
+	return my_ddl(m, "widen fee.volume to DECIMAL(19,8)", "fee", sql);
 }
 
 /* A classic INT ticket or login refuses ids above 2^31: widen it to BIGINT (lossless). */
@@ -998,7 +1094,7 @@ static int my_widen_id(struct store_mysql *m, const char *col)
 		return r;
 	snprintf(sql, sizeof(sql), "ALTER TABLE fee MODIFY %s BIGINT%s", col,
 		 nullable ? "" : " NOT NULL");
-	return my_query_str(m, "widen fee ids to BIGINT", sql);
+	return my_ddl(m, "widen fee ids to BIGINT", "fee", sql);
 }
 
 /*
@@ -1046,7 +1142,7 @@ static int my_adopt_fee(struct store_mysql *m)
 		if (v > 0)
 			continue;
 		snprintf(sql, sizeof(sql), "add column fee.%s", my_fee_addcols[i].name);
-		r = my_query_str(m, sql, my_fee_addcols[i].ddl);
+		r = my_ddl(m, sql, "fee", my_fee_addcols[i].ddl);
 		if (r < 0)
 			return r;
 	}
@@ -1067,7 +1163,7 @@ static int my_adopt_fee(struct store_mysql *m)
 		if (r < 0)
 			return r;
 		/* rows written between the check and here make this fail: 1062 */
-		r = my_query_str(m, "add a unique key on fee.ticket",
+		r = my_ddl(m, "add a unique key on fee.ticket", "fee",
 				 v > 0 ? "ALTER TABLE fee ADD UNIQUE KEY fee_ticket (ticket)"
 				       : "ALTER TABLE fee ADD PRIMARY KEY (ticket)");
 		if (r < 0)
@@ -1082,7 +1178,7 @@ static int my_adopt_fee(struct store_mysql *m)
 	if (r < 0)
 		return r;
 	if (v == 0) {
-		r = my_query_str(m, "add index fee_status_ticket",
+		r = my_ddl(m, "add index fee_status_ticket", "fee",
 				 "ALTER TABLE fee ADD INDEX fee_status_ticket (status, ticket)");
 		if (r < 0)
 			return r;
@@ -1100,16 +1196,16 @@ static int my_migrate_locked(struct store_mysql *m)
 			  " WHERE table_schema = DATABASE() AND table_name = 'fee'", &v);
 	if (r < 0)
 		return r;
-	r = v > 0 ? my_adopt_fee(m) : my_query_str(m, "create table fee", my_create_fee);
+	r = v > 0 ? my_adopt_fee(m) : my_ddl(m, "create table fee", "fee", my_create_fee);
 	if (r < 0)
 		return r;
-	r = my_query_str(m, "create table fee_rate", my_create_rate);
+	r = my_ddl(m, "create table fee_rate", "fee_rate", my_create_rate);
 	if (r < 0)
 		return r;
-	r = my_query_str(m, "create table fee_reject", my_create_reject);
+	r = my_ddl(m, "create table fee_reject", "fee_reject", my_create_reject);
 	if (r < 0)
 		return r;
-	r = my_query_str(m, "create table feed_schema", my_create_schema);
+	r = my_ddl(m, "create table feed_schema", "feed_schema", my_create_schema);
 	if (r < 0)
 		return r;
 
@@ -1149,7 +1245,7 @@ static int my_migrate(struct store *s)
 {
 	struct store_mysql *m = my_of(s);
 	int64_t got;
-	int r;
+	int r, rr;
 
 	r = my_select_i64(m, "GET_LOCK('feed_migrate')", "SELECT GET_LOCK('feed_migrate', 30)",
 			  &got);
@@ -1159,11 +1255,20 @@ static int my_migrate(struct store *s)
 		my_seterr(m, "migrate: another feed held the lock 'feed_migrate' for 30 s");
 		return -EAGAIN;
 	}
-	r = my_migrate_locked(m);
+	r = my_query_str(m, "set lock_wait_timeout for the migration",
+			 "SET SESSION lock_wait_timeout = " STR(MY_DDL_LOCK_TIMEOUT_S));
+	if (r == 0)
+		r = my_migrate_locked(m);
 	if (m->conn) {
 		char keep[sizeof(m->base.errmsg)];
 
 		memcpy(keep, m->base.errmsg, sizeof(keep));
+		/* the batches that follow on this connection keep the server's default */
+		rr = my_query_str(m, "reset lock_wait_timeout", "SET SESSION lock_wait_timeout = DEFAULT");
+		if (rr < 0 && r == 0) {
+			r = rr;
+			memcpy(keep, m->base.errmsg, sizeof(keep));
+		}
 		my_select_i64(m, "RELEASE_LOCK", "SELECT RELEASE_LOCK('feed_migrate')", &got);
 		if (r < 0)
 			memcpy(m->base.errmsg, keep, sizeof(keep));

@@ -286,15 +286,51 @@ static void pg_notice_ignore(void *arg, const char *message)
 	(void)message;
 }
 
-/* Session settings, applied after every (re)connect. */
+/*
+ * Session settings, applied after every (re)connect; the last statement
+ * reads back the synchronous_commit in force on this very connection.
+ *
+ * full never runs weaker than on, whatever the role or database default
+ * (ALTER ROLE ... SET synchronous_commit = off would otherwise make TRUE
+ * precede the WAL flush): off and local are raised to on, and so is
+ * remote_write, which flushes locally but waits only for a synchronous
+ * standby's write, not its flush. on and remote_apply (stronger) are kept.
+ * normal does not wait for the disk at all.
+ */
+static const char pg_session_full_sql[] =
+	"SET TimeZone = 'UTC';"
+	"SELECT set_config('synchronous_commit', 'on', false)"
+	" WHERE current_setting('synchronous_commit') NOT IN ('on', 'remote_apply');"
+	"SHOW synchronous_commit";
+static const char pg_session_normal_sql[] =
+	"SET TimeZone = 'UTC'; SET synchronous_commit = off; SHOW synchronous_commit";
+
 static int pg_session(struct store_pg *p)
 {
-	const char *sql = p->durability == STORE_DURABLE_NORMAL ?
-		"SET TimeZone = 'UTC'; SET synchronous_commit = off" :
-		"SET TimeZone = 'UTC'";
+	bool full = p->durability != STORE_DURABLE_NORMAL;
+	PGresult *res;
+	const char *sc;
+	int r = 0;
 
 	PQsetNoticeProcessor(p->conn, pg_notice_ignore, NULL);
-	return pg_cmd(p, sql, "session setup");
+	res = PQexec(p->conn, full ? pg_session_full_sql : pg_session_normal_sql);
+	if (!res || PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1) {
+		r = pg_fail(p, res, "session setup");
+		goto out;
+	}
+	sc = PQgetvalue(res, 0, 0);
+	if (full && strcmp(sc, "on") && strcmp(sc, "remote_apply")) {
+		pg_setmsg(p, "session setup: synchronous_commit is %.40s after setting it to on "
+			  "(durability = full)", sc);
+		r = -EIO;
+		goto out;
+	}
+	snprintf(p->base.durability, sizeof(p->base.durability),
+		 "synchronous_commit = %.40s (durability = %s)", sc, full ? "full" : "normal");
+	p->base.durability_warn = false;
+out:
+	PQclear(res);
+	return r;
 }
 
 /* Replaces every occurrence of secret in msg by "***" (shorter: "*", "**"). */
@@ -491,15 +527,99 @@ static const char pg_schema_sql[] =
 	" body bytea NOT NULL);"
 	"CREATE TABLE IF NOT EXISTS feed_schema (version integer NOT NULL);";
 
-/* Adopting a classic fee table: add what is missing, keep every row. */
-static const char pg_adopt_sql[] =
-	"ALTER TABLE fee ADD COLUMN IF NOT EXISTS status char(1);"
-	"ALTER TABLE fee ALTER COLUMN status SET DEFAULT 'N';"
-	"ALTER TABLE fee ADD COLUMN IF NOT EXISTS fee numeric(20,2);"
+/*
+ * DDL on fee takes ACCESS EXCLUSIVE (SHARE for an index), which queues
+ * behind any open transaction that read fee and makes every writer queue
+ * behind it: migrate() runs DDL only where the catalog says it is needed,
+ * and waits at most this long for a lock before giving up with a message.
+ */
+#define PG_DDL_LOCK_TIMEOUT_S 5
+/* How long a second instance waits for the first one's migration. */
+#define PG_MIGRATE_WAIT_S 30
+
+static bool pg_lock_timed_out(const PGresult *res)
+{
+	const char *state = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+
+	return state && !strcmp(state, "55P03");
+}
+
+static int pg_lock_fail(struct store_pg *p, const char *what)
+{
+	pg_setmsg(p, "%s: waited " STR(PG_DDL_LOCK_TIMEOUT_S) " s for a lock on table fee, "
+		  "which another session holds (an open transaction that read or wrote fee: "
+		  "see pg_locks and pg_stat_activity); end it and start feed again", what);
+	return -EAGAIN;
+}
+
+/* Runs one DDL statement on fee; a lock timeout says what it waited for. */
+static int pg_ddl(struct store_pg *p, const char *sql, const char *what)
+{
+	PGresult *res = PQexec(p->conn, sql);
+	int r = 0;
+
+	if (pg_lock_timed_out(res)) {
+		r = pg_lock_fail(p, what);
+	} else if (!res || PQresultStatus(res) != PGRES_COMMAND_OK) {
+		r = pg_fail(p, res, what);
+	}
+	PQclear(res);
+	return r;
+}
+
+/* Columns a classic fee table may lack, and the defaults feed relies on. */
+static const struct {
+	const char *name;
+	const char *add;              /* ALTER TABLE fee ... when it is missing */
+	const char *set_default;      /* ... when it has no default, or NULL */
+} pg_fee_cols[] = {
+	{ "status", "ADD COLUMN status char(1)", "ALTER COLUMN status SET DEFAULT 'N'" },
+	{ "fee", "ADD COLUMN fee numeric(20,2)", NULL },
 	/* Existing rows: received_at unknown (NULL); new rows: now(). */
-	"ALTER TABLE fee ADD COLUMN IF NOT EXISTS received_at timestamptz;"
-	"ALTER TABLE fee ALTER COLUMN received_at SET DEFAULT now();"
-	"ALTER TABLE fee ADD COLUMN IF NOT EXISTS settled_at timestamptz;";
+	{ "received_at", "ADD COLUMN received_at timestamptz",
+	  "ALTER COLUMN received_at SET DEFAULT now()" },
+	{ "settled_at", "ADD COLUMN settled_at timestamptz", NULL },
+};
+
+/* Adopting a classic fee table: add what is missing, keep every row. */
+static int pg_adopt(struct store_pg *p)
+{
+	static const char q[] =
+		"SELECT column_name, column_default IS NOT NULL FROM information_schema.columns"
+		" WHERE table_schema = current_schema() AND table_name = 'fee'";
+	PGresult *res = PQexec(p->conn, q);
+	char sql[512];
+	size_t len = 0;
+	int r = 0;
+
+	if (!res || PQresultStatus(res) != PGRES_TUPLES_OK) {
+		r = pg_fail(p, res, "reading the columns of fee");
+		goto out;
+	}
+	for (size_t c = 0; c < sizeof(pg_fee_cols) / sizeof(pg_fee_cols[0]); c++) {
+		int row = -1;
+		const char *add = NULL, *def = pg_fee_cols[c].set_default;
+
+		for (int i = 0; i < PQntuples(res) && row < 0; i++)
+			if (!strcmp(PQgetvalue(res, i, 0), pg_fee_cols[c].name))
+				row = i;
+		if (row < 0)
+			add = pg_fee_cols[c].add;
+		else if (!strcmp(PQgetvalue(res, row, 1), "t"))
+			def = NULL;
+		if (add)
+			len += (size_t)snprintf(sql + len, sizeof(sql) - len, "%s %s",
+						len ? "," : "ALTER TABLE fee", add);
+		if (def)
+			len += (size_t)snprintf(sql + len, sizeof(sql) - len, "%s %s",
+						len ? "," : "ALTER TABLE fee", def);
+	}
+	if (len > 0)
+		r = pg_ddl(p, sql, "adding feed's columns to fee");
+out:
+	PQclear(res);
+	return r;
+}
 
 /* Whether fee(ticket) has a usable unique index (PRIMARY KEY or UNIQUE). */
 static const char pg_has_key_sql[] =
@@ -549,6 +669,12 @@ static int pg_widen(struct store_pg *p)
 		if (r < 0)
 			goto out;
 		x = PQexec(p->conn, alter);
+		if (pg_lock_timed_out(x)) {
+			/* not "best effort": skipping it would leave the column narrow */
+			PQclear(x);
+			r = pg_lock_fail(p, "widening a column of fee");
+			goto out;
+		}
 		if (x && PQresultStatus(x) == PGRES_COMMAND_OK)
 			r = pg_cmd(p, "RELEASE SAVEPOINT feed_widen", "RELEASE SAVEPOINT");
 		else if (PQstatus(p->conn) == CONNECTION_BAD)
@@ -591,10 +717,50 @@ static int pg_add_key(struct store_pg *p)
 		r = -EINVAL;
 		goto out;
 	}
-	r = pg_cmd(p, "CREATE UNIQUE INDEX fee_ticket_key ON fee (ticket)",
+	r = pg_ddl(p, "CREATE UNIQUE INDEX fee_ticket_key ON fee (ticket)",
 		   "CREATE UNIQUE INDEX on fee.ticket");
 out:
 	PQclear(res);
+	return r;
+}
+
+/* Whether a relation of this name exists in the current schema. */
+static int pg_relation_exists(struct store_pg *p, const char *name, bool *ret)
+{
+	char sql[160];
+	PGresult *res;
+	int r = 0;
+
+	snprintf(sql, sizeof(sql), "SELECT to_regclass(quote_ident(current_schema()) || '.%s')"
+		 " IS NOT NULL", name);
+	res = PQexec(p->conn, sql);
+	if (!res || PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1)
+		r = pg_fail(p, res, "looking up an index of fee");
+	else
+		*ret = !strcmp(PQgetvalue(res, 0, 0), "t");
+	PQclear(res);
+	return r;
+}
+
+/* Waits (bounded) for any other feed's migration to end; inside BEGIN. */
+static int pg_migrate_lock(struct store_pg *p)
+{
+	PGresult *res = PQexec(p->conn,
+			       "SET LOCAL lock_timeout = '" STR(PG_MIGRATE_WAIT_S) "s';"
+			       "SELECT pg_advisory_xact_lock(" PG_MIGRATE_LOCK ")");
+	int r = 0;
+
+	if (pg_lock_timed_out(res)) {
+		pg_setmsg(p, "waited " STR(PG_MIGRATE_WAIT_S) " s for another feed's migration "
+			  "(pg_advisory_xact_lock(" PG_MIGRATE_LOCK ")) to end");
+		r = -EAGAIN;
+	} else if (!res || PQresultStatus(res) != PGRES_TUPLES_OK) {
+		r = pg_fail(p, res, "taking the migration lock");
+	}
+	PQclear(res);
+	if (r == 0)
+		r = pg_cmd(p, "SET LOCAL lock_timeout = '" STR(PG_DDL_LOCK_TIMEOUT_S) "s'",
+			   "SET LOCAL lock_timeout");
 	return r;
 }
 
@@ -602,13 +768,13 @@ static int pg_migrate(struct store *s)
 {
 	struct store_pg *p = pg_of(s);
 	PGresult *res = NULL;
-	int r;
+	bool has_idx = false;
+	int version, r;
 
 	r = pg_cmd(p, "BEGIN", "BEGIN");
 	if (r < 0)
 		goto out;
-	r = pg_cmd(p, "SELECT pg_advisory_xact_lock(" PG_MIGRATE_LOCK ")",
-		   "taking the migration lock");
+	r = pg_migrate_lock(p);
 	if (r < 0)
 		goto out;
 	res = PQexec(p->conn, "SELECT current_schema() IS NOT NULL");
@@ -622,6 +788,7 @@ static int pg_migrate(struct store *s)
 		r = -EIO;
 		goto out;
 	}
+	/* CREATE TABLE IF NOT EXISTS takes no lock on a table that exists. */
 	r = pg_cmd(p, pg_schema_sql, "creating feed's tables");
 	if (r < 0)
 		goto out;
@@ -631,15 +798,16 @@ static int pg_migrate(struct store *s)
 		r = pg_fail(p, res, "reading feed_schema");
 		goto out;
 	}
-	if (atoi(PQgetvalue(res, 0, 0)) > STORE_SCHEMA_VERSION) {
+	version = atoi(PQgetvalue(res, 0, 0));
+	if (version > STORE_SCHEMA_VERSION) {
 		/* Written by a newer feed: do not "migrate" it backwards. */
 		pg_setmsg(p, "schema version %s in feed_schema is newer than this feed "
 			  "supports (%d)", PQgetvalue(res, 0, 0), STORE_SCHEMA_VERSION);
 		r = -EIO;
 		goto out;
 	}
-	/* Idempotent, and a no-op on a table created above. */
-	r = pg_cmd(p, pg_adopt_sql, "adding feed's columns to fee");
+	/* Each step reads the catalog and changes fee only where it must. */
+	r = pg_adopt(p);
 	if (r < 0)
 		goto out;
 	r = pg_widen(p);
@@ -648,13 +816,22 @@ static int pg_migrate(struct store *s)
 	r = pg_add_key(p);
 	if (r < 0)
 		goto out;
-	r = pg_cmd(p, "CREATE INDEX IF NOT EXISTS fee_unsettled_idx ON fee (ticket)"
-		      " WHERE status = 'N';"
-		      "DELETE FROM feed_schema;"
-		      "INSERT INTO feed_schema (version) VALUES (" STR(STORE_SCHEMA_VERSION) ")",
-		   "recording schema version 1");
+	r = pg_relation_exists(p, "fee_unsettled_idx", &has_idx);
 	if (r < 0)
 		goto out;
+	if (!has_idx) {
+		r = pg_ddl(p, "CREATE INDEX fee_unsettled_idx ON fee (ticket) WHERE status = 'N'",
+			   "creating index fee_unsettled_idx");
+		if (r < 0)
+			goto out;
+	}
+	if (version != STORE_SCHEMA_VERSION) {
+		r = pg_cmd(p, "DELETE FROM feed_schema;"
+			      "INSERT INTO feed_schema (version) VALUES (" STR(STORE_SCHEMA_VERSION) ")",
+			   "recording schema version 1");
+		if (r < 0)
+			goto out;
+	}
 	r = pg_cmd(p, "COMMIT", "COMMIT of the migration");
 out:
 	PQclear(res);

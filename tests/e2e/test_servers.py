@@ -7,6 +7,7 @@ table before feed first starts. Helpers come from test_ingest.py.
 """
 import os
 import re
+import select
 import subprocess
 import sys
 import threading
@@ -14,8 +15,9 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from feedtest import backend, norm_dec, wait_until  # noqa: E402
-from test_ingest import DbLock, IngestCase, Pipeline, chunk_bodies, count, rejects, tickets_of  # noqa: E402
+from feedtest import Feed, backend, norm_dec, wait_until  # noqa: E402
+from test_ingest import (DbLock, IngestCase, Pipeline, chunk_bodies, count, rejects,  # noqa: E402
+                         sql_cmd, tickets_of)
 
 
 def db_ctl(var):
@@ -173,6 +175,153 @@ class TestClassicTable(ServerCase):
         f.start_ok()
         self.assertEqual(f.req("101,10,2"), "TRUE")
         self.assertEqual(count(f), 7)
+
+
+# ==== Durability and start-up against a busy database (issue 7) ====
+
+class LongReader:
+    """Another session with an open transaction that has read from the given
+    tables (a long report): it holds PostgreSQL's ACCESS SHARE lock, MySQL's
+    shared metadata lock, on each of them until release()."""
+
+    def __init__(self, f, tables=("fee",)):
+        begin = "BEGIN;" if backend() == "postgresql" else "START TRANSACTION;"
+        # one statement, one line of output (a second line could sit in the pipe's
+        # reader buffer, out of select()'s sight)
+        reads = "SELECT 'reading' FROM " + ", ".join(
+            f"(SELECT count(*) AS n FROM {t}) t{i}" for i, t in enumerate(tables)) + ";"
+        self.p = subprocess.Popen("exec stdbuf -oL " + sql_cmd(f), shell=True, text=True,
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE)
+        self.p.stdin.write(f"{begin}\n{reads}\n")
+        self.p.stdin.flush()
+        r, _, _ = select.select([self.p.stdout], [], [], 60)
+        line = self.p.stdout.readline() if r else ""
+        if line.strip() != "reading":
+            self.p.kill()
+            raise AssertionError(f"the reader did not start: {line!r} {self.p.stderr.read()}")
+
+    def release(self):
+        if self.p.poll() is None:
+            self.p.stdin.write("COMMIT;\n")
+            self.p.stdin.close()
+            self.p.wait(60)
+        self.p.stdout.close()
+        self.p.stderr.close()
+
+
+class TestDurabilityFull(ServerCase):
+    """durability = full against a server (or role) configured to acknowledge
+    commits before they are on disk."""
+
+    def setting(self, f, var):
+        q = f"SHOW {var};" if backend() == "postgresql" else f"SELECT @@GLOBAL.{var};"
+        return f.sql(q)[0][0]
+
+    def set_global(self, f, var, value):
+        """SET GLOBAL on the shared test server, restored after the test."""
+        old = self.setting(f, var)
+        f.sql(f"SET GLOBAL {var} = {value};")
+        self.addCleanup(f.sql, f"SET GLOBAL {var} = {old};")
+
+    def set_role(self, f, value):
+        """The PostgreSQL role's default synchronous_commit, reset after the test."""
+        f.sql(f"ALTER ROLE CURRENT_USER SET synchronous_commit = {value};")
+        self.addCleanup(f.sql, "ALTER ROLE CURRENT_USER RESET synchronous_commit;")
+        # the condition is real: a new session of feed's role gets the default
+        self.assertEqual(self.setting(f, "synchronous_commit"), value)
+
+    def feed_tables(self, f):
+        return int(f.sql("SELECT count(*) FROM information_schema.tables WHERE table_schema = DATABASE()"
+                         " AND table_name IN ('fee', 'fee_rate', 'fee_reject', 'feed_schema');")[0][0])
+
+    def assert_refused(self, f, var, value):
+        r = f.start()
+        self.assertNotEqual(r.returncode, 0, f"feed started with {var} = {value}: {r.stdout}")
+        err = r.stderr
+        self.assertIn(f"{var} = {value}", err)
+        self.assertIn("durability = normal", err)     # the way out on feed's side
+        self.assertIn("feed.conf", err)
+        self.assertRegex(err, rf"set {var} = 1 on the server")   # the way out on the server's
+        self.assertIn(f"{var} = {value}", f.log())   # and the log says it too
+
+    def test_full_raises_weaker_setting(self):
+        f = self.feed(conf={"database": {"durability": "full", "connect_timeout": "2"}})
+        if backend() == "postgresql":
+            # remote_write flushes locally but waits only for a standby's write, not its flush
+            for n, weaker in enumerate(("off", "local", "remote_write")):
+                self.set_role(f, weaker)
+                f.start_ok()
+                # read back by feed on its own (writer) connection after setting it
+                got = re.findall(r"database: (synchronous_commit = .*)", f.log())
+                self.assertEqual(got, ["synchronous_commit = on (durability = full)"] * (n + 1), weaker)
+                self.assertEqual(f.req(f"{n + 1},7,1.5"), "TRUE")
+                self.assertEqual(f.stop().returncode, 0)
+        else:
+            self.set_global(f, "innodb_flush_log_at_trx_commit", 2)
+            self.assert_refused(f, "innodb_flush_log_at_trx_commit", 2)
+            self.assertEqual(self.feed_tables(f), 0, "refused, yet it touched the database")
+            # the operator accepts the risk: it starts, and says what it accepted
+            f.sections["database"]["durability"] = "normal"
+            f.write_conf()
+            f.start_ok()
+            self.assertRegex(f.log(), r"warning.*innodb_flush_log_at_trx_commit = 2")
+            self.assertEqual(f.req("1,7,1.5"), "TRUE")
+
+    def test_full_keeps_stronger_setting(self):
+        f = self.feed(conf={"database": {"durability": "full", "connect_timeout": "2"}})
+        if backend() == "postgresql":
+            # no synchronous standby here, so remote_apply commits like on
+            self.set_role(f, "remote_apply")
+            f.start_ok()
+            self.assertRegex(f.log(), r"database: synchronous_commit = remote_apply \(durability = full\)")
+            self.assertEqual(f.req("1,7,1.5"), "TRUE")
+        else:
+            # the test server writes a binary log: it must be synced at every commit too
+            self.assertEqual(self.setting(f, "log_bin"), "1")
+            self.set_global(f, "sync_binlog", 0)
+            self.assert_refused(f, "sync_binlog", 0)
+            self.assertEqual(self.feed_tables(f), 0, "refused, yet it touched the database")
+
+
+class TestStartBesideLongReader(ServerCase):
+    """A second instance (or a restart) while a long transaction reads feed's tables."""
+
+    def second(self, f1, **conf):
+        # not self.feed(): that drops the tables, which would wait for the reader
+        f2 = Feed(conf={"database": {"connect_timeout": "2", **conf}})
+        self.instances.append(f2)
+        return f2
+
+    def test_second_instance_starts_past_reader(self):
+        f1 = self.started()
+        self.assertEqual(f1.req("1,7,1.5"), "TRUE")
+        reader = LongReader(f1, ("fee", "fee_rate", "fee_reject", "feed_schema"))
+        try:
+            f2 = self.second(f1)
+            r = f2.start()    # the old code waited here for the reader (no DDL is needed)
+            self.assertEqual(r.returncode, 0, f"second instance did not start: {r.stderr}")
+            self.assertEqual(f2.req("2,7,2.5"), "TRUE")
+            self.assertEqual(f1.req("3,7,2.5"), "TRUE")
+        finally:
+            reader.release()
+        self.assertEqual(count(f1), 3)
+
+    def test_needed_migration_gives_up_on_lock(self):
+        f = self.feed(conf={"database": {"connect_timeout": "2"}})
+        f.sql("CREATE TABLE fee (ticket BIGINT, login BIGINT, volume DECIMAL(12,2), status CHAR(1));"
+              "INSERT INTO fee VALUES (1, 10, 1.50, 'N');")
+        reader = LongReader(f)
+        try:
+            r = f.start()     # the classic table needs ALTER TABLE, which the reader blocks
+            self.assertNotEqual(r.returncode, 0, r.stdout)
+            self.assertRegex(r.stderr, r"waited \d+ s for a lock on table fee")
+            self.assertIn("another session", r.stderr)
+        finally:
+            reader.release()
+        f.start_ok()          # once the reader is gone, the migration runs
+        self.assertEqual(f.req("2,10,1"), "TRUE")
+        self.assertEqual(count(f), 2)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,9 @@
 # tests/store/test_store.c), then shuts the server down and removes
 # everything, also when COMMAND or the setup fails. Exits with COMMAND's
 # status. Independent of any system service; safe to run several at once.
+# The server is set up as durable production servers are: a binary log,
+# synced at every commit like the InnoDB log (feed's durability = full
+# refuses anything less).
 # Must run as root (mariadbd drops to the mysql user).
 set -eu
 
@@ -63,6 +66,7 @@ mariadbd --no-defaults --datadir='$tmp/data' --socket='$tmp/run/sock' \\
 	--port=$1 --bind-address=127.0.0.1 --user=mysql \\
 	--pid-file='$tmp/run/mariadbd.pid' --log-error='$tmp/run/error.log' \\
 	--innodb-flush-log-at-trx-commit=1 --skip-name-resolve \\
+	--log-bin='$tmp/data/binlog' --sync-binlog=1 --server-id=1 \\
 	--innodb-buffer-pool-size=64M --max-connections=200 \\
 	--max-allowed-packet=128M \\
 	</dev/null >>'$tmp/run/stdout.log' 2>&1 &
