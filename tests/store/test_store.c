@@ -728,6 +728,47 @@ static void test_server_limit_reject(void **state)
 	free(mid);
 }
 
+/*
+ * MariaDB answers a packet over max_allowed_packet with 1153 and closes the
+ * connection: store_write() goes on with a new one, the body kept truncated.
+ */
+static void test_mysql_packet_closes_connection(void **state)
+{
+	enum { BODY = 800000 };             /* sent in one packet (long data is for > 1 MiB) */
+	struct t_fix *fx = *state;
+	char *body = malloc(BODY + 1);
+	const struct record rec = { 95, 1, 1 };
+	struct store_req q[2];
+	struct store_req *reqs[2] = { &q[0], &q[1] };
+	struct store_batch *batch = store_batch_new(16);
+	char want[128];
+	int r;
+
+	assert_non_null(body);
+	assert_non_null(batch);
+	memset(body, 'x', BODY);
+	body[BODY] = '\0';
+	t_migrate(fx);
+	t_sql("SET GLOBAL max_allowed_packet = 524288", NULL, 0);
+	fx->ops->close(fx->s);
+	fx->s = t_open(fx->ops);
+	q[0] = t_req(NULL, 0, body);
+	q[0].bad_input = true;
+	snprintf(q[0].reason, sizeof(q[0].reason), "big");
+	q[1] = t_req(&rec, 1, "95,1,1");
+	r = store_write(fx->s, batch, reqs, 2);
+	t_sql("SET GLOBAL max_allowed_packet = 134217728", NULL, 0);
+	t_ok(fx->s, r, "store_write");
+	snprintf(want, sizeof(want), "big [stored truncated: 65536 of %d bytes]", BODY);
+	assert_string_equal(q[0].reason, want);
+	assert_true(q[0].rejected && !q[1].rejected);
+	snprintf(want, sizeof(want), "big [stored truncated: 65536 of %d bytes]\t65536\n", BODY);
+	t_sql_expect("SELECT reason, length(body) FROM fee_reject", want);
+	t_sql_expect("SELECT ticket FROM fee", "95\n");
+	store_batch_free(&batch);
+	free(body);
+}
+
 /* ==== Settlement ==== */
 
 static const struct store_settle *t_settle_row(const struct store_settle *rows, size_t n,
@@ -1121,6 +1162,9 @@ int main(void)
 		T(test_server_restart),
 		T(test_server_limit_reject),
 	};
+	const struct CMUnitTest mysql_only[] = {
+		T(test_mysql_packet_closes_connection),
+	};
 	int failed;
 
 	t_env_load();
@@ -1129,5 +1173,7 @@ int main(void)
 		failed += cmocka_run_group_tests_name("store_sqlite", sqlite_only, NULL, NULL);
 	else
 		failed += cmocka_run_group_tests_name("store_server", server_only, NULL, NULL);
+	if (t_is("mysql"))
+		failed += cmocka_run_group_tests_name("store_mysql", mysql_only, NULL, NULL);
 	return failed == 0 ? 0 : 1;
 }
