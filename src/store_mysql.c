@@ -92,6 +92,8 @@ struct store_mysql {
 	char ticket_keys[256];        /* " name name " of the unique keys on fee(ticket) */
 	bool keys_known;              /* ticket_keys read since connect or since a doubt */
 	unsigned long txn, keys_txn;  /* transactions begun; the one ticket_keys were read in */
+	unsigned long max_packet;     /* the session's max_allowed_packet, read for packet_conn */
+	MYSQL *packet_conn;
 	MYSQL *conn;                  /* NULL while disconnected */
 	struct my_conninfo ci;
 	MYSQL_STMT *ins_stmt;         /* bulk INSERT, prepared lazily */
@@ -1425,6 +1427,27 @@ static int my_insert(struct store *s, const struct record *recs, size_t n)
 	return my_insert_multi(m, recs, n);
 }
 
+/*
+ * The session's max_allowed_packet, read once per connection. A packet over
+ * it makes the server answer 1153 and close the connection, and the client
+ * may see only the close (2006, 2013: an outage, retried forever), so a body
+ * that cannot fit is refused here, before it is sent (-E2BIG).
+ */
+static int my_max_packet(struct store_mysql *m)
+{
+	int64_t v;
+	int r;
+
+	if (m->packet_conn == m->conn && m->conn)
+		return 0;
+	r = my_select_i64(m, "SELECT @@max_allowed_packet", "SELECT @@max_allowed_packet", &v);
+	if (r < 0)
+		return r;
+	m->max_packet = v > 0 ? (unsigned long)v : (unsigned long)-1;
+	m->packet_conn = m->conn;
+	return 0;
+}
+
 static int my_insert_one_reject(struct store_mysql *m, MYSQL_STMT *st,
 				const struct store_reject *rj)
 {
@@ -1433,6 +1456,19 @@ static int my_insert_one_reject(struct store_mysql *m, MYSQL_STMT *st,
 	unsigned long elen = strlen(rj->endpoint), rlen = strlen(rj->reason);
 	unsigned long blen = (unsigned long)rj->len;
 	bool longdata = rj->len > MY_LONGDATA_CHUNK;
+
+	/*
+	 * The largest packet this sends (1 KiB for statement id, types,
+	 * lengths): over the limit, refused here; a long body whose pieces
+	 * fit goes to the server, which refuses it whole without closing (1105).
+	 */
+	size_t packet = (longdata ? MY_LONGDATA_CHUNK : (size_t)elen + rlen + blen) + 1024;
+
+	if (packet > m->max_packet) {
+		my_seterr(m, "INSERT into fee_reject: body of %zu bytes does not fit the server's "
+			  "max_allowed_packet (%lu): raise it", rj->len, m->max_packet);
+		return -E2BIG;
+	}
 
 	memset(bind, 0, sizeof(bind));
 	bind[0].buffer_type = MYSQL_TYPE_STRING;
@@ -1483,6 +1519,8 @@ static int my_insert_rejects(struct store *s, const struct store_reject *rj, siz
 	int r;
 
 	r = my_need_conn(m);
+	if (r == 0 && n > 0)
+		r = my_max_packet(m);
 	if (r < 0 || n == 0)
 		return r;
 	st = mysql_stmt_init(m->conn);

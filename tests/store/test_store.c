@@ -942,6 +942,28 @@ static void test_classic_adoption(void **state)
 	t_settle_row(got, n, 2, 4);
 }
 
+/* An adopted table's own ticket key, whatever its name, is still the ticket key (-EEXIST). */
+static void test_classic_own_ticket_key(void **state)
+{
+	struct t_fix *fx = *state;
+	const struct record dup = { 1, 99, 1 }, fresh = { 2, 10, 1 };
+	int r;
+
+	t_sql("CREATE TABLE fee (ticket BIGINT, login BIGINT, volume DECIMAL(12,2),"
+	      " status CHAR(1), CONSTRAINT classic_ticket UNIQUE (ticket))", NULL, 0);
+	t_sql("INSERT INTO fee (ticket, login, volume, status) VALUES (1, 10, 1.50, 'N')", NULL, 0);
+	t_migrate(fx);
+	t_insert(fx, &fresh, 1);
+	for (int round = 0; round < 2; round++) {
+		t_ok(fx->s, fx->ops->begin(fx->s), "begin");
+		fx->s->errmsg[0] = '\0';
+		r = fx->ops->insert(fx->s, &dup, 1);
+		t_expect_fail(fx->s, r, -EEXIST, "insert of an existing ticket (key classic_ticket)");
+		t_ok(fx->s, fx->ops->rollback(fx->s), "rollback");
+	}
+	t_sql_expect("SELECT ticket, login FROM fee ORDER BY ticket", "1\t10\n2\t10\n");
+}
+
 static void test_classic_duplicates(void **state)
 {
 	struct t_fix *fx = *state;
@@ -1148,6 +1170,7 @@ int main(void)
 		T(test_reads_naturally),
 		T(test_classic_adoption),
 		T(test_classic_duplicates),
+		T(test_classic_own_ticket_key),
 		T(test_reconnect_healthy),
 		T(test_unique_other_key),
 		T(test_write_isolates_unique_violation),
