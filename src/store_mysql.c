@@ -92,6 +92,8 @@ struct store_mysql {
 	char ticket_keys[256];        /* " name name " of the unique keys on fee(ticket) */
 	bool keys_known;              /* ticket_keys read since connect or since a doubt */
 	unsigned long txn, keys_txn;  /* transactions begun; the one ticket_keys were read in */
+	const struct record *ins_recs; /* during insert(): its records, for my_unique_class */
+	size_t ins_n;
 	unsigned long max_packet;     /* the session's max_allowed_packet, read for packet_conn */
 	MYSQL *packet_conn;
 	MYSQL *conn;                  /* NULL while disconnected */
@@ -180,13 +182,24 @@ static int my_errclass(unsigned int code, const char *state, const char *msg)
  * my_load_ticket_keys(); a name not among them read in an earlier
  * transaction may be a key added or renamed since: re-read them and retry
  * once (-EEXIST) before calling it the request's fault (-EINVAL). MariaDB
- * does not name the table: a trigger's table with a key of the same name
- * as fee's ticket key looks like fee's (retried, then an outage).
+ * does not name the table: a table a trigger writes to may have a key of the
+ * same name ('PRIMARY'), so the entry must also be a ticket being inserted.
  */
 static int my_unique_class(struct store_mysql *m, const char *msg)
 {
-	const char *end = msg + strlen(msg), *q, *name;
+	const char *end = msg + strlen(msg), *q, *name, *v = strchr(msg, '\'');
 	char word[200];
+	int64_t entry;
+	bool ours = false;
+	int len = 0;
+
+	/* the entry: "Duplicate entry '123' for key ..." */
+	if (m->ins_recs && v && sscanf(v, "'%" SCNd64 "'%n", &entry, &len) == 1 && len > 0) {
+		for (size_t i = 0; i < m->ins_n && !ours; i++)
+			ours = m->ins_recs[i].ticket == entry;
+		if (!ours)
+			return -EINVAL;
+	}
 
 	while (end > msg && (end[-1] == '\'' || end[-1] == '`' || end[-1] == '"' ||
 			     end[-1] == ' ' || end[-1] == '.'))
@@ -1422,9 +1435,11 @@ static int my_insert(struct store *s, const struct record *recs, size_t n)
 		r = my_load_ticket_keys(m);
 	if (r < 0 || n == 0)
 		return r;
-	if (m->can_bulk)
-		return my_insert_bulk(m, recs, n);
-	return my_insert_multi(m, recs, n);
+	m->ins_recs = recs;
+	m->ins_n = n;
+	r = m->can_bulk ? my_insert_bulk(m, recs, n) : my_insert_multi(m, recs, n);
+	m->ins_recs = NULL;
+	return r;
 }
 
 /*
