@@ -18,13 +18,14 @@
  *               Caller backs off, calls reconnect(), retries.
  *   -EEXIST     unique violation of the ticket key only (another writer stored
  *               the ticket since lookup), told by the key the server names:
- *               PostgreSQL's constraint name, MySQL's key name in error 1062,
- *               SQLite's "UNIQUE constraint failed: fee.ticket". Caller rolls
- *               back, looks the batch up again and retries. PostgreSQL and
- *               MySQL read the ticket key's names once per connection; a key
- *               they do not know is -EEXIST once more (a key added or renamed
- *               since?): they read the names again before the next insert,
- *               and the retry is classified by them.
+ *               PostgreSQL's constraint name, MySQL's key name in error 1062
+ *               (and its entry, one of the tickets inserted: MariaDB does not
+ *               name the table), SQLite's "UNIQUE constraint failed:
+ *               fee.ticket". Caller rolls back, looks the batch up again and
+ *               retries. PostgreSQL and MySQL read the ticket key's names once
+ *               per connection; a key they do not know is -EEXIST once more
+ *               (added or renamed since?): they read the names again before
+ *               the next insert, and the retry is classified by them.
  *   -EINVAL     the database refuses a value of this request: SQLSTATE class
  *               22 (data exception), class 23 (integrity constraint: check,
  *               not null, foreign key, any unique key but the ticket's), a
@@ -46,7 +47,11 @@
  * request alike: taken as permanent it would turn every record into a reject
  * - data loss by rejection, and fee_reject may be just as unusable. So it
  * stays an outage, retried until the operator fixes it, with nothing
- * answered FALSE. Classes are decided by SQLSTATE class where the server has
+ * answered FALSE. A trigger's RAISE/SIGNAL is the owner's own refusal of the
+ * row (SQLite even reports it as a constraint), so it refuses the request. A
+ * data error can follow a schema change (a column narrowed): the requests
+ * it hits are refused, but each one is kept in fee_reject with the reason.
+ * Classes are decided by SQLSTATE class where the server has
  * one, so a data error feed does not list by number still isolates; an
  * error with no class (or an unknown one) is retried. For the same reason a
  * rejected body is only ever answered FALSE once it is stored (or, refused
