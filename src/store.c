@@ -203,7 +203,10 @@ static size_t classify(struct store_batch *b, struct store_req **reqs, size_t n,
 	return nfresh;
 }
 
-/* How much of a rejected body goes to fee_reject, after the database refused it whole. */
+/*
+ * How much of a rejected body goes to fee_reject (store_req.keep), after the
+ * database refused it whole: its first REJECT_KEEP bytes, then nothing.
+ */
 enum keep { KEEP_ALL, KEEP_PREFIX, KEEP_NONE };
 
 static void annotate(struct store_req *q, const char *note)
@@ -214,8 +217,7 @@ static void annotate(struct store_req *q, const char *note)
 		snprintf(q->reason + used, sizeof(q->reason) - used, "%s", note);
 }
 
-static int store_rejects(struct store *s, struct store_batch *b, struct store_req **reqs, size_t n,
-			 enum keep keep)
+static int store_rejects(struct store *s, struct store_batch *b, struct store_req **reqs, size_t n)
 {
 	char note[96];
 	size_t k = 0;
@@ -227,12 +229,16 @@ static int store_rejects(struct store *s, struct store_batch *b, struct store_re
 
 		if (!q->rejected)
 			continue;
-		if (keep == KEEP_NONE) {
+		if (q->keep == KEEP_NONE) {
+			char *cut = strstr(q->reason, " [stored truncated: ");
+
+			if (cut)        /* noted by an attempt that failed */
+				*cut = '\0';
 			q->unstored = true;
 			annotate(q, " [not stored: the database refused it]");
 			continue;
 		}
-		if (keep == KEEP_PREFIX && len > REJECT_KEEP) {
+		if (q->keep == KEEP_PREFIX && len > REJECT_KEEP) {
 			len = REJECT_KEEP;
 			snprintf(note, sizeof(note), " [stored truncated: %d of %zu bytes]", REJECT_KEEP, q->len);
 			annotate(q, note);
@@ -259,9 +265,20 @@ static size_t count_writers(struct store_req **reqs, size_t n)
 	return c;
 }
 
+/* How many rejected requests offer fee_reject a body: the candidates when it refuses one. */
+static size_t count_rejects(struct store_req **reqs, size_t n)
+{
+	size_t c = 0;
+
+	for (size_t i = 0; i < n; i++)
+		if (reqs[i]->rejected && reqs[i]->keep != KEEP_NONE)
+			c++;
+	return c;
+}
+
 /* One transaction over reqs. *ret_in_rejects tells whether fee_reject was the one refused. */
 static int write_once(struct store *s, struct store_batch *b, struct store_req **reqs, size_t n,
-		      enum keep keep, bool *ret_in_rejects)
+		      bool *ret_in_rejects)
 {
 	size_t nt = 0, nrows = 0, nfresh;
 	int r;
@@ -303,7 +320,7 @@ static int write_once(struct store *s, struct store_batch *b, struct store_req *
 		if (r < 0)
 			goto fail;
 	}
-	r = store_rejects(s, b, reqs, n, keep);
+	r = store_rejects(s, b, reqs, n);
 	if (r < 0) {
 		*ret_in_rejects = true;
 		goto fail;
@@ -319,11 +336,40 @@ fail:
 	return r;
 }
 
-/* Writes the requests not done yet; splits around a record the database refuses. */
-static int write_part(struct store *s, struct store_batch *b, struct store_req **all, size_t nall)
+/* The database refuses something of one request, not the batch as a whole (store.h). */
+static bool is_refusal(int r)
+{
+	return r == -EINVAL || r == -E2BIG;
+}
+
+/* The only candidate left in reqs has its refusal recorded: it is refused, or its body cut. */
+static void refuse_one(struct store *s, struct store_req **reqs, size_t n, bool in_rejects)
+{
+	for (size_t i = 0; i < n; i++) {
+		struct store_req *q = reqs[i];
+
+		if (in_rejects && q->rejected && q->keep != KEEP_NONE) {
+			/* a body within the prefix is refused whole already: keep nothing */
+			q->keep = q->keep == KEEP_ALL && q->len > REJECT_KEEP ? KEEP_PREFIX : KEEP_NONE;
+		} else if (!in_rejects && !q->rejected && q->n > 0) {
+			snprintf(q->reason, sizeof(q->reason), "database refused the request: %.200s",
+				 s->errmsg);
+			q->refused = true;
+		}
+	}
+}
+
+/*
+ * Writes the requests not done yet. A refusal splits them in halves until
+ * the request it belongs to stands alone: that one is refused (its records)
+ * or cut (its body in fee_reject), the others commit as if it were not there.
+ * after_refusal: the database refused something in this call already.
+ */
+static int write_part(struct store *s, struct store_batch *b, struct store_req **all, size_t nall,
+		      bool after_refusal)
 {
 	struct store_req *reqs[nall > 0 ? nall : 1];
-	enum keep keep = KEEP_ALL;
+	bool reconnected = false;
 	size_t n = 0;
 	int r = 0;
 
@@ -335,46 +381,40 @@ static int write_part(struct store *s, struct store_batch *b, struct store_req *
 
 	for (int attempt = 0; attempt < 8; attempt++) {
 		bool in_rejects;
+		size_t c;
 
 		/* parser rejections and refusals stand; conflicts are decided anew */
 		for (size_t i = 0; i < n; i++)
 			reqs[i]->rejected = reqs[i]->bad_input || reqs[i]->refused;
-		r = write_once(s, b, reqs, n, keep, &in_rejects);
+		r = write_once(s, b, reqs, n, &in_rejects);
 		if (r == -EEXIST)
 			continue; /* another writer stored a ticket since lookup: look again */
-		if (r != -EINVAL)
-			return r;
-		if (in_rejects) {
+		if (r == -ENOTCONN && after_refusal && !reconnected) {
 			/*
-			 * The database refuses a rejected request itself (a body
-			 * over the server's packet limit, a rule on fee_reject).
-			 * Rather than hold every sender back, keep its first
-			 * bytes, then nothing (the caller logs it), and say so.
+			 * A server may close the connection after what it
+			 * refused (MariaDB, a packet over max_allowed_packet):
+			 * go on with a new one rather than find the refusal
+			 * again from the start.
 			 */
-			if (keep == KEEP_NONE)
-				return -EIO;
-			keep = keep == KEEP_ALL ? KEEP_PREFIX : KEEP_NONE;
-			continue;
+			reconnected = true;
+			if (s->ops->reconnect(s) == 0)
+				continue;
+			return r;
 		}
-
-		/* The database refuses a value: isolate the request that carries it. */
-		size_t w = count_writers(reqs, n);
-		if (w == 0)
+		if (!is_refusal(r))
+			return r;
+		after_refusal = true;
+		c = in_rejects ? count_rejects(reqs, n) : count_writers(reqs, n);
+		if (c == 0)
 			return -EIO;
-		if (w == 1) {
-			for (size_t i = 0; i < n; i++) {
-				if (!reqs[i]->rejected && reqs[i]->n > 0) {
-					snprintf(reqs[i]->reason, sizeof(reqs[i]->reason),
-						 "database refused the request: %.200s", s->errmsg);
-					reqs[i]->refused = true;
-				}
-			}
-			continue; /* commit it as a reject, with the rest */
+		if (c == 1) {
+			refuse_one(s, reqs, n, in_rejects);
+			continue; /* commit it refused or cut, with the rest */
 		}
 		size_t half = n / 2;
-		r = write_part(s, b, reqs, half);
+		r = write_part(s, b, reqs, half, true);
 		if (r == 0)
-			r = write_part(s, b, reqs + half, n - half);
+			r = write_part(s, b, reqs + half, n - half, true);
 		return r;
 	}
 	return r == -EEXIST ? -EAGAIN : r;
@@ -384,7 +424,9 @@ int store_write(struct store *s, struct store_batch *b, struct store_req **reqs,
 {
 	/* a refusal is found again on a retry: the database may have changed meanwhile */
 	for (size_t i = 0; i < n; i++)
-		if (!reqs[i]->done)
+		if (!reqs[i]->done) {
 			reqs[i]->refused = false;
-	return write_part(s, b, reqs, n);
+			reqs[i]->keep = KEEP_ALL;
+		}
+	return write_part(s, b, reqs, n, false);
 }

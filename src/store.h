@@ -9,18 +9,53 @@
  * thread at a time. Backends never log; they return a negative errno and
  * leave a message in s->errmsg.
  *
- * Error classes, the same for every backend:
+ * Error classes, the same for every backend (the one contract; each
+ * backend's classification function says how its codes map onto it):
  *   -EAGAIN     transient, retry the transaction now: deadlock, serialization
  *               failure, lock wait timeout, SQLite BUSY/LOCKED.
  *   -ENOTCONN   the connection is gone or unusable: connection lost, server
  *               shutting down, too many connections, cannot connect.
  *               Caller backs off, calls reconnect(), retries.
- *   -EEXIST     unique violation on insert (another writer stored the ticket
- *               since lookup). Caller rolls back and retries the batch.
- *   -EINVAL     permanent data error: the database refuses a value (out of
- *               range, check constraint, ...). Caller isolates the record.
- *   other       unexpected (schema missing, permission, ...): caller logs,
- *               backs off and retries; nothing is answered.
+ *   -EEXIST     unique violation of the ticket key only (another writer stored
+ *               the ticket since lookup), told by the key the server names:
+ *               PostgreSQL's constraint name, MySQL's key name in error 1062
+ *               (and its entry, one of the tickets inserted: MariaDB does not
+ *               name the table), SQLite's "UNIQUE constraint failed:
+ *               fee.ticket". Caller rolls back, looks the batch up again and
+ *               retries. PostgreSQL and MySQL read the ticket key's names once
+ *               per connection; a key they do not know is -EEXIST once more
+ *               (added or renamed since?): they read the names again before
+ *               the next insert, and the retry is classified by them.
+ *   -EINVAL     the database refuses a value of this request: SQLSTATE class
+ *               22 (data exception), class 23 (integrity constraint: check,
+ *               not null, foreign key, any unique key but the ticket's), a
+ *               trigger's deliberate refusal (PostgreSQL RAISE, MySQL SIGNAL,
+ *               SQLite RAISE(ABORT)). Caller isolates the request.
+ *   -E2BIG      a server limit met by this request or batch: MySQL 1153 and
+ *               1301 and 1105 about max_allowed_packet, PostgreSQL class 54,
+ *               SQLITE_TOOBIG. Caller splits the batch; a request that fails
+ *               alone is refused; a fee_reject body is kept truncated.
+ *   other       an outage (schema missing, permission, disk full, anything
+ *               unclassified): caller logs, backs off and retries; nothing
+ *               is answered.
+ *
+ * Why only those are "permanent": refusing a request answers FALSE, which a
+ * client takes as final. That is right when the request itself is what the
+ * database refuses (its value, its size: -EINVAL, -E2BIG); other requests
+ * still go in. An error about the database rather than the request (a
+ * missing table or column, a permission, a full disk) would hit every
+ * request alike: taken as permanent it would turn every record into a reject
+ * - data loss by rejection, and fee_reject may be just as unusable. So it
+ * stays an outage, retried until the operator fixes it, with nothing
+ * answered FALSE. A trigger's RAISE/SIGNAL is the owner's own refusal of the
+ * row (SQLite even reports it as a constraint), so it refuses the request. A
+ * data error can follow a schema change (a column narrowed): the requests
+ * it hits are refused, but each one is kept in fee_reject with the reason.
+ * Classes are decided by SQLSTATE class where the server has
+ * one, so a data error feed does not list by number still isolates; an
+ * error with no class (or an unknown one) is retried. For the same reason a
+ * rejected body is only ever answered FALSE once it is stored (or, refused
+ * even truncated, logged), never dropped because fee_reject is unusable.
  */
 #ifndef FEED_STORE_H
 #define FEED_STORE_H
@@ -160,6 +195,7 @@ struct store_req {
 	/* store.c's own state; zero before the first store_write() */
 	bool refused;                 /* the database refused one of its records */
 	bool done;                    /* its outcome is committed: a retry skips it */
+	unsigned char keep;           /* how much of its body fee_reject is offered */
 	/* out */
 	bool rejected;                /* answered FALSE */
 	bool unstored;                /* rejected, and the database would not store it even
@@ -176,7 +212,9 @@ void store_batch_free(struct store_batch **b);
 
 /*
  * Commits the requests reqs[0..n) in one transaction (or a few, when a
- * record the database refuses has to be isolated): new records inserted,
+ * request the database refuses (-EINVAL, -E2BIG) has to be isolated: the
+ * batch is split in halves until it stands alone, for its records as for
+ * its body in fee_reject): new records inserted,
  * identical re-sends accepted, conflicting requests and parser-rejected ones
  * stored in fee_reject and marked rejected with a reason. Returns 0 when
  * every request has its outcome committed; otherwise a negative errno of

@@ -93,6 +93,13 @@ struct my_bulkrow {
 
 struct store_mysql {
 	struct store base;            /* first: a struct store * points here */
+	char ticket_keys[256];        /* " name name " of the unique keys on fee(ticket) */
+	bool keys_known;              /* ticket_keys read since connect or since a doubt */
+	unsigned long txn, keys_txn;  /* transactions begun; the one ticket_keys were read in */
+	const struct record *ins_recs; /* during insert(): its records, for my_unique_class */
+	size_t ins_n;
+	unsigned long max_packet;     /* the session's max_allowed_packet, read for packet_conn */
+	MYSQL *packet_conn;
 	MYSQL *conn;                  /* NULL while disconnected */
 	struct my_conninfo ci;
 	enum store_durability durability;
@@ -135,7 +142,12 @@ static const struct {
 	{ 1159, -ENOTCONN },   /* ER_NET_READ_INTERRUPTED */
 	{ 1160, -ENOTCONN },   /* ER_NET_ERROR_ON_WRITE */
 	{ 1161, -ENOTCONN },   /* ER_NET_WRITE_INTERRUPTED */
-	{ 1062, -EEXIST },     /* ER_DUP_ENTRY */
+	{ 1062, -EEXIST },     /* ER_DUP_ENTRY: sorted by my_unique_class() */
+	{ 1586, -EEXIST },     /* ER_DUP_ENTRY_WITH_KEY_NAME: likewise */
+	{ 1153, -E2BIG },      /* ER_NET_PACKET_TOO_LARGE: max_allowed_packet (08S01,
+				  but the request's size, not the connection) */
+	{ 1301, -E2BIG },      /* ER_WARN_ALLOWED_PACKET_OVERFLOWED */
+	{ 1390, -E2BIG },      /* ER_PS_MANY_PARAM */
 	{ 1264, -EINVAL },     /* ER_WARN_DATA_OUT_OF_RANGE */
 	{ 1265, -EINVAL },     /* WARN_DATA_TRUNCATED */
 	{ 1292, -EINVAL },     /* ER_TRUNCATED_WRONG_VALUE */
@@ -149,12 +161,75 @@ static const struct {
 	{ 1644, -EINVAL },     /* ER_SIGNAL_EXCEPTION: a trigger refused the row */
 };
 
-static int my_errclass(unsigned int code)
+/*
+ * The numbers above first; then the SQLSTATE class, so that a data error feed
+ * does not list still isolates its request: 22 data exception, 23 integrity
+ * constraint. 1105 (ER_UNKNOWN_ERROR) is a limit only when it is about
+ * max_allowed_packet (a body sent as long data over it); else, like every
+ * other code (42 no such table or permission, HY000 ...), an outage.
+ */
+static int my_errclass(unsigned int code, const char *state, const char *msg)
 {
 	for (size_t i = 0; i < sizeof(my_errtab) / sizeof(my_errtab[0]); i++)
 		if (my_errtab[i].code == code)
 			return my_errtab[i].err;
+	if (code == 1105 && msg && strstr(msg, "max_allowed_packet"))
+		return -E2BIG;
+	if (state && (!strncmp(state, "22", 2) || !strncmp(state, "23", 2)))
+		return -EINVAL;
 	return -EIO;
+}
+
+/*
+ * Whether a duplicate-key error names a ticket key of fee: its message ends
+ * with the key, "... for key 'PRIMARY'" (MariaDB) or "... for key
+ * 'fee.PRIMARY'" (MySQL 8), in any language. Key names come from
+ * my_load_ticket_keys(); a name not among them read in an earlier
+ * transaction may be a key added or renamed since: re-read them and retry
+ * once (-EEXIST) before calling it the request's fault (-EINVAL). MariaDB
+ * does not name the table: a table a trigger writes to may have a key of the
+ * same name ('PRIMARY'), so the entry must also be a ticket being inserted.
+ */
+static int my_unique_class(struct store_mysql *m, const char *msg)
+{
+	const char *end = msg + strlen(msg), *q, *name, *v = strchr(msg, '\'');
+	char word[200];
+	int64_t entry;
+	bool ours = false;
+	int len = 0;
+
+	/* the entry: "Duplicate entry '123' for key ..." */
+	if (m->ins_recs && v && sscanf(v, "'%" SCNd64 "'%n", &entry, &len) == 1 && len > 0) {
+		for (size_t i = 0; i < m->ins_n && !ours; i++)
+			ours = m->ins_recs[i].ticket == entry;
+		if (!ours)
+			return -EINVAL;
+	}
+
+	while (end > msg && (end[-1] == '\'' || end[-1] == '`' || end[-1] == '"' ||
+			     end[-1] == ' ' || end[-1] == '.'))
+		end--;
+	for (q = end; q > msg && q[-1] != '\'' && q[-1] != '`' && q[-1] != '"'; q--)
+		;
+	name = q;
+	if (end - name > 3 && !strncmp(name, "fee.", 4))
+		name += 4;
+	if (q == msg || end <= name || (size_t)(end - name) > sizeof(word) - 3)
+		return -EINVAL;
+	snprintf(word, sizeof(word), " %.*s ", (int)(end - name), name);
+	if (m->keys_known && strstr(m->ticket_keys, word))
+		return -EEXIST;
+	if (m->keys_known && m->keys_txn == m->txn)
+		return -EINVAL;
+	m->keys_known = false;
+	return -EEXIST;
+}
+
+static int my_classify(struct store_mysql *m, unsigned int code, const char *state, const char *msg)
+{
+	int r = my_errclass(code, state, msg);
+
+	return r == -EEXIST ? my_unique_class(m, msg) : r;
 }
 
 static void my_seterr(struct store_mysql *m, const char *fmt, ...)
@@ -180,7 +255,7 @@ static int my_fail(struct store_mysql *m, const char *what)
 	}
 	my_seterr(m, "%s failed: ERROR %u (%s): %s", what, code,
 		  mysql_sqlstate(m->conn), mysql_error(m->conn));
-	return my_errclass(code);
+	return my_classify(m, code, mysql_sqlstate(m->conn), mysql_error(m->conn));
 }
 
 static int my_stmt_fail(struct store_mysql *m, MYSQL_STMT *st, const char *what)
@@ -191,7 +266,7 @@ static int my_stmt_fail(struct store_mysql *m, MYSQL_STMT *st, const char *what)
 		return my_fail(m, what);
 	my_seterr(m, "%s failed: ERROR %u (%s): %s", what, code,
 		  mysql_stmt_sqlstate(st), mysql_stmt_error(st));
-	return my_errclass(code);
+	return my_classify(m, code, mysql_stmt_sqlstate(st), mysql_stmt_error(st));
 }
 
 static int my_need_conn(struct store_mysql *m)
@@ -930,6 +1005,7 @@ static int my_exec(struct store *s, const char *sql)
 
 static int my_begin(struct store *s)
 {
+	my_of(s)->txn++;
 	return my_query_str(my_of(s), "START TRANSACTION", "START TRANSACTION");
 }
 
@@ -1423,17 +1499,73 @@ static int my_insert_bulk(struct store_mysql *m, const struct record *recs, size
 	return 0;
 }
 
+/* Reads the names of fee's ticket keys into m->ticket_keys, once (see my_unique_class). */
+static int my_load_ticket_keys(struct store_mysql *m)
+{
+	static const char sql[] =
+		"SELECT index_name FROM information_schema.statistics"
+		" WHERE table_schema = DATABASE() AND table_name = 'fee' AND non_unique = 0"
+		" GROUP BY index_name HAVING COUNT(*) = 1 AND MAX(column_name) = 'ticket'";
+	MYSQL_RES *res = NULL;
+	MYSQL_ROW row;
+	size_t len = 1;
+	int r;
+
+	if (m->keys_known)
+		return 0;
+	r = my_select(m, "look up the unique keys of fee.ticket", sql, sizeof(sql) - 1, 1, &res);
+	if (r < 0)
+		return r;
+	snprintf(m->ticket_keys, sizeof(m->ticket_keys), " ");
+	while ((row = mysql_fetch_row(res))) {
+		const char *name = row[0] ? row[0] : "";
+
+		if (len + strlen(name) + 2 > sizeof(m->ticket_keys))
+			break; /* a key left out is only retried once more (my_unique_class) */
+		len += (size_t)snprintf(m->ticket_keys + len, sizeof(m->ticket_keys) - len, "%s ", name);
+	}
+	mysql_free_result(res);
+	m->keys_known = true;
+	m->keys_txn = m->txn;
+	return 0;
+}
+
 static int my_insert(struct store *s, const struct record *recs, size_t n)
 {
 	struct store_mysql *m = my_of(s);
 	int r;
 
 	r = my_need_conn(m);
+	if (r == 0 && n > 0)
+		r = my_load_ticket_keys(m);
 	if (r < 0 || n == 0)
 		return r;
-	if (m->can_bulk)
-		return my_insert_bulk(m, recs, n);
-	return my_insert_multi(m, recs, n);
+	m->ins_recs = recs;
+	m->ins_n = n;
+	r = m->can_bulk ? my_insert_bulk(m, recs, n) : my_insert_multi(m, recs, n);
+	m->ins_recs = NULL;
+	return r;
+}
+
+/*
+ * The session's max_allowed_packet, read once per connection. A packet over
+ * it makes the server answer 1153 and close the connection, and the client
+ * may see only the close (2006, 2013: an outage, retried forever), so a body
+ * that cannot fit is refused here, before it is sent (-E2BIG).
+ */
+static int my_max_packet(struct store_mysql *m)
+{
+	int64_t v;
+	int r;
+
+	if (m->packet_conn == m->conn && m->conn)
+		return 0;
+	r = my_select_i64(m, "SELECT @@max_allowed_packet", "SELECT @@max_allowed_packet", &v);
+	if (r < 0)
+		return r;
+	m->max_packet = v > 0 ? (unsigned long)v : (unsigned long)-1;
+	m->packet_conn = m->conn;
+	return 0;
 }
 
 static int my_insert_one_reject(struct store_mysql *m, MYSQL_STMT *st,
@@ -1444,6 +1576,19 @@ static int my_insert_one_reject(struct store_mysql *m, MYSQL_STMT *st,
 	unsigned long elen = strlen(rj->endpoint), rlen = strlen(rj->reason);
 	unsigned long blen = (unsigned long)rj->len;
 	bool longdata = rj->len > MY_LONGDATA_CHUNK;
+
+	/*
+	 * The largest packet this sends (1 KiB for statement id, types,
+	 * lengths): over the limit, refused here; a long body whose pieces
+	 * fit goes to the server, which refuses it whole without closing (1105).
+	 */
+	size_t packet = (longdata ? MY_LONGDATA_CHUNK : (size_t)elen + rlen + blen) + 1024;
+
+	if (packet > m->max_packet) {
+		my_seterr(m, "INSERT into fee_reject: body of %zu bytes does not fit the server's "
+			  "max_allowed_packet (%lu): raise it", rj->len, m->max_packet);
+		return -E2BIG;
+	}
 
 	memset(bind, 0, sizeof(bind));
 	bind[0].buffer_type = MYSQL_TYPE_STRING;
@@ -1494,6 +1639,8 @@ static int my_insert_rejects(struct store *s, const struct store_reject *rj, siz
 	int r;
 
 	r = my_need_conn(m);
+	if (r == 0 && n > 0)
+		r = my_max_packet(m);
 	if (r < 0 || n == 0)
 		return r;
 	st = mysql_stmt_init(m->conn);

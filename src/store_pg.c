@@ -40,6 +40,9 @@
 
 struct store_pg {
 	struct store base;            /* first: struct store * <-> struct store_pg * */
+	char ticket_keys[256];        /* " name name " of the unique indexes on fee(ticket) */
+	bool keys_known;              /* ticket_keys read since connect or since a doubt */
+	unsigned long txn, keys_txn;  /* transactions begun; the one ticket_keys were read in */
 	PGconn *conn;
 	enum store_durability durability;
 	bool begin_pending;           /* BEGIN not sent yet: it rides on the first statement */
@@ -83,6 +86,14 @@ static void pg_flatten(char *s)
 	*w = '\0';
 }
 
+/*
+ * SQLSTATE -> store.h's classes. The class (first two characters) decides
+ * where PostgreSQL has one for the case: 22 data exception and 23 integrity
+ * constraint are the request's values, 54 program limit its size; 42
+ * (undefined table or column, permission), 53 (disk full, out of memory),
+ * 55, 58, XX and anything else say nothing about the request: an outage.
+ * Unique violations (23505) are sorted by pg_unique_class().
+ */
 static int pg_errno_of(const char *state)
 {
 	if (!state || strlen(state) != 5)
@@ -96,7 +107,75 @@ static int pg_errno_of(const char *state)
 		return -EEXIST;
 	if (!strncmp(state, "22", 2) || !strncmp(state, "23", 2))
 		return -EINVAL;
+	if (!strcmp(state, "P0001"))    /* RAISE EXCEPTION: a trigger refuses the row */
+		return -EINVAL;
+	if (!strncmp(state, "54", 2))
+		return -E2BIG;
 	return -EIO;
+}
+
+/*
+ * A unique violation is a ticket race (-EEXIST) only on a unique index of
+ * fee(ticket) alone, whatever its name (fee_pkey, fee_ticket_key, an adopted
+ * table's own); any other key (a second UNIQUE column, a table a trigger
+ * writes to) is the request's fault (-EINVAL). The names are read once per
+ * connection (pg_load_ticket_keys, before an insert); a name not among them
+ * read in an earlier transaction may be a key renamed since: re-read them
+ * and retry once (-EEXIST) before calling it the request's fault.
+ */
+static int pg_unique_class(struct store_pg *p, const PGresult *res)
+{
+	const char *table = PQresultErrorField(res, PG_DIAG_TABLE_NAME);
+	const char *name = PQresultErrorField(res, PG_DIAG_CONSTRAINT_NAME);
+	char word[132];
+
+	if (!table || !name || strcmp(table, "fee") != 0 || strlen(name) > 128)
+		return -EINVAL;
+	snprintf(word, sizeof(word), " %s ", name);
+	if (p->keys_known && strstr(p->ticket_keys, word))
+		return -EEXIST;
+	if (p->keys_known && p->keys_txn == p->txn)
+		return -EINVAL;
+	p->keys_known = false;
+	return -EEXIST;
+}
+
+static int pg_fail(struct store_pg *p, const PGresult *res, const char *what);
+
+/* Reads the names of fee's ticket keys into p->ticket_keys, once (see pg_unique_class). */
+static int pg_load_ticket_keys(struct store_pg *p)
+{
+	static const char sql[] =
+		"SELECT c.relname FROM pg_index i"
+		" JOIN pg_class c ON c.oid = i.indexrelid"
+		" JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]"
+		" WHERE i.indrelid = (quote_ident(current_schema()) || '.fee')::regclass"
+		" AND i.indisunique AND i.indnkeyatts = 1"
+		" AND i.indpred IS NULL AND i.indexprs IS NULL AND a.attname = 'ticket'";
+	PGresult *res;
+	size_t len = 1;
+	int r = 0;
+
+	if (p->keys_known)
+		return 0;
+	res = PQexec(p->conn, sql);
+	if (!res || PQresultStatus(res) != PGRES_TUPLES_OK) {
+		r = pg_fail(p, res, "looking up the unique keys of fee.ticket");
+		PQclear(res);
+		return r;
+	}
+	snprintf(p->ticket_keys, sizeof(p->ticket_keys), " ");
+	for (int i = 0; i < PQntuples(res); i++) {
+		const char *name = PQgetvalue(res, i, 0);
+
+		if (len + strlen(name) + 2 > sizeof(p->ticket_keys))
+			break; /* a key left out is only retried once more (pg_unique_class) */
+		len += (size_t)snprintf(p->ticket_keys + len, sizeof(p->ticket_keys) - len, "%s ", name);
+	}
+	PQclear(res);
+	p->keys_known = true;
+	p->keys_txn = p->txn;
+	return 0;
 }
 
 /*
@@ -115,6 +194,8 @@ static int pg_fail(struct store_pg *p, const PGresult *res, const char *what)
 		pg_setmsg(p, "%s failed: %s %s: %s%s%s%s", what, sev ? sev : "ERROR", state,
 			  prim, detail ? " (" : "", detail ? detail : "", detail ? ")" : "");
 		r = pg_errno_of(state);
+		if (r == -EEXIST)
+			r = pg_unique_class(p, res);
 	} else if (res && PQresultStatus(res) != PGRES_FATAL_ERROR) {
 		pg_setmsg(p, "%s failed: unexpected result %s", what,
 			  PQresStatus(PQresultStatus(res)));
@@ -855,6 +936,7 @@ static int pg_exec(struct store *s, const char *sql)
  */
 static int pg_begin(struct store *s)
 {
+	pg_of(s)->txn++;
 	pg_of(s)->begin_pending = true;
 	return 0;
 }
@@ -1025,6 +1107,8 @@ static int pg_insert(struct store *s, const struct record *recs, size_t n)
 	if (n == 0)
 		return 0;
 	r = pg_flush_begin(p);
+	if (r == 0)
+		r = pg_load_ticket_keys(p);
 	if (r < 0)
 		return r;
 	if (n <= PG_VALUES_MAX)

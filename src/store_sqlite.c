@@ -165,23 +165,37 @@ static struct store_sqlite *sq_of(struct store *s)
 
 /* ==== Errors ==== */
 
-/* Maps an (extended) SQLite result code onto store.h's error classes. */
-static int sq_errno(int rc)
+/*
+ * Whether a unique violation is the ticket key's: SQLite names the column,
+ * "UNIQUE constraint failed: fee.ticket", whatever the key (INTEGER PRIMARY
+ * KEY, PRIMARY KEY, UNIQUE, an adopted table's unique index). Any other key
+ * (a second UNIQUE column, a table a trigger writes to) is the request's fault.
+ */
+static bool sq_is_ticket_key(const char *msg)
+{
+	static const char pre[] = "UNIQUE constraint failed: ";
+
+	return msg && strncmp(msg, pre, sizeof(pre) - 1) == 0 &&
+	       strcasecmp(msg + sizeof(pre) - 1, "fee.ticket") == 0;
+}
+
+/* Maps an (extended) SQLite result code and its message onto store.h's error classes. */
+static int sq_errno(int rc, const char *msg)
 {
 	switch (rc) {
 	case SQLITE_CONSTRAINT_PRIMARYKEY:
 	case SQLITE_CONSTRAINT_UNIQUE:
-		return -EEXIST;
+		return sq_is_ticket_key(msg) ? -EEXIST : -EINVAL;
 	}
 	switch (rc & 0xff) {
 	case SQLITE_BUSY:
 	case SQLITE_LOCKED:
 		return -EAGAIN;
-	case SQLITE_CONSTRAINT:
-	case SQLITE_TOOBIG:
+	case SQLITE_CONSTRAINT:    /* CHECK, NOT NULL, FOREIGN KEY, RAISE(ABORT) in a trigger */
 	case SQLITE_MISMATCH:
-	case SQLITE_RANGE:
 		return -EINVAL;
+	case SQLITE_TOOBIG:        /* SQLITE_LIMIT_LENGTH: a value, not the database */
+		return -E2BIG;
 	case SQLITE_NOMEM:
 		return -ENOMEM;
 	case SQLITE_READONLY:
@@ -193,7 +207,8 @@ static int sq_errno(int rc)
 		return -EACCES;
 	case SQLITE_INTERRUPT:
 		return -EINTR;
-	default:                /* CANTOPEN, IOERR, NOTADB, CORRUPT, ERROR, ... */
+	default:                /* CANTOPEN, IOERR, NOTADB, CORRUPT, ERROR (no such
+				   table...), RANGE (a bind index: feed's bug), ... */
 		return -EIO;
 	}
 }
@@ -223,7 +238,7 @@ static int sq_fail(struct store_sqlite *q, int rc, const char *fmt, ...)
 			 msg, sqlite3_errstr(rc));
 	else
 		snprintf(q->base.errmsg, sizeof(q->base.errmsg), "sqlite: %s: %s", what, msg);
-	return sq_errno(rc);
+	return sq_errno(rc, msg);
 }
 
 /* ==== Statements ==== */

@@ -606,5 +606,71 @@ class TestCrash(IngestCase):
         self.assertNotIn("requests unanswered", f.log())
 
 
+
+# ==== Unique keys other than the ticket's ====
+
+class TestOtherUniqueKey(IngestCase):
+    """A unique violation that is not the ticket key refuses the request that
+    causes it (FALSE, kept in fee_reject); it is no ticket race to retry."""
+
+    # fee.ref follows login (a generated column): two records of one login collide
+    REF = {"sqlite": "ALTER TABLE fee ADD COLUMN ref INTEGER AS (login) VIRTUAL;"
+                     "CREATE UNIQUE INDEX fee_ref ON fee (ref);",
+           "postgresql": "ALTER TABLE fee ADD COLUMN ref bigint GENERATED ALWAYS AS (login) STORED UNIQUE;",
+           "mysql": "ALTER TABLE fee ADD COLUMN ref BIGINT AS (login) PERSISTENT, ADD UNIQUE KEY fee_ref (ref);"}
+    # a trigger copies each login into a table of its own with a unique key
+    AUDIT = {"sqlite": "CREATE TABLE fee_audit (login INTEGER PRIMARY KEY);"
+                       "CREATE TRIGGER fee_audit AFTER INSERT ON fee "
+                       "BEGIN INSERT INTO fee_audit (login) VALUES (NEW.login); END;",
+             "postgresql": "CREATE TABLE fee_audit (login bigint PRIMARY KEY);"
+                           "CREATE OR REPLACE FUNCTION fee_audit() RETURNS trigger LANGUAGE plpgsql AS "
+                           "$$BEGIN INSERT INTO fee_audit (login) VALUES (NEW.login); RETURN NEW; END$$;"
+                           "CREATE TRIGGER fee_audit AFTER INSERT ON fee FOR EACH ROW EXECUTE FUNCTION fee_audit();",
+             # MariaDB names only the key, 'PRIMARY' as fee's: the entry tells them apart
+             "mysql": "CREATE TABLE fee_audit (login BIGINT NOT NULL PRIMARY KEY);"
+                      "CREATE TRIGGER fee_audit AFTER INSERT ON fee FOR EACH ROW "
+                      "INSERT INTO fee_audit (login) VALUES (NEW.login);"}
+
+    def check(self, f):
+        self.assertEqual(f.req("3001,7,1.5", timeout=10), "TRUE")
+        r = f.req("3002,7,2.5", timeout=10)         # login 7 again
+        self.assertTrue(r.startswith("FALSE: database refused the request: "), r)
+        self.assertEqual(f.req("3003,8,1.5", timeout=10), "TRUE")
+        self.assertEqual(f.req("3002,7,2.5", timeout=10), r)          # the client's re-send
+        self.assertEqual(f.req("3001,7,1.5", timeout=10), "TRUE")     # an identical re-send
+        # a batch: the colliding request among others, all answered
+        bodies = [f"{3100 + i},{100 + i},1\n".encode() for i in range(50)]
+        bodies[20] = b"3120,8,1\n"                                   # login 8 again
+        lock = DbLock(f)
+        p = Pipeline(f, bodies, window=len(bodies))
+        try:
+            p.pump(1000)
+            lock.release()
+            p.run(timeout=20)
+        finally:
+            lock.release()
+            p.close()
+        self.assertEqual([i for i, x in enumerate(p.replies) if x != "TRUE"], [20])
+        self.assertTrue(p.replies[20].startswith("FALSE: database refused the request: "), p.replies[20])
+        self.assertEqual(f.req("3200,9,1", timeout=10), "TRUE")
+        self.assertEqual(sorted(int(x[0]) for x in f.sql("SELECT ticket FROM fee;")),
+                         [3001, 3003] + [3100 + i for i in range(50) if i != 20] + [3200])
+        self.assertEqual([(k[0], k[2]) for k in rejects(f)],
+                         [(r[len("FALSE: "):], b"3002,7,2.5")] * 2 + [(p.replies[20][len("FALSE: "):], bodies[20])])
+
+    def test_second_unique_column(self):
+        f = self.started()
+        f.sql(self.REF[backend()])
+        self.check(f)
+
+    def test_unique_key_hit_in_a_trigger(self):
+        f = self.started()
+        if os.environ.get("FEED_TEST_URL") and f.url == os.environ["FEED_TEST_URL"]:
+            self.addCleanup(f.sql, "DROP TABLE IF EXISTS fee_audit;")
+            f.sql("DROP TABLE IF EXISTS fee_audit;")
+        f.sql(self.AUDIT[backend()])
+        self.check(f)
+
+
 if __name__ == "__main__":
     unittest.main()

@@ -324,5 +324,109 @@ class TestStartBesideLongReader(ServerCase):
         self.assertEqual(count(f), 2)
 
 
+class TestServerLimits(ServerCase):
+    """A rejected body over a real server limit is refused alone; nobody waits for it.
+
+    MariaDB: max_allowed_packet = 2M, set globally before feed connects.
+    PostgreSQL: an index on fee_reject(body), whose rows may not exceed a
+    third of a page (SQLSTATE 54000, program_limit_exceeded). A 3.1 MB
+    request is a too-large reject with max_message_bytes = 2 MiB (ZeroMQ takes
+    up to 8 MiB), which the server then refuses to store whole.
+    """
+
+    BIG = 3_100_000
+
+    def limited(self, **conf):
+        conf.setdefault("listen", {})["max_message_bytes"] = "2097152"
+        f = self.feed(conf=conf)
+        if backend() == "mysql":
+            f.sql("SET GLOBAL max_allowed_packet = 2097152;")
+            self.addCleanup(f.sql, "SET GLOBAL max_allowed_packet = 134217728;")
+            f.start_ok()
+        else:
+            f.start_ok()
+            f.sql("CREATE INDEX fee_reject_body ON fee_reject (body);")
+        return f
+
+    def unlimited(self, f):
+        """Lifts the limit again for new sessions (such as the client reading fee_reject)."""
+        if backend() == "mysql":
+            f.sql("SET GLOBAL max_allowed_packet = 134217728;")
+
+    def big_reply(self, r, big):
+        self.assertTrue(r.startswith(f"FALSE: request too large ({len(big)} bytes, max 2097152)"), r[:200])
+        if backend() == "mysql":
+            self.assertIn(f"[stored truncated: 65536 of {len(big)} bytes]", r)
+        else:
+            self.assertIn("[not stored: the database refused it]", r)
+
+    def test_oversized_reject_then_resend_then_small_requests(self):
+        f = self.limited()
+        big = os.urandom(self.BIG)
+        d = f.dealer()
+        try:
+            d.send_multipart([b"", b"big-1", big])
+            time.sleep(3)                        # a client whose request timed out sends it again
+            d.send_multipart([b"", b"big-2", big])
+            small = [f"{t},7,1.5".encode() for t in range(70001, 70011)]
+            for i, b in enumerate(small):
+                d.send_multipart([b"", b"small-%d" % i, b])
+            got = {}
+            deadline = time.monotonic() + 20
+            while len(got) < 2 + len(small) and time.monotonic() < deadline:
+                if d.poll(200):
+                    fr = d.recv_multipart()
+                    got[fr[1]] = fr[2].decode()
+        finally:
+            d.close(0)
+        self.assertEqual(len(got), 2 + len(small), f"unanswered after 20 s; answered: {sorted(got)}")
+        self.big_reply(got[b"big-1"], big)
+        self.big_reply(got[b"big-2"], big)
+        self.assertEqual([got[b"small-%d" % i] for i in range(len(small))], ["TRUE"] * len(small))
+        self.assertEqual(count(f, "WHERE ticket BETWEEN 70001 AND 70010"), 10)
+        self.unlimited(f)
+        kept = rejects(f)
+        if backend() == "mysql":
+            self.assertEqual([k[2] for k in kept], [big[:65536]] * 2)
+        else:
+            self.assertEqual(kept, [])
+            self.assertEqual(len(re.findall(r"not stored", f.log())), 2, f.log()[-2000:])
+        self.assertEqual(f.req("70020,7,1.5", timeout=10), "TRUE")
+
+    def test_oversized_reject_does_not_truncate_its_batch(self):
+        # One writer, the table locked: the first request holds the writer, the
+        # rest queue up and become one batch: two copies of the refused body, a
+        # rejected body the server takes whole, a record.
+        f = self.limited(database={"writers": "1"})
+        big = os.urandom(self.BIG)
+        # MariaDB takes up to 2M; PostgreSQL's index rows hold up to 2704 bytes
+        mid = b"bad\n" + (os.urandom(1_500_000) if backend() == "mysql" else os.urandom(1000))
+        lock = DbLock(f)
+        p = Pipeline(f, [b"81,7,1.5", big, mid, b"82,7,1.5", big, b"83,7,1.5"], window=1)
+        try:
+            p.fill()
+            time.sleep(1)                        # the writer takes 81 and waits for the lock
+            p.window = 6
+            p.fill()
+            time.sleep(2)
+            lock.release()
+            p.run(timeout=30)
+        finally:
+            lock.release()
+            p.close()
+        r = p.replies
+        self.assertEqual([r[0], r[3], r[5]], ["TRUE"] * 3)
+        self.big_reply(r[1], big)
+        self.big_reply(r[4], big)
+        self.assertTrue(r[2].startswith("FALSE: line 1: "), r[2][:200])
+        self.assertNotIn("stored", r[2])
+        self.unlimited(f)
+        kept = rejects(f)
+        self.assertEqual([k[2] for k in kept if k[0] == r[2][len("FALSE: "):]], [mid],
+                         "the other reject of the batch is not kept whole")
+        self.assertEqual(len(kept), 3 if backend() == "mysql" else 1)
+        self.assertEqual(count(f, "WHERE ticket IN (81, 82, 83)"), 3)
+
+
 if __name__ == "__main__":
     unittest.main()

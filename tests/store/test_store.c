@@ -556,6 +556,216 @@ static void test_rejects_verbatim(void **state)
 	free(big);
 }
 
+/* ==== Error classes (store.h): which unique key, which limit ==== */
+
+/* fee.ref follows login: two records of one login break a unique key that is not the ticket's. */
+static void t_add_ref_key(struct t_fix *fx)
+{
+	const char *ddl[2] = { NULL, NULL };
+
+	if (t_is("sqlite")) {
+		ddl[0] = "ALTER TABLE fee ADD COLUMN ref INTEGER AS (login) VIRTUAL";
+		ddl[1] = "CREATE UNIQUE INDEX fee_ref ON fee (ref)";
+	} else if (t_is("postgresql")) {
+		ddl[0] = "ALTER TABLE fee ADD COLUMN ref bigint GENERATED ALWAYS AS (login) STORED"
+			 " CONSTRAINT fee_ref UNIQUE";
+	} else {
+		ddl[0] = "ALTER TABLE fee ADD COLUMN ref BIGINT AS (login) PERSISTENT,"
+			 " ADD UNIQUE KEY fee_ref (ref)";
+	}
+	for (size_t i = 0; i < 2 && ddl[i]; i++)
+		t_ok(fx->s, fx->ops->exec(fx->s, ddl[i]), ddl[i]);
+}
+
+/* Only the ticket key is -EEXIST; another unique key is the request's fault (-EINVAL). */
+static void test_unique_other_key(void **state)
+{
+	struct t_fix *fx = *state;
+	const struct record first = { 70, 7, 1 };
+	const struct record same_login = { 71, 7, 2 }, same_ticket = { 70, 8, 3 };
+	int r;
+
+	t_migrate(fx);
+	t_add_ref_key(fx);
+	t_insert(fx, &first, 1);
+	/* twice each: the second time from a connection that has seen the key once */
+	for (int round = 0; round < 2; round++) {
+		t_ok(fx->s, fx->ops->begin(fx->s), "begin");
+		fx->s->errmsg[0] = '\0';
+		r = fx->ops->insert(fx->s, &same_login, 1);
+		if (r == -EEXIST) {
+			/* a key unknown to the cached names: re-read, then decided (store.h) */
+			fx->ops->rollback(fx->s);
+			t_ok(fx->s, fx->ops->begin(fx->s), "begin");
+			fx->s->errmsg[0] = '\0';
+			r = fx->ops->insert(fx->s, &same_login, 1);
+		}
+		t_expect_fail(fx->s, r, -EINVAL, "insert breaking the unique key fee_ref");
+		if (!strstr(fx->s->errmsg, "ref"))
+			fail_msg("errmsg does not name the key (ref): %s", fx->s->errmsg);
+		fx->ops->rollback(fx->s);
+
+		t_ok(fx->s, fx->ops->begin(fx->s), "begin");
+		fx->s->errmsg[0] = '\0';
+		r = fx->ops->insert(fx->s, &same_ticket, 1);
+		/* login 8 is new: only the ticket collides */
+		t_expect_fail(fx->s, r, -EEXIST, "insert of an existing ticket beside fee_ref");
+		fx->ops->rollback(fx->s);
+	}
+	t_sql_expect("SELECT ticket, login FROM fee", "70\t7\n");
+}
+
+static struct store_req t_req(const struct record *recs, size_t n, const char *body)
+{
+	return (struct store_req){ .recs = recs, .n = n, .endpoint = "tcp://127.0.0.1:5555",
+				   .body = body, .len = strlen(body) };
+}
+
+/* store_write(): the request that breaks fee_ref is refused alone, kept in fee_reject. */
+static void test_write_isolates_unique_violation(void **state)
+{
+	struct t_fix *fx = *state;
+	const struct record a = { 80, 1, 1 }, b = { 81, 1, 2 }, c = { 82, 2, 3 };
+	struct store_req q[3] = { t_req(&a, 1, "80,1,1"), t_req(&b, 1, "81,1,2"),
+				  t_req(&c, 1, "82,2,3") };
+	struct store_req *reqs[3] = { &q[0], &q[1], &q[2] };
+	struct store_batch *batch = store_batch_new(16);
+	int r;
+
+	assert_non_null(batch);
+	t_migrate(fx);
+	t_add_ref_key(fx);
+	r = store_write(fx->s, batch, reqs, 3);
+	t_ok(fx->s, r, "store_write");
+	assert_false(q[0].rejected);
+	assert_true(q[1].rejected);
+	assert_false(q[2].rejected);
+	if (strncmp(q[1].reason, "database refused the request: ", 30) != 0)
+		fail_msg("reason: %s", q[1].reason);
+	t_sql_expect("SELECT ticket FROM fee ORDER BY ticket", "80\n82\n");
+	t_sql_expect(t_is("postgresql") ? "SELECT encode(body, 'hex') FROM fee_reject"
+					 : "SELECT lower(hex(body)) FROM fee_reject", "38312c312c32\n");
+	store_batch_free(&batch);
+}
+
+/*
+ * A real server limit: MariaDB's max_allowed_packet (2M here, set before
+ * the connection), PostgreSQL's index row size (an index on fee_reject.body).
+ * The body over it is -E2BIG from insert_rejects; store_write keeps it
+ * truncated (MariaDB) or not at all (PostgreSQL: 64 KiB is still too big for
+ * an index row), and the other reject of its batch whole.
+ */
+static void test_server_limit_reject(void **state)
+{
+	enum { BIG = 3100000 };
+	struct t_fix *fx = *state;
+	size_t mid_len = t_is("mysql") ? 1500000 : 1000;
+	char *big = malloc(BIG + 1), *mid = malloc(mid_len + 1);
+	struct store_req q[3];
+	struct store_req *reqs[3] = { &q[0], &q[1], &q[2] };
+	const struct record rec = { 90, 1, 1 };
+	struct store_reject rj;
+	struct store_batch *batch = store_batch_new(16);
+	char want[128];
+	int r;
+
+	assert_non_null(big);
+	assert_non_null(mid);
+	assert_non_null(batch);
+	srandom(7);
+	for (size_t i = 0; i < BIG; i++)
+		big[i] = (char)(1 + random() % 255);   /* no NUL: the helpers use strlen */
+	for (size_t i = 0; i < mid_len; i++)
+		mid[i] = (char)(1 + random() % 255);
+	big[BIG] = mid[mid_len] = '\0';
+	t_migrate(fx);
+	if (t_is("mysql")) {
+		/* a session keeps the global of its connect (a reconnect would not) */
+		t_sql("SET GLOBAL max_allowed_packet = 2097152", NULL, 0);
+		fx->ops->close(fx->s);
+		fx->s = t_open(fx->ops);
+		t_sql("SET GLOBAL max_allowed_packet = 134217728", NULL, 0);
+	} else {
+		t_sql("CREATE INDEX fee_reject_body ON fee_reject (body)", NULL, 0);
+	}
+
+	rj = (struct store_reject){ "tcp://127.0.0.1:5555", "too large", big, BIG };
+	t_ok(fx->s, fx->ops->begin(fx->s), "begin");
+	fx->s->errmsg[0] = '\0';
+	r = fx->ops->insert_rejects(fx->s, &rj, 1);
+	t_expect_fail(fx->s, r, -E2BIG, "insert_rejects of a body over the server's limit");
+	t_ok(fx->s, fx->ops->rollback(fx->s), "rollback (the connection is kept)");
+
+	q[0] = t_req(NULL, 0, big);
+	q[1] = t_req(NULL, 0, mid);
+	q[2] = t_req(&rec, 1, "90,1,1");
+	q[0].bad_input = q[1].bad_input = true;
+	snprintf(q[0].reason, sizeof(q[0].reason), "big");
+	snprintf(q[1].reason, sizeof(q[1].reason), "mid");
+	r = store_write(fx->s, batch, reqs, 3);
+	t_ok(fx->s, r, "store_write");
+	assert_true(q[0].rejected && q[1].rejected && !q[2].rejected);
+	assert_false(q[1].unstored);
+	if (t_is("mysql")) {
+		snprintf(want, sizeof(want), "big [stored truncated: 65536 of %d bytes]", BIG);
+		assert_string_equal(q[0].reason, want);
+		assert_false(q[0].unstored);
+		snprintf(want, sizeof(want), "big [stored truncated: 65536 of %d bytes]\t65536\n"
+			 "mid\t%zu\n", BIG, mid_len);
+	} else {
+		assert_string_equal(q[0].reason, "big [not stored: the database refused it]");
+		assert_true(q[0].unstored);
+		snprintf(want, sizeof(want), "mid\t%zu\n", mid_len);
+	}
+	assert_string_equal(q[1].reason, "mid");
+	t_sql_expect("SELECT reason, length(body) FROM fee_reject ORDER BY id", want);
+	t_sql_expect("SELECT ticket FROM fee", "90\n");
+	store_batch_free(&batch);
+	free(big);
+	free(mid);
+}
+
+/*
+ * MariaDB answers a packet over max_allowed_packet with 1153 and closes the
+ * connection: store_write() goes on with a new one, the body kept truncated.
+ */
+static void test_mysql_packet_closes_connection(void **state)
+{
+	enum { BODY = 800000 };             /* sent in one packet (long data is for > 1 MiB) */
+	struct t_fix *fx = *state;
+	char *body = malloc(BODY + 1);
+	const struct record rec = { 95, 1, 1 };
+	struct store_req q[2];
+	struct store_req *reqs[2] = { &q[0], &q[1] };
+	struct store_batch *batch = store_batch_new(16);
+	char want[128];
+	int r;
+
+	assert_non_null(body);
+	assert_non_null(batch);
+	memset(body, 'x', BODY);
+	body[BODY] = '\0';
+	t_migrate(fx);
+	t_sql("SET GLOBAL max_allowed_packet = 524288", NULL, 0);
+	fx->ops->close(fx->s);
+	fx->s = t_open(fx->ops);        /* keeps 512K: a reconnect would not */
+	t_sql("SET GLOBAL max_allowed_packet = 134217728", NULL, 0);
+	q[0] = t_req(NULL, 0, body);
+	q[0].bad_input = true;
+	snprintf(q[0].reason, sizeof(q[0].reason), "big");
+	q[1] = t_req(&rec, 1, "95,1,1");
+	r = store_write(fx->s, batch, reqs, 2);
+	t_ok(fx->s, r, "store_write");
+	snprintf(want, sizeof(want), "big [stored truncated: 65536 of %d bytes]", BODY);
+	assert_string_equal(q[0].reason, want);
+	assert_true(q[0].rejected && !q[1].rejected);
+	snprintf(want, sizeof(want), "big [stored truncated: 65536 of %d bytes]\t65536\n", BODY);
+	t_sql_expect("SELECT reason, length(body) FROM fee_reject", want);
+	t_sql_expect("SELECT ticket FROM fee", "95\n");
+	store_batch_free(&batch);
+	free(body);
+}
+
 /* ==== Settlement ==== */
 
 static const struct store_settle *t_settle_row(const struct store_settle *rows, size_t n,
@@ -727,6 +937,28 @@ static void test_classic_adoption(void **state)
 	t_settle_row(got, n, 0, 1);
 	t_settle_row(got, n, 1, 3);
 	t_settle_row(got, n, 2, 4);
+}
+
+/* An adopted table's own ticket key, whatever its name, is still the ticket key (-EEXIST). */
+static void test_classic_own_ticket_key(void **state)
+{
+	struct t_fix *fx = *state;
+	const struct record dup = { 1, 99, 1 }, fresh = { 2, 10, 1 };
+	int r;
+
+	t_sql("CREATE TABLE fee (ticket BIGINT, login BIGINT, volume DECIMAL(12,2),"
+	      " status CHAR(1), CONSTRAINT classic_ticket UNIQUE (ticket))", NULL, 0);
+	t_sql("INSERT INTO fee (ticket, login, volume, status) VALUES (1, 10, 1.50, 'N')", NULL, 0);
+	t_migrate(fx);
+	t_insert(fx, &fresh, 1);
+	for (int round = 0; round < 2; round++) {
+		t_ok(fx->s, fx->ops->begin(fx->s), "begin");
+		fx->s->errmsg[0] = '\0';
+		r = fx->ops->insert(fx->s, &dup, 1);
+		t_expect_fail(fx->s, r, -EEXIST, "insert of an existing ticket (key classic_ticket)");
+		t_ok(fx->s, fx->ops->rollback(fx->s), "rollback");
+	}
+	t_sql_expect("SELECT ticket, login FROM fee ORDER BY ticket", "1\t10\n2\t10\n");
 }
 
 static void test_classic_duplicates(void **state)
@@ -935,7 +1167,10 @@ int main(void)
 		T(test_reads_naturally),
 		T(test_classic_adoption),
 		T(test_classic_duplicates),
+		T(test_classic_own_ticket_key),
 		T(test_reconnect_healthy),
+		T(test_unique_other_key),
+		T(test_write_isolates_unique_violation),
 	};
 	const struct CMUnitTest sqlite_only[] = {
 		cmocka_unit_test(test_sqlite_bad_urls),
@@ -945,6 +1180,10 @@ int main(void)
 	};
 	const struct CMUnitTest server_only[] = {
 		T(test_server_restart),
+		T(test_server_limit_reject),
+	};
+	const struct CMUnitTest mysql_only[] = {
+		T(test_mysql_packet_closes_connection),
 	};
 	int failed;
 
@@ -954,5 +1193,7 @@ int main(void)
 		failed += cmocka_run_group_tests_name("store_sqlite", sqlite_only, NULL, NULL);
 	else
 		failed += cmocka_run_group_tests_name("store_server", server_only, NULL, NULL);
+	if (t_is("mysql"))
+		failed += cmocka_run_group_tests_name("store_mysql", mysql_only, NULL, NULL);
 	return failed == 0 ? 0 : 1;
 }
