@@ -78,7 +78,7 @@ static int settle_chunk(struct settler *st, int64_t *after, size_t *ret_skipped)
 	if (r == 0)
 		r = st->s->ops->commit(st->s);
 	if (r < 0) {
-		st->s->ops->rollback(st->s);
+		store_rollback(st->s);
 		return r;
 	}
 	return (int)n;

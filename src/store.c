@@ -332,7 +332,7 @@ static int write_once(struct store *s, struct store_batch *b, struct store_req *
 		reqs[i]->done = true;
 	return 0;
 fail:
-	s->ops->rollback(s);
+	store_rollback(s);
 	return r;
 }
 
@@ -368,14 +368,22 @@ static void refuse_one(struct store *s, struct store_req **reqs, size_t n, bool 
 static int write_part(struct store *s, struct store_batch *b, struct store_req **all, size_t nall,
 		      bool after_refusal)
 {
-	struct store_req *reqs[nall > 0 ? nall : 1];
+	struct store_req **reqs = all;
 	bool reconnected = false;
 	size_t n = 0;
 	int r = 0;
 
+	/*
+	 * The requests not done yet, moved to the front in place (no copy on
+	 * the stack: batches can be batch_max requests). The caller's order
+	 * carries no meaning, and halves are split within this range only.
+	 */
 	for (size_t i = 0; i < nall; i++)
-		if (!all[i]->done)
-			reqs[n++] = all[i];
+		if (!all[i]->done) {
+			struct store_req *t = all[n];
+			all[n++] = all[i];
+			all[i] = t;
+		}
 	if (n == 0)
 		return 0;
 
@@ -418,6 +426,23 @@ static int write_part(struct store *s, struct store_batch *b, struct store_req *
 		return r;
 	}
 	return r == -EEXIST ? -EAGAIN : r;
+}
+
+int store_rollback(struct store *s)
+{
+	char cause[sizeof(s->errmsg)];
+	int r;
+
+	memcpy(cause, s->errmsg, sizeof(cause));
+	r = s->ops->rollback(s);
+	if (r < 0 && cause[0]) {
+		char failed[sizeof(s->errmsg)];
+		memcpy(failed, s->errmsg, sizeof(failed));
+		snprintf(s->errmsg, sizeof(s->errmsg), "%.300s (then ROLLBACK failed: %.180s)", cause, failed);
+	} else {
+		memcpy(s->errmsg, cause, sizeof(cause));
+	}
+	return r;
 }
 
 int store_write(struct store *s, struct store_batch *b, struct store_req **reqs, size_t n)

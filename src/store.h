@@ -211,6 +211,12 @@ struct store_batch *store_batch_new(size_t cap);
 void store_batch_free(struct store_batch **b);
 
 /*
+ * Rolls back after an error, keeping that error in s->errmsg (a failed
+ * ROLLBACK is appended to it, never put in its place). Returns rollback's result.
+ */
+int store_rollback(struct store *s);
+
+/*
  * Commits the requests reqs[0..n) in one transaction (or a few, when a
  * request the database refuses (-EINVAL, -E2BIG) has to be isolated: the
  * batch is split in halves until it stands alone, for its records as for

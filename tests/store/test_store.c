@@ -515,6 +515,34 @@ static void test_rollback_discards(void **state)
 	t_sql_expect("SELECT count(*) FROM fee", "0\n");
 }
 
+/*
+ * The error that made a batch roll back stays the one reported, even when the
+ * ROLLBACK fails too: on the servers the connection is really killed by the
+ * statement that fails (KILL CONNECTION_ID(), pg_terminate_backend), so the
+ * ROLLBACK after it meets a dead connection.
+ */
+static void test_rollback_keeps_the_cause(void **state)
+{
+	struct t_fix *fx = *state;
+	const char *name = fx->ops->name;
+	const char *kill = strcmp(name, "mysql") == 0 ? "KILL CONNECTION_ID()" :
+			   strcmp(name, "postgresql") == 0 ? "SELECT pg_terminate_backend(pg_backend_pid())" :
+			   "SELECT * FROM no_such_table_here";
+	char cause[sizeof(fx->s->errmsg)];
+
+	t_migrate(fx);
+	t_ok(fx->s, fx->ops->begin(fx->s), "begin");
+	assert_true(fx->ops->exec(fx->s, kill) < 0);
+	assert_true(fx->s->errmsg[0] != '\0');
+	memcpy(cause, fx->s->errmsg, sizeof(cause));
+	int r = store_rollback(fx->s);
+	if (strcmp(name, "mysql") == 0)
+		assert_true(r < 0); /* the connection is gone: ROLLBACK cannot succeed */
+	if (strncmp(fx->s->errmsg, cause, strlen(cause)) != 0)
+		fail_msg("after rollback the error is \"%s\", not its cause \"%s\"", fx->s->errmsg, cause);
+	t_ok(fx->s, fx->ops->reconnect(fx->s), "reconnect");
+}
+
 /* ==== Rejects ==== */
 
 static void test_rejects_verbatim(void **state)
@@ -1161,6 +1189,7 @@ int main(void)
 		T(test_insert_existing),
 		T(test_refused_record),
 		T(test_rollback_discards),
+		T(test_rollback_keeps_the_cause),
 		T(test_rejects_verbatim),
 		T(test_fetch_unsettled),
 		T(test_settle),
