@@ -128,6 +128,21 @@ static void write_status(struct ctx *c, const char *state)
 		log_debug("status file %s: %s", c->status_path, strerror(errno));
 }
 
+/*
+ * The daemon's last word for `feed stop`, which waits for it to exit but is
+ * not its parent: how many requests it left unanswered. The status file
+ * then outlives the daemon; stop reads and removes it.
+ */
+static int write_unanswered(struct ctx *c, int n)
+{
+	FILE *f = fopen(c->status_path, "ae");
+
+	if (!f)
+		return -errno;
+	fprintf(f, "unanswered=%d\n", n);
+	return fclose(f) == 0 ? 0 : -errno;
+}
+
 static void on_state(void *arg, const char *line, bool db_up)
 {
 	struct ctx *c = arg;
@@ -328,7 +343,7 @@ static int serve(struct ctx *c, bool background)
 	char *password = NULL;
 	char err[1024] = "";
 	sigset_t mask;
-	int sigfd = -1, rc = EXIT_FAIL;
+	int sigfd = -1, rc = EXIT_FAIL, unanswered = 0;
 	pid_t other = 0;
 	FILE *mem;
 	char *errs = NULL;
@@ -421,7 +436,9 @@ static int serve(struct ctx *c, bool background)
 	}
 
 	struct server_hooks hooks = { .arg = c, .reload = on_reload, .state = on_state };
-	rc = server_loop(srv, sigfd, &hooks) < 0 ? EXIT_FAIL : EXIT_OK;
+	int lr = server_loop(srv, sigfd, &hooks);
+	rc = lr < 0 ? EXIT_FAIL : EXIT_OK;
+	unanswered = lr > 0 ? lr : 0;
 	sd_notify_msg("STOPPING=1");
 out:
 	server_free(&srv);
@@ -433,7 +450,7 @@ out:
 	if (sigfd >= 0)
 		close(sigfd);
 	if (pfh) {
-		if (c->status_path[0])
+		if (c->status_path[0] && !(unanswered > 0 && write_unanswered(c, unanswered) == 0))
 			unlink(c->status_path);
 		if (pidfile_remove(pfh) < 0)
 			log_warn("cannot remove pidfile %s: %s", cfg->pidfile, strerror(errno));
@@ -619,6 +636,26 @@ static bool wait_exit(int pidfd, int ms)
 	return r > 0;
 }
 
+/* The count an exited daemon left in its status file (0 if none); removes the file. */
+static int take_unanswered(const struct feed_config *cfg)
+{
+	char path[PATH_MAX], line[2048];
+	int n = 0;
+	FILE *f;
+
+	status_path_for(cfg, path, sizeof(path));
+	f = fopen(path, "re");
+	if (!f)
+		return 0;
+	while (fgets(line, sizeof(line), f))
+		if (strncmp(line, "unanswered=", 11) == 0)
+			n = atoi(line + 11);
+	fclose(f);
+	if (n > 0)
+		unlink(path);
+	return n;
+}
+
 int daemon_stop(const struct feed_config *cfg, int timeout)
 {
 	struct stat st;
@@ -659,8 +696,15 @@ int daemon_stop(const struct feed_config *cfg, int timeout)
 		return EXIT_FAIL;
 	}
 	if (wait_exit(pfd, timeout * 1000)) {
-		printf("feed stopped (pid %d)\n", (int)pid);
+		int left = take_unanswered(cfg);
+
 		close(pfd);
+		if (left > 0) {
+			fprintf(stderr, "feed: stopped (pid %d), but %d requests were left unanswered at shutdown_timeout; their senders will re-send them\n",
+				(int)pid, left);
+			return EXIT_FAIL;
+		}
+		printf("feed stopped (pid %d)\n", (int)pid);
 		return EXIT_OK;
 	}
 	fprintf(stderr, "feed: pid %d did not stop within %d s; sending SIGKILL (unanswered records will be re-sent by their senders)\n",

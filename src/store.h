@@ -126,6 +126,16 @@ struct store_ops {
 	 * (so that two instances settling the same row agree). Inside a transaction.
 	 */
 	int (*settle)(struct store *s, const struct store_settle *rows, size_t n);
+
+	/*
+	 * Cancels, from another thread, the call the owner has in progress on s
+	 * (a statement, a lock wait, a reconnect): it fails soon with an error,
+	 * and so does every call after it until the owner's next reconnect(),
+	 * which also ends the server's side of the cancelled session. Returns at
+	 * once (never waits for the server: a stalled one would not answer).
+	 * Safe at any time between open() and close(), never concurrently with close().
+	 */
+	void (*cancel)(struct store *s);
 };
 
 extern const struct store_ops store_sqlite_ops;
