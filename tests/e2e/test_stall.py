@@ -231,5 +231,17 @@ class TestStopDuringStall(StallCase):
         self.assertEqual(count(f), total)
 
 
+class TestConfig(StallCase):
+    def test_stall_timeout_must_be_below_shutdown_timeout(self):
+        f = self.feed(conf={"daemon": {"shutdown_timeout": "5"}, "database": {"stall_timeout": "5"}})
+        r = f.cmd("check")
+        self.assertEqual(r.returncode, 6, r.stdout + r.stderr)
+        self.assertIn("[database] stall_timeout (5) must be below [daemon] shutdown_timeout (5)", r.stderr)
+        f.sections["database"]["stall_timeout"] = "4"
+        f.write_conf()
+        r = f.cmd("check")
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+
+
 if __name__ == "__main__":
     unittest.main()
