@@ -6,8 +6,8 @@
  * transaction the caller opens; the batch algorithm shared by all of them
  * (idempotency, conflicts, rejects, splitting a batch around a bad record)
  * lives in store.c. A struct store is one connection and is used by one
- * thread at a time. Backends never log; they return a negative errno and
- * leave a message in s->errmsg.
+ * thread at a time (only cancel() comes from another thread). Backends
+ * never log; they return a negative errno and leave a message in s->errmsg.
  *
  * Error classes, the same for every backend:
  *   -EAGAIN     transient, retry the transaction now: deadlock, serialization
