@@ -132,6 +132,8 @@ static const struct key keys[] = {
 	  "Seconds to wait for a database connection.", NULL },
 	{ "database", "retry_max", K_INT, OFF(retry_max), "5000", 10, 600000, NULL,
 	  "Cap of the reconnect backoff, milliseconds.", NULL },
+	{ "database", "stall_timeout", K_INT, OFF(stall_timeout), "10", 1, 3599, NULL,
+	  "Seconds a database call (or lock wait) may go unanswered before feed calls the database down, cancels the call and retries it; must be below shutdown_timeout.", NULL },
 
 	{ "fee", "default_rate", K_RATE, OFF(default_rate), "0", 0, 0, NULL,
 	  "Rate for logins without a fee_rate row: fee = volume x rate, rounded half-up to 2 decimals.", NULL },
@@ -641,6 +643,12 @@ int config_validate(const struct feed_config *c, FILE *errs)
 	if ((long)c->max_message_bytes * 2 > (long)c->queue_bytes) {
 		fprintf(errs, "[listen] queue_bytes (%d) must be at least twice max_message_bytes (%d)\n",
 			c->queue_bytes, c->max_message_bytes);
+		nerr++;
+	}
+	/* a stalled call must be cancelled before `stop` gives up on the daemon */
+	if (c->stall_timeout >= c->shutdown_timeout) {
+		fprintf(errs, "[database] stall_timeout (%d) must be below [daemon] shutdown_timeout (%d)\n",
+			c->stall_timeout, c->shutdown_timeout);
 		nerr++;
 	}
 	return nerr;

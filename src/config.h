@@ -38,6 +38,7 @@ struct feed_config {
 	int batch_max;          /* records per transaction */
 	int connect_timeout;    /* seconds */
 	int retry_max;          /* backoff cap, milliseconds */
+	int stall_timeout;      /* seconds a database call may go unanswered before it is an outage */
 	/* [fee] */
 	int64_t default_rate;   /* DEC_SCALE units */
 	int settle_interval;    /* milliseconds between settle passes when idle */

@@ -141,6 +141,28 @@ static void write_status(struct ctx *c, const char *state)
 		log_debug("status file %s: %s", c->status_path, strerror(errno));
 }
 
+/*
+ * The daemon's last word for `feed stop`, which waits for it to exit but is
+ * not its parent: how many requests it left unanswered. The status file
+ * then outlives the daemon; stop reads and removes it.
+ */
+static int write_unanswered(struct ctx *c, int n)
+{
+	char line[32];
+	int len = snprintf(line, sizeof(line), "unanswered=%d\n", n);
+	int fd = c->pid_fd < 0 ? -1 :
+		 openat(c->pid_dirfd, c->status_name, O_WRONLY | O_APPEND | O_NOFOLLOW | O_CLOEXEC);
+	int r = 0;
+
+	if (fd < 0)
+		return -errno;
+	if (write(fd, line, (size_t)len) != len)
+		r = -EIO;
+	if (close(fd) < 0 && r == 0)
+		r = -errno;
+	return r;
+}
+
 static void on_state(void *arg, const char *line, bool db_up)
 {
 	struct ctx *c = arg;
@@ -550,13 +572,14 @@ static int write_pidfile(struct ctx *c)
 }
 
 /* Removes the pidfile (and status file) if its name still leads to ours; unlocks it last. */
-static void remove_pidfile(struct ctx *c)
+static void remove_pidfile(struct ctx *c, bool keep_status)
 {
 	struct stat held, named;
 
 	if (c->pid_fd < 0)
 		return;
-	unlinkat(c->pid_dirfd, c->status_name, 0);
+	if (!keep_status)
+		unlinkat(c->pid_dirfd, c->status_name, 0);
 	if (fstat(c->pid_fd, &held) == 0 &&
 	    fstatat(c->pid_dirfd, c->pidfile_name, &named, AT_SYMLINK_NOFOLLOW) == 0 &&
 	    held.st_dev == named.st_dev && held.st_ino == named.st_ino &&
@@ -653,7 +676,7 @@ static int serve(struct ctx *c, bool background)
 	char *password = NULL;
 	char err[1024] = "";
 	sigset_t mask;
-	int sigfd = -1, rc = EXIT_FAIL, r;
+	int sigfd = -1, rc = EXIT_FAIL, r, unanswered = 0;
 	mode_t umask_saved;
 	FILE *mem;
 	char *errs = NULL;
@@ -736,7 +759,9 @@ static int serve(struct ctx *c, bool background)
 	}
 
 	struct server_hooks hooks = { .arg = c, .reload = on_reload, .state = on_state };
-	rc = server_loop(srv, sigfd, &hooks) < 0 ? EXIT_FAIL : EXIT_OK;
+	int lr = server_loop(srv, sigfd, &hooks);
+	rc = lr < 0 ? EXIT_FAIL : EXIT_OK;
+	unanswered = lr > 0 ? lr : 0;
 	sd_notify_msg("STOPPING=1");
 out:
 	server_free(&srv);
@@ -747,7 +772,8 @@ out:
 	free(errs);
 	if (sigfd >= 0)
 		close(sigfd);
-	remove_pidfile(c);
+	/* the status file stays when it tells `stop` how many requests were left unanswered */
+	remove_pidfile(c, unanswered > 0 && write_unanswered(c, unanswered) == 0);
 	if (c->pid_dirfd >= 0)
 		close(c->pid_dirfd);
 	if (rc == EXIT_OK)
@@ -957,6 +983,30 @@ static void remove_stale_pidfile(const struct feed_config *cfg, pid_t killed)
 	free(dir);
 }
 
+/* The count an exited daemon left in its status file (0 if none); removes the file. */
+static int take_unanswered(const struct feed_config *cfg)
+{
+	char path[PATH_MAX], line[2048];
+	int n = 0, fd;
+	FILE *f;
+
+	status_path_for(cfg, path, sizeof(path));
+	fd = open_own_file(AT_FDCWD, path);
+	f = fd >= 0 ? fdopen(fd, "r") : NULL;
+	if (!f) {
+		if (fd >= 0)
+			close(fd);
+		return 0;
+	}
+	while (fgets(line, sizeof(line), f))
+		if (strncmp(line, "unanswered=", 11) == 0)
+			n = atoi(line + 11);
+	fclose(f);
+	if (n > 0)
+		unlink(path);
+	return n;
+}
+
 int daemon_stop(const struct feed_config *cfg, int timeout)
 {
 	struct stat st;
@@ -997,8 +1047,15 @@ int daemon_stop(const struct feed_config *cfg, int timeout)
 		return EXIT_FAIL;
 	}
 	if (wait_exit(pfd, timeout * 1000)) {
-		printf("feed stopped (pid %d)\n", (int)pid);
+		int left = take_unanswered(cfg);
+
 		close(pfd);
+		if (left > 0) {
+			fprintf(stderr, "feed: stopped (pid %d), but %d requests were left unanswered at shutdown_timeout; their senders will re-send them\n",
+				(int)pid, left);
+			return EXIT_FAIL;
+		}
+		printf("feed stopped (pid %d)\n", (int)pid);
 		return EXIT_OK;
 	}
 	fprintf(stderr, "feed: pid %d did not stop within %d s; sending SIGKILL (unanswered records will be re-sent by their senders)\n",

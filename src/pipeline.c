@@ -10,11 +10,19 @@
  * Nothing is answered before its COMMIT returned. A database error keeps
  * the batch and retries it (reconnecting with capped exponential backoff);
  * the queue then fills and the main thread stops reading its sockets.
+ *
+ * A database that accepts the connection but never answers (stopped,
+ * hung, a lock held forever) gives no error at all: a watchdog thread sees
+ * a writer's call outstanding for stall_timeout, reports the database down
+ * ("stalled"), and cancels the call, which then fails and is retried like
+ * any other error. A commit whose outcome is unknown is resolved by the
+ * retry, which looks its tickets up first.
  */
 #include "pipeline.h"
 
 #include <errno.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -25,8 +33,8 @@
 #include "log.h"
 #include "timeutil.h"
 
-/* Lock contention (SQLite BUSY, deadlocks) this long is reported as an outage. */
-#define BUSY_IS_OUTAGE_MS 10000
+#define WATCHDOG_TICK_MS 200   /* how often the watchdog looks: stalls are seconds long */
+#define STOP_CANCEL_MS 50      /* on abandon, calls still running are cancelled this often */
 
 struct writer {
 	pthread_t thread;
@@ -38,6 +46,10 @@ struct writer {
 	struct request **held;
 	size_t cap;                 /* requests per batch */
 	bool started;
+	/* what the watchdog sees: under call_mu, held only for a few instructions */
+	pthread_mutex_t call_mu;
+	uint64_t call_since;        /* mono ms the database call in progress began; 0: none */
+	uint64_t stalled_ms;        /* set by the watchdog when it cancelled that call */
 };
 
 struct pipeline {
@@ -47,7 +59,9 @@ struct pipeline {
 	char *password;
 	size_t batch_max;
 	int retry_max_ms;
+	uint64_t stall_ms;           /* [database] stall_timeout */
 	size_t queue_records, queue_bytes;
+	atomic_bool abandoned;       /* = abandon, readable without mu */
 
 	pthread_mutex_t mu;          /* queue, flags, stats */
 	pthread_cond_t cv;           /* work queued, or stop: idle writers wait here */
@@ -67,6 +81,10 @@ struct pipeline {
 
 	struct writer *w;
 	int nw;
+
+	pthread_t watchdog;
+	bool watchdog_started;
+	pthread_cond_t watch_cv;     /* stop: the watchdog waits here */
 
 	void (*on_commit)(void *);
 	void *on_commit_arg;
@@ -107,6 +125,107 @@ static void db_up(struct pipeline *p)
 	pthread_mutex_unlock(&p->mu);
 }
 
+/* ==== The watchdog ==== */
+
+/*
+ * A call begins: the watchdog may cancel it from now on. Returns false when
+ * the pipeline is abandoned: no call may start then (pipeline_stop cancels
+ * only the calls it can see).
+ */
+static bool call_begin(struct writer *w)
+{
+	bool ok;
+
+	pthread_mutex_lock(&w->call_mu);
+	ok = !atomic_load(&w->p->abandoned);
+	if (ok) {
+		w->call_since = mono_ms();
+		w->stalled_ms = 0;
+	}
+	pthread_mutex_unlock(&w->call_mu);
+	return ok;
+}
+
+/*
+ * The call ended with r. A call the watchdog cancelled is a stall whatever
+ * error the cancellation produced: -ETIMEDOUT, and errmsg says so.
+ */
+static int call_end(struct writer *w, int r)
+{
+	uint64_t stalled;
+
+	pthread_mutex_lock(&w->call_mu);
+	w->call_since = 0;
+	stalled = w->stalled_ms;
+	w->stalled_ms = 0;
+	pthread_mutex_unlock(&w->call_mu);
+	if (!stalled)
+		return r;
+	snprintf(w->s->errmsg, sizeof(w->s->errmsg), "stalled: no answer for %llu s",
+		 (unsigned long long)(stalled / 1000));
+	return -ETIMEDOUT;
+}
+
+static int watched_write(struct writer *w, size_t n)
+{
+	if (!call_begin(w))
+		return -ECANCELED;
+	return call_end(w, store_write(w->s, w->batch, w->reqs, n));
+}
+
+static int watched_reconnect(struct writer *w)
+{
+	if (!call_begin(w))
+		return -ECANCELED;
+	return call_end(w, w->s->ops->reconnect(w->s));
+}
+
+/* The database stalled under w: report the outage (once) and cancel the call. */
+static void stall(struct pipeline *p, struct writer *w, uint64_t ms)
+{
+	pthread_mutex_lock(&p->mu);
+	snprintf(p->st.db_error, sizeof(p->st.db_error), "stalled: no answer for %llu s",
+		 (unsigned long long)(ms / 1000));
+	if (p->st.db_up) {
+		p->st.db_up = false;
+		p->st.db_since = time(NULL);
+		log_err("database unavailable: %s (writer %d); the call is cancelled and retried, records are kept, senders wait",
+			p->st.db_error, w->idx);
+	} else {
+		log_debug("writer %d: %s; cancelling the call", w->idx, p->st.db_error);
+	}
+	pthread_mutex_unlock(&p->mu);
+	w->s->ops->cancel(w->s);
+}
+
+static void *watchdog_main(void *arg)
+{
+	struct pipeline *p = arg;
+
+	pthread_mutex_lock(&p->mu);
+	while (!p->stopping) {
+		struct timespec ts = deadline_after_ms(WATCHDOG_TICK_MS);
+
+		pthread_cond_timedwait(&p->watch_cv, &p->mu, &ts);
+		pthread_mutex_unlock(&p->mu);
+		for (int i = 0; i < p->nw; i++) {
+			struct writer *w = &p->w[i];
+			uint64_t now = mono_ms();
+
+			/* under call_mu: the call cannot end (and reconnect) meanwhile */
+			pthread_mutex_lock(&w->call_mu);
+			if (w->call_since && !w->stalled_ms && now - w->call_since >= p->stall_ms) {
+				w->stalled_ms = now - w->call_since;
+				stall(p, w, w->stalled_ms);
+			}
+			pthread_mutex_unlock(&w->call_mu);
+		}
+		pthread_mutex_lock(&p->mu);
+	}
+	pthread_mutex_unlock(&p->mu);
+	return NULL;
+}
+
 /* Commits one batch, retrying until it is committed or the pipeline is abandoned. */
 static int commit_batch(struct writer *w, size_t n)
 {
@@ -116,7 +235,7 @@ static int commit_batch(struct writer *w, size_t n)
 	bool fresh = false;           /* reconnected once already in this call */
 
 	for (;;) {
-		int r = store_write(w->s, w->batch, w->reqs, n);
+		int r = watched_write(w, n);
 
 		if (r == 0) {
 			db_up(p);
@@ -130,7 +249,7 @@ static int commit_batch(struct writer *w, size_t n)
 		if (r == -EAGAIN) {
 			if (!busy_since)
 				busy_since = mono_ms();
-			if (mono_ms() - busy_since < BUSY_IS_OUTAGE_MS) {
+			if (mono_ms() - busy_since < p->stall_ms) {
 				/* lock contention: retry soon, it is not an outage (yet) */
 				log_debug("writer %d: transient database error, retrying: %s", w->idx, w->s->errmsg);
 				busy = busy < 50 ? busy + 1 : 50;
@@ -147,7 +266,7 @@ static int commit_batch(struct writer *w, size_t n)
 		 */
 		if (r != -EAGAIN && !fresh) {
 			fresh = true;
-			if (w->s->ops->reconnect(w->s) == 0)
+			if (watched_reconnect(w) == 0)
 				continue;
 		}
 		db_down(p, w, r);
@@ -155,8 +274,9 @@ static int commit_batch(struct writer *w, size_t n)
 		backoff = backoff * 2 > p->retry_max_ms ? p->retry_max_ms : backoff * 2;
 		busy = 0;
 		if (r != -EAGAIN) {
-			int rr = w->s->ops->reconnect(w->s);
-			if (rr < 0)
+			/* a cancelled (stalled) call leaves the connection unusable: always reconnect */
+			int rr = watched_reconnect(w);
+			if (rr < 0 && rr != -ECANCELED)
 				log_debug("writer %d: reconnect failed: %s", w->idx, w->s->errmsg);
 		}
 	}
@@ -254,6 +374,7 @@ int pipeline_start(const struct feed_config *cfg, const struct store_params *sp,
 	pthread_mutex_init(&p->mu, NULL);
 	pthread_cond_init(&p->cv, NULL);
 	pthread_cond_init(&p->backoff_cv, NULL);
+	pthread_cond_init(&p->watch_cv, NULL);
 	pthread_mutex_init(&p->done_mu, NULL);
 	p->qtail = &p->qhead;
 	p->dtail = &p->dhead;
@@ -267,6 +388,7 @@ int pipeline_start(const struct feed_config *cfg, const struct store_params *sp,
 	p->sp.password = p->password;
 	p->batch_max = (size_t)cfg->batch_max;
 	p->retry_max_ms = cfg->retry_max;
+	p->stall_ms = (uint64_t)cfg->stall_timeout * 1000u;
 	p->queue_records = (size_t)cfg->queue_records;
 	p->queue_bytes = (size_t)cfg->queue_bytes;
 	p->st.db_up = true;
@@ -286,6 +408,7 @@ int pipeline_start(const struct feed_config *cfg, const struct store_params *sp,
 		struct writer *w = &p->w[i];
 		w->p = p;
 		w->idx = i;
+		pthread_mutex_init(&w->call_mu, NULL);
 		w->cap = p->batch_max;
 		w->batch = store_batch_new(p->batch_max + (size_t)cfg->max_records);
 		w->reqs = calloc(w->cap, sizeof(*w->reqs));
@@ -317,6 +440,12 @@ int pipeline_start(const struct feed_config *cfg, const struct store_params *sp,
 		}
 		p->w[i].started = true;
 	}
+	r = -pthread_create(&p->watchdog, NULL, watchdog_main, p);
+	if (r < 0) {
+		snprintf(err, errsz, "cannot start the watchdog thread: %s", strerror(-r));
+		goto fail;
+	}
+	p->watchdog_started = true;
 	*ret = p;
 	return 0;
 fail:
@@ -396,6 +525,27 @@ void pipeline_stats(struct pipeline *p, struct pipeline_stats *ret)
 	pthread_mutex_unlock(&p->mu);
 }
 
+/*
+ * Joins w. When abandoning, the call it may be in (a stalled database, a
+ * reconnect to a server that does not answer) is cancelled, and again every
+ * STOP_CANCEL_MS: the writer starts no new call once abandoned, but one may
+ * have begun just before, so a single cancel could miss it.
+ */
+static void join_writer(struct writer *w, bool abandon)
+{
+	while (abandon) {
+		struct timespec ts = deadline_after_ms(STOP_CANCEL_MS);
+
+		pthread_mutex_lock(&w->call_mu);
+		if (w->call_since)
+			w->s->ops->cancel(w->s);
+		pthread_mutex_unlock(&w->call_mu);
+		if (pthread_timedjoin_np(w->thread, NULL, &ts) == 0)
+			return;
+	}
+	pthread_join(w->thread, NULL);
+}
+
 void pipeline_stop(struct pipeline **pp, bool abandon)
 {
 	struct pipeline *p = *pp;
@@ -405,15 +555,24 @@ void pipeline_stop(struct pipeline **pp, bool abandon)
 	pthread_mutex_lock(&p->mu);
 	p->stopping = true;
 	p->abandon = abandon;
+	atomic_store(&p->abandoned, abandon);
 	pthread_cond_broadcast(&p->cv);
 	pthread_cond_broadcast(&p->backoff_cv);
+	pthread_cond_broadcast(&p->watch_cv);
 	pthread_mutex_unlock(&p->mu);
 	for (int i = 0; p->w && i < p->nw; i++) {
 		struct writer *w = &p->w[i];
 		if (w->started)
-			pthread_join(w->thread, NULL);
+			join_writer(w, abandon);
+	}
+	if (p->watchdog_started)
+		pthread_join(p->watchdog, NULL);
+	for (int i = 0; p->w && i < p->nw; i++) {
+		struct writer *w = &p->w[i];
 		if (w->s)
 			w->s->ops->close(w->s);
+		if (w->p)
+			pthread_mutex_destroy(&w->call_mu);
 		store_batch_free(&w->batch);
 		free(w->reqs);
 		free(w->held);
@@ -435,6 +594,7 @@ void pipeline_stop(struct pipeline **pp, bool abandon)
 	pthread_mutex_destroy(&p->mu);
 	pthread_cond_destroy(&p->cv);
 	pthread_cond_destroy(&p->backoff_cv);
+	pthread_cond_destroy(&p->watch_cv);
 	pthread_mutex_destroy(&p->done_mu);
 	free(p->w);
 	free(p->url);

@@ -59,7 +59,8 @@ void pipeline_stats(struct pipeline *p, struct pipeline_stats *ret);
 
 /*
  * Stops the writers: they finish what is queued first, unless `abandon`
- * is set (shutdown timeout passed), then they stop after their current try.
+ * is set (shutdown timeout passed), then the database call each may be in
+ * is cancelled and they stop at once.
  * Requests still queued are freed unanswered. NULL-safe; sets *pp = NULL.
  */
 void pipeline_stop(struct pipeline **pp, bool abandon);

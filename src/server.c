@@ -273,7 +273,7 @@ int server_loop(struct server *s, int sigfd, const struct server_hooks *h)
 			if (mono_ms() >= deadline) {
 				log_err("shutdown_timeout (%d s) passed with %zu requests unanswered; they were not confirmed and senders will re-send them",
 					s->cfg->shutdown_timeout, pipeline_inflight(s->p));
-				return 0;
+				return (int)pipeline_inflight(s->p);
 			}
 		}
 	}

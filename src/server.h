@@ -29,7 +29,8 @@ const char *server_endpoints(const struct server *s);
 /*
  * Serves until SIGTERM/SIGINT arrives on sigfd (a signalfd), then stops
  * reading, commits and answers what is in flight (bounded by
- * shutdown_timeout) and returns 0; -errno on a fatal error.
+ * shutdown_timeout) and returns how many requests were left unanswered
+ * (0 when all were); -errno on a fatal error.
  */
 int server_loop(struct server *s, int sigfd, const struct server_hooks *h);
 void server_free(struct server **ps);

@@ -244,8 +244,20 @@ void settle_stop(struct settler **ps)
 	st->stopping = true;
 	pthread_cond_signal(&st->cv);
 	pthread_mutex_unlock(&st->mu);
-	if (st->started)
-		pthread_join(st->thread, NULL);
+	/*
+	 * A pass in progress gets a second to finish; then a database that
+	 * does not answer must not hold up the exit: cancel whatever call the
+	 * thread is in, again until it has ended (it may start a reconnect
+	 * after the first cancel). Rows not settled stay 'N' for the next run.
+	 */
+	for (int waited = 0; st->started; waited += 50) {
+		struct timespec ts = deadline_after_ms(50);
+
+		if (pthread_timedjoin_np(st->thread, NULL, &ts) == 0)
+			break;
+		if (waited >= 1000)
+			st->s->ops->cancel(st->s);
+	}
 	if (st->s)
 		st->s->ops->close(st->s);
 	pthread_mutex_destroy(&st->mu);

@@ -6,8 +6,8 @@
  * transaction the caller opens; the batch algorithm shared by all of them
  * (idempotency, conflicts, rejects, splitting a batch around a bad record)
  * lives in store.c. A struct store is one connection and is used by one
- * thread at a time. Backends never log; they return a negative errno and
- * leave a message in s->errmsg.
+ * thread at a time (only cancel() comes from another thread). Backends
+ * never log; they return a negative errno and leave a message in s->errmsg.
  *
  * Error classes, the same for every backend (the one contract; each
  * backend's classification function says how its codes map onto it):
@@ -167,6 +167,16 @@ struct store_ops {
 	 * (so that two instances settling the same row agree). Inside a transaction.
 	 */
 	int (*settle)(struct store *s, const struct store_settle *rows, size_t n);
+
+	/*
+	 * Cancels, from another thread, the call the owner has in progress on s
+	 * (a statement, a lock wait, a reconnect): it fails soon with an error,
+	 * and so does every call after it until the owner's next reconnect(),
+	 * which also ends the server's side of the cancelled session. Returns at
+	 * once (never waits for the server: a stalled one would not answer).
+	 * Safe at any time between open() and close(), never concurrently with close().
+	 */
+	void (*cancel)(struct store *s);
 };
 
 extern const struct store_ops store_sqlite_ops;

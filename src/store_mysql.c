@@ -32,17 +32,22 @@
  */
 #include <errno.h>
 #include <inttypes.h>
+#include <poll.h>
+#include <pthread.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/socket.h>
 
 #include <mysql.h>
 
 #include "decimal.h"
 #include "store.h"
+#include "timeutil.h"
 
 #define MY_SQL_MAX         (256 * 1024)   /* bound of one generated statement */
 #define MY_LOOKUP_CHUNK    2000           /* tickets per SELECT ... IN (...) */
@@ -109,7 +114,19 @@ struct store_mysql {
 	char *sql;                    /* MY_SQL_MAX bytes */
 	size_t sql_len;
 	bool sql_full;
+	/* cancel(): the live session, under my_cancel_mu */
+	bool armed;                   /* fd and thread_id describe a live session */
+	my_socket fd;
+	unsigned long thread_id;      /* the server's id of this session */
+	unsigned long orphan_id;      /* a cancelled session, killed by the next reconnect */
+	atomic_bool cancelled;
 };
+
+/*
+ * Guards every store's cancel fields: cancel() runs on another thread while
+ * the owner may be replacing its connection. Held for a few instructions only.
+ */
+static pthread_mutex_t my_cancel_mu = PTHREAD_MUTEX_INITIALIZER;
 
 static inline struct store_mysql *my_of(struct store *s)
 {
@@ -727,8 +744,111 @@ out:
 
 /* ==== Connection ==== */
 
+/* ==== Cancel ==== */
+
+/* Publishes the new session for cancel(). Owner thread, after connecting. */
+static void my_arm_cancel(struct store_mysql *m)
+{
+	pthread_mutex_lock(&my_cancel_mu);
+	m->fd = mysql_get_socket(m->conn);
+	m->thread_id = mysql_thread_id(m->conn);
+	m->armed = (int)m->fd >= 0;
+	pthread_mutex_unlock(&my_cancel_mu);
+}
+
+static void my_disarm_cancel(struct store_mysql *m)
+{
+	pthread_mutex_lock(&my_cancel_mu);
+	m->armed = false;
+	pthread_mutex_unlock(&my_cancel_mu);
+}
+
+/*
+ * Shutting the socket down ends the owner's wait at once, whatever the
+ * server does; a KILL over a fresh connection would itself wait for a
+ * stalled server. The server's side of the session (a query, a lock wait, a
+ * transaction holding locks) is killed from the next connection instead.
+ */
+static void my_cancel(struct store *s)
+{
+	struct store_mysql *m = my_of(s);
+
+	pthread_mutex_lock(&my_cancel_mu);
+	atomic_store(&m->cancelled, true);
+	if (m->armed) {
+		shutdown(m->fd, SHUT_RDWR);
+		m->armed = false;
+		m->orphan_id = m->thread_id;
+	}
+	pthread_mutex_unlock(&my_cancel_mu);
+}
+
+/*
+ * mysql_real_connect() through the non-blocking API, so that it ends at
+ * connect_timeout however far the handshake got (a stopped server accepts
+ * TCP and never greets), and at once on cancel(). Returns 1 when connected,
+ * 0 when refused (mysql_error() says why), -ENOTCONN with errmsg set when it
+ * timed out or was cancelled.
+ */
+static int my_real_connect(struct store_mysql *m, const char *host)
+{
+	const struct my_conninfo *ci = &m->ci;
+	uint64_t deadline = mono_ms() + (uint64_t)ci->connect_timeout * 1000u;
+	uint64_t lib_deadline = 0;
+	MYSQL *ret = NULL;
+	int status;
+
+	if (mysql_options(m->conn, MYSQL_OPT_NONBLOCK, 0) != 0)
+		return mysql_real_connect(m->conn, host, ci->user, ci->password, ci->database,
+					  ci->port, ci->socket, 0) ? 1 : 0;
+	status = mysql_real_connect_start(&ret, m->conn, host, ci->user, ci->password,
+					  ci->database, ci->port, ci->socket, 0);
+	while (status) {
+		struct pollfd pfd = { .fd = mysql_get_socket(m->conn) };
+		uint64_t now = mono_ms();
+		int wait = 100, ready = 0;
+
+		if (atomic_load(&m->cancelled)) {
+			my_seterr(m, "connect to MySQL server %.100s: cancelled: the server did not answer", host);
+			return -ENOTCONN;
+		}
+		if (now >= deadline) {
+			my_seterr(m, "connect to MySQL server %.100s: no answer within connect-timeout (%u s)",
+				  host, ci->connect_timeout);
+			return -ENOTCONN;
+		}
+		if (status & MYSQL_WAIT_READ)
+			pfd.events |= POLLIN;
+		if (status & MYSQL_WAIT_WRITE)
+			pfd.events |= POLLOUT;
+		if (status & MYSQL_WAIT_EXCEPT)
+			pfd.events |= POLLPRI;
+		if ((status & MYSQL_WAIT_TIMEOUT) && !lib_deadline)
+			lib_deadline = now + mysql_get_timeout_value_ms(m->conn);
+		if (deadline - now < (uint64_t)wait)
+			wait = (int)(deadline - now);
+		/* short slices: cancel() cannot reach this socket before it is published */
+		if (poll(&pfd, 1, wait) > 0) {
+			if (pfd.revents & (POLLIN | POLLHUP | POLLERR))
+				ready |= MYSQL_WAIT_READ;
+			if (pfd.revents & (POLLOUT | POLLHUP | POLLERR))
+				ready |= MYSQL_WAIT_WRITE;
+			if (pfd.revents & POLLPRI)
+				ready |= MYSQL_WAIT_EXCEPT;
+		} else if (lib_deadline && mono_ms() >= lib_deadline) {
+			ready = MYSQL_WAIT_TIMEOUT;
+		}
+		if (ready) {
+			lib_deadline = 0;
+			status = mysql_real_connect_cont(&ret, m->conn, ready);
+		}
+	}
+	return ret ? 1 : 0;
+}
+
 static void my_disconnect(struct store_mysql *m)
 {
+	my_disarm_cancel(m);
 	if (m->ins_stmt) {
 		mysql_stmt_close(m->ins_stmt);
 		m->ins_stmt = NULL;
@@ -872,8 +992,10 @@ static int my_connect(struct store_mysql *m)
 		goto out;
 
 	host = ci->host && ci->host[0] ? ci->host : "localhost";
-	if (!mysql_real_connect(m->conn, host, ci->user, ci->password, ci->database,
-				ci->port, ci->socket, 0)) {
+	r = my_real_connect(m, host);
+	if (r < 0)
+		goto out;
+	if (r == 0) {
 		char what[320];
 
 		snprintf(what, sizeof(what), "connect to MySQL server %.100s%s%.100s",
@@ -891,6 +1013,7 @@ static int my_connect(struct store_mysql *m)
 		r = -EIO;
 		goto out;
 	}
+	my_arm_cancel(m);
 	r = my_query_str(m, "set session sql_mode/time_zone",
 			 "SET SESSION sql_mode = 'STRICT_ALL_TABLES,NO_ENGINE_SUBSTITUTION', "
 			 "SESSION time_zone = '+00:00'");
@@ -916,6 +1039,7 @@ static int my_connect(struct store_mysql *m)
 	r = 0;
 out:
 	if (r < 0) {
+		my_disarm_cancel(m);
 		if (m->conn) {
 			mysql_close(m->conn);
 			m->conn = NULL;
@@ -991,9 +1115,28 @@ out:
 static int my_reconnect(struct store *s)
 {
 	struct store_mysql *m = my_of(s);
+	unsigned long orphan;
+	int r;
 
+	pthread_mutex_lock(&my_cancel_mu);
+	atomic_store(&m->cancelled, false);   /* a cancel from now on is for this reconnect */
+	orphan = m->orphan_id;
+	pthread_mutex_unlock(&my_cancel_mu);
 	m->base.errmsg[0] = '\0';
-	return my_connect(m);
+	r = my_connect(m);
+	if (r == 0 && orphan) {
+		char sql[48];
+
+		/* best effort: ER_NO_SUCH_THREAD when it has ended by itself */
+		snprintf(sql, sizeof(sql), "KILL CONNECTION %lu", orphan);
+		if (mysql_query(m->conn, sql) != 0)
+			(void)mysql_errno(m->conn);
+		pthread_mutex_lock(&my_cancel_mu);
+		if (m->orphan_id == orphan)
+			m->orphan_id = 0;
+		pthread_mutex_unlock(&my_cancel_mu);
+	}
+	return r;
 }
 
 /* ==== Transactions ==== */
@@ -1766,4 +1909,5 @@ const struct store_ops store_mysql_ops = {
 	.insert_rejects = my_insert_rejects,
 	.fetch_unsettled = my_fetch_unsettled,
 	.settle = my_settle,
+	.cancel = my_cancel,
 };

@@ -14,15 +14,21 @@
 #include "store.h"
 
 #include <errno.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <pthread.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 
 #include <libpq-fe.h>
 
 #include "decimal.h"
+#include "timeutil.h"
 
 /* pg_advisory_xact_lock key serialising migrate() between feed processes. */
 #define PG_MIGRATE_LOCK "7379646571"  /* arbitrary, constant */
@@ -46,7 +52,19 @@ struct store_pg {
 	PGconn *conn;
 	enum store_durability durability;
 	bool begin_pending;           /* BEGIN not sent yet: it rides on the first statement */
+	/* cancel(): the live session, under pg_cancel_mu */
+	bool armed;                   /* fd, pid and port describe a live session */
+	int fd;
+	int pid, port;                /* the server backend and our local port (-1: unix socket) */
+	int orphan_pid, orphan_port;  /* a cancelled session, ended by the next reconnect */
+	atomic_bool cancelled;
 };
+
+/*
+ * Guards every store's cancel fields: cancel() runs on another thread while
+ * the owner may be replacing its socket. Held for a few instructions only.
+ */
+static pthread_mutex_t pg_cancel_mu = PTHREAD_MUTEX_INITIALIZER;
 
 static struct store_pg *pg_of(struct store *s)
 {
@@ -386,6 +404,128 @@ static const char pg_session_full_sql[] =
 static const char pg_session_normal_sql[] =
 	"SET TimeZone = 'UTC'; SET synchronous_commit = off; SHOW synchronous_commit";
 
+/* ==== Cancel ==== */
+
+/* Publishes the new session's socket for cancel(). Owner thread, after connecting. */
+static void pg_arm_cancel(struct store_pg *p)
+{
+	struct sockaddr_storage a;
+	socklen_t alen = sizeof(a);
+	int port = -1;
+
+	if (getsockname(PQsocket(p->conn), (struct sockaddr *)&a, &alen) == 0) {
+		if (a.ss_family == AF_INET)
+			port = ntohs(((struct sockaddr_in *)&a)->sin_port);
+		else if (a.ss_family == AF_INET6)
+			port = ntohs(((struct sockaddr_in6 *)&a)->sin6_port);
+	}
+	pthread_mutex_lock(&pg_cancel_mu);
+	p->fd = PQsocket(p->conn);
+	p->pid = PQbackendPID(p->conn);
+	p->port = port;
+	p->armed = p->fd >= 0;
+	pthread_mutex_unlock(&pg_cancel_mu);
+}
+
+/* Owner thread, before its socket is closed or replaced. */
+static void pg_disarm_cancel(struct store_pg *p)
+{
+	pthread_mutex_lock(&pg_cancel_mu);
+	p->armed = false;
+	pthread_mutex_unlock(&pg_cancel_mu);
+}
+
+/*
+ * PQcancel() is not used: it waits for the postmaster to close the cancel
+ * connection, and a stalled (stopped, overloaded) server never does. Shutting
+ * our socket down ends the owner's wait at once; the server's side of the
+ * session is ended from the next connection (pg_end_orphan).
+ */
+static void pg_cancel(struct store *s)
+{
+	struct store_pg *p = pg_of(s);
+
+	pthread_mutex_lock(&pg_cancel_mu);
+	atomic_store(&p->cancelled, true);
+	if (p->armed) {
+		shutdown(p->fd, SHUT_RDWR);
+		p->armed = false;
+		p->orphan_pid = p->pid;
+		p->orphan_port = p->port;
+	}
+	pthread_mutex_unlock(&pg_cancel_mu);
+}
+
+/*
+ * Ends the backend of a cancelled session (it may still wait for a lock, or
+ * sit in a transaction, holding locks). Matched on pid and client port so
+ * that a reused pid is left alone. Best effort: failure changes nothing.
+ */
+static void pg_end_orphan(struct store_pg *p, int pid, int port)
+{
+	char a[16], b[16];
+	const char *vals[2] = { a, b };
+	PGresult *res;
+
+	snprintf(a, sizeof(a), "%d", pid);
+	snprintf(b, sizeof(b), "%d", port);
+	res = PQexecParams(p->conn,
+			   "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+			   " WHERE pid = $1::int AND coalesce(client_port, -1) = $2::int",
+			   2, NULL, vals, NULL, NULL, 0);
+	PQclear(res);
+}
+
+/* libpq's connect_timeout of this connection, in ms (libpq's async calls leave it to us). */
+static long pg_connect_timeout_ms(struct store_pg *p)
+{
+	PQconninfoOption *opts = PQconninfo(p->conn);
+	long ms = 10000;
+
+	for (PQconninfoOption *o = opts; o && o->keyword; o++)
+		if (!strcmp(o->keyword, "connect_timeout") && o->val && atol(o->val) > 0)
+			ms = atol(o->val) * 1000L;
+	PQconninfoFree(opts);
+	return ms;
+}
+
+/* PQreset(), bounded by connect_timeout and ended early by cancel(). */
+static int pg_reset(struct store_pg *p)
+{
+	uint64_t deadline = mono_ms() + (uint64_t)pg_connect_timeout_ms(p);
+	PostgresPollingStatusType st = PGRES_POLLING_WRITING;
+
+	if (!PQresetStart(p->conn))
+		st = PGRES_POLLING_FAILED;
+	while (st != PGRES_POLLING_OK && st != PGRES_POLLING_FAILED) {
+		struct pollfd pfd = { .fd = PQsocket(p->conn),
+				      .events = st == PGRES_POLLING_READING ? POLLIN : POLLOUT };
+		uint64_t now = mono_ms();
+
+		if (atomic_load(&p->cancelled)) {
+			pg_setmsg(p, "reconnect cancelled: the server did not answer");
+			return -ENOTCONN;
+		}
+		if (now >= deadline) {
+			pg_setmsg(p, "reconnect failed: no answer within connect_timeout (%ld s)",
+				  pg_connect_timeout_ms(p) / 1000);
+			return -ENOTCONN;
+		}
+		/* short slices: cancel() does not wake poll() before the socket is published */
+		int n = poll(&pfd, 1, deadline - now < 100 ? (int)(deadline - now) : 100);
+		if (n > 0)
+			st = PQresetPoll(p->conn);
+	}
+	if (st == PGRES_POLLING_FAILED) {
+		/* Same parameters as open(), whose password never reaches errmsg. */
+		pg_setmsg(p, "reconnect failed: %s", PQerrorMessage(p->conn));
+		pg_flatten(p->base.errmsg);
+		return -ENOTCONN;
+	}
+	return 0;
+}
+
+/* Session settings, applied after every (re)connect. */
 static int pg_session(struct store_pg *p)
 {
 	bool full = p->durability != STORE_DURABLE_NORMAL;
@@ -394,6 +534,7 @@ static int pg_session(struct store_pg *p)
 	int r = 0;
 
 	PQsetNoticeProcessor(p->conn, pg_notice_ignore, NULL);
+	pg_arm_cancel(p);
 	res = PQexec(p->conn, full ? pg_session_full_sql : pg_session_normal_sql);
 	if (!res || PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1) {
 		r = pg_fail(p, res, "session setup");
@@ -567,6 +708,7 @@ static void pg_close(struct store *s)
 	if (!s)
 		return;
 	p = pg_of(s);
+	pg_disarm_cancel(p);
 	PQfinish(p->conn);
 	free(p);
 }
@@ -574,16 +716,30 @@ static void pg_close(struct store *s)
 static int pg_reconnect(struct store *s)
 {
 	struct store_pg *p = pg_of(s);
+	int orphan_pid, orphan_port, r;
+
+	pthread_mutex_lock(&pg_cancel_mu);
+	p->armed = false;
+	atomic_store(&p->cancelled, false);   /* a cancel from now on is for this reconnect */
+	orphan_pid = p->orphan_pid;
+	orphan_port = p->orphan_port;
+	pthread_mutex_unlock(&pg_cancel_mu);
 
 	p->begin_pending = false;
-	PQreset(p->conn);
-	if (PQstatus(p->conn) != CONNECTION_OK) {
-		/* Same parameters as open(), whose password never reaches errmsg. */
-		pg_setmsg(p, "reconnect failed: %s", PQerrorMessage(p->conn));
-		pg_flatten(p->base.errmsg);
-		return -ENOTCONN;
+	r = pg_reset(p);
+	if (r < 0)
+		return r;
+	r = pg_session(p);
+	if (r < 0)
+		return r;
+	if (orphan_pid > 0) {
+		pg_end_orphan(p, orphan_pid, orphan_port);
+		pthread_mutex_lock(&pg_cancel_mu);
+		if (p->orphan_pid == orphan_pid)
+			p->orphan_pid = 0;
+		pthread_mutex_unlock(&pg_cancel_mu);
 	}
-	return pg_session(p);
+	return 0;
 }
 
 /* ==== Schema ==== */
@@ -1342,4 +1498,5 @@ const struct store_ops store_pg_ops = {
 	.insert_rejects = pg_insert_rejects,
 	.fetch_unsettled = pg_fetch_unsettled,
 	.settle = pg_settle,
+	.cancel = pg_cancel,
 };

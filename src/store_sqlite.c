@@ -22,6 +22,7 @@
 #include <string.h>
 #include <strings.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -88,7 +89,13 @@ struct store_sqlite {
 	sqlite3_stmt *stmt[SQ_NSTMT];           /* NULL until first use */
 	bool holds_write_mu;
 	bool background;
+	uint64_t busy_start;                    /* mono ms of the current busy wait */
+	sqlite3 *live;                          /* db for cancel(), under sq_cancel_mu */
+	atomic_bool cancelled;
 };
+
+/* Guards every store's `live`: cancel() runs on another thread than the owner. */
+static pthread_mutex_t sq_cancel_mu = PTHREAD_MUTEX_INITIALIZER;
 
 /*
  * SQLite has one write lock per database. This process's connections (the
@@ -115,6 +122,10 @@ static int sq_write_lock(struct store_sqlite *q)
 	if (!q->background)
 		sq_gate_writers_waiting++;
 	while (sq_gate_busy || (q->background && sq_gate_writers_waiting > 0)) {
+		if (atomic_load(&q->cancelled)) {
+			r = -EINTR;
+			break;
+		}
 		if (pthread_cond_timedwait(&sq_gate_cv, &sq_gate_mu, &deadline) == ETIMEDOUT) {
 			r = -EAGAIN;
 			break;
@@ -127,7 +138,10 @@ static int sq_write_lock(struct store_sqlite *q)
 		q->holds_write_mu = true;
 	}
 	pthread_mutex_unlock(&sq_gate_mu);
-	if (r < 0)
+	if (r == -EINTR)
+		snprintf(q->base.errmsg, sizeof(q->base.errmsg),
+			 "sqlite: waiting for the write lock: cancelled");
+	else if (r < 0)
 		snprintf(q->base.errmsg, sizeof(q->base.errmsg),
 			 "sqlite: database is locked by another connection of this process for %d ms",
 			 SQ_BUSY_MS);
@@ -400,6 +414,39 @@ out:
 	return r;
 }
 
+/*
+ * The busy handler: SQLite's own waits up to SQ_BUSY_MS too, but in sleeps of
+ * up to 100 ms and deaf to cancel(); this one sleeps at most 10 ms at a time
+ * and gives up as soon as the store is cancelled.
+ */
+static int sq_busy(void *arg, int count)
+{
+	struct store_sqlite *q = arg;
+	uint64_t now = mono_ms();
+
+	if (count == 0)
+		q->busy_start = now;
+	if (atomic_load(&q->cancelled) || now - q->busy_start >= SQ_BUSY_MS)
+		return 0;
+	usleep(count < 10 ? 1000u * (unsigned)(count + 1) : 10000u);
+	return 1;
+}
+
+static void sq_cancel(struct store *s)
+{
+	struct store_sqlite *q = sq_of(s);
+
+	pthread_mutex_lock(&sq_cancel_mu);
+	atomic_store(&q->cancelled, true);
+	if (q->live)
+		sqlite3_interrupt(q->live);   /* thread-safe while the handle is open */
+	pthread_mutex_unlock(&sq_cancel_mu);
+	/* a wait at this process's gate ends too */
+	pthread_mutex_lock(&sq_gate_mu);
+	pthread_cond_broadcast(&sq_gate_cv);
+	pthread_mutex_unlock(&sq_gate_mu);
+}
+
 /* Opens q->path and sets the connection up; on failure q->db may be left open. */
 static int sq_connect(struct store_sqlite *q)
 {
@@ -418,7 +465,10 @@ static int sq_connect(struct store_sqlite *q)
 		return sys > 0 ? -sys : r;
 	}
 	sqlite3_extended_result_codes(q->db, 1);
-	sqlite3_busy_timeout(q->db, SQ_BUSY_MS);
+	sqlite3_busy_handler(q->db, sq_busy, q);
+	pthread_mutex_lock(&sq_cancel_mu);
+	q->live = q->db;
+	pthread_mutex_unlock(&sq_cancel_mu);
 
 	/* Also the first real access to the file: fails here if it is not a database. */
 	r = sq_query_text(q, "PRAGMA journal_mode = WAL", "setting journal_mode=WAL",
@@ -450,6 +500,9 @@ static int sq_connect(struct store_sqlite *q)
 
 static void sq_disconnect(struct store_sqlite *q)
 {
+	pthread_mutex_lock(&sq_cancel_mu);
+	q->live = NULL;
+	pthread_mutex_unlock(&sq_cancel_mu);
 	sq_finalize_all(q);
 	sqlite3_close(q->db);   /* rolls back an open transaction */
 	q->db = NULL;
@@ -511,6 +564,7 @@ static int sq_reconnect(struct store *s)
 	int r;
 
 	sq_disconnect(q);
+	atomic_store(&q->cancelled, false);
 	q->base.errmsg[0] = '\0';
 	r = sq_connect(q);
 	if (r < 0)
@@ -730,6 +784,10 @@ static int sq_begin(struct store *s)
 		snprintf(q->base.errmsg, sizeof(q->base.errmsg),
 			 "sqlite: BEGIN: a transaction is already open (missing rollback?)");
 		return -EALREADY;
+	}
+	if (atomic_load(&q->cancelled)) {
+		snprintf(q->base.errmsg, sizeof(q->base.errmsg), "sqlite: BEGIN: cancelled (reconnect first)");
+		return -EINTR;
 	}
 	int r = sq_write_lock(q);
 	if (r < 0)
@@ -968,4 +1026,5 @@ const struct store_ops store_sqlite_ops = {
 	.insert_rejects = sq_insert_rejects,
 	.fetch_unsettled = sq_fetch_unsettled,
 	.settle = sq_settle,
+	.cancel = sq_cancel,
 };

@@ -150,6 +150,8 @@ export FEED_TEST_PASSWORD_FILE="$tmp/password"
 export FEED_TEST_SQL="$root_sql -N -B feed"
 export FEED_TEST_DB_STOP="sh $tmp/stop.sh"
 export FEED_TEST_DB_START="sh $tmp/start.sh"
+# mariadbd's pidfile: tests stop the server process (SIGSTOP)
+export FEED_TEST_DB_PIDFILE="$tmp/run/mariadbd.pid"
 
 set +e
 "$@"

@@ -22,6 +22,8 @@
 #                            feed database, prints rows tab-separated
 #   FEED_TEST_DB_STOP        command: stops the server (fast shutdown)
 #   FEED_TEST_DB_START       command: starts it again, same data and port
+#   FEED_TEST_DB_PIDFILE     the postmaster's pidfile (its pid on line 1):
+#                            tests stop the server's processes (SIGSTOP)
 #
 set -euo pipefail
 
@@ -160,6 +162,7 @@ export FEED_TEST_PASSWORD_FILE=""
 export FEED_TEST_SQL="$tmp/sql"
 export FEED_TEST_DB_STOP="$tmp/stop"
 export FEED_TEST_DB_START="$tmp/start"
+export FEED_TEST_DB_PIDFILE="$data/postmaster.pid"
 
 # In the background so that a signal to this script is handled at once
 # (bash runs traps only between foreground commands); stdin stays ours.
