@@ -274,10 +274,24 @@ static int commit_batch(struct writer *w, size_t n)
 		backoff = backoff * 2 > p->retry_max_ms ? p->retry_max_ms : backoff * 2;
 		busy = 0;
 		if (r != -EAGAIN) {
-			/* a cancelled (stalled) call leaves the connection unusable: always reconnect */
-			int rr = watched_reconnect(w);
-			if (rr < 0 && rr != -ECANCELED)
+			/*
+			 * A cancelled (stalled) call leaves the connection unusable:
+			 * always reconnect, and until that works its reason (a server
+			 * that refuses durability = full, a wrong password) is what
+			 * the log and `status` show, not "not connected".
+			 */
+			int rr;
+			while ((rr = watched_reconnect(w)) < 0 && rr != -ECANCELED) {
 				log_debug("writer %d: reconnect failed: %s", w->idx, w->s->errmsg);
+				db_down(p, w, rr);
+				pthread_mutex_lock(&p->mu);
+				abandon = p->abandon;
+				pthread_mutex_unlock(&p->mu);
+				if (abandon)
+					return -ECANCELED;
+				sleep_ms_unless_abandoned(p, backoff);
+				backoff = backoff * 2 > p->retry_max_ms ? p->retry_max_ms : backoff * 2;
+			}
 		}
 	}
 }

@@ -14,6 +14,8 @@ import threading
 import time
 import unittest
 
+import zmq
+
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from feedtest import Feed, backend, norm_dec, wait_until  # noqa: E402
 from test_ingest import (DbLock, IngestCase, Pipeline, chunk_bodies, count, rejects,  # noqa: E402
@@ -267,6 +269,37 @@ class TestDurabilityFull(ServerCase):
             f.start_ok()
             self.assertRegex(f.log(), r"warning.*innodb_flush_log_at_trx_commit = 2")
             self.assertEqual(f.req("1,7,1.5"), "TRUE")
+
+    if backend() == "mysql":
+        def test_refused_reconnect_gives_its_reason_to_status(self):
+            # While feed runs, the server is weakened below durability = full and
+            # feed's sessions are killed: `status` must say why the writers cannot
+            # reconnect, not just "not connected"; nothing is answered until the
+            # server is fixed, then the request is. (MariaDB only: on PostgreSQL feed
+            # raises synchronous_commit itself on every connect.)
+            f = self.feed(conf={"database": {"durability": "full", "connect_timeout": "2"}})
+            f.start_ok()
+            self.assertEqual(f.req("1,7,1.5"), "TRUE")
+            self.set_global(f, "innodb_flush_log_at_trx_commit", 2)
+            for (tid,) in f.sql("SELECT id FROM information_schema.processlist WHERE id <> CONNECTION_ID()"
+                                " AND user NOT IN ('system user', 'event_scheduler')"
+                                " AND command NOT IN ('Daemon', 'Binlog Dump');"):
+                f.sql(f"KILL CONNECTION {tid};")
+            reason, fix = "innodb_flush_log_at_trx_commit = 2", "SET GLOBAL innodb_flush_log_at_trx_commit = 1;"
+            s = f.ctx.socket(zmq.REQ)
+            s.setsockopt(zmq.LINGER, 0)
+            s.connect(f.endpoint)
+            try:
+                s.send(b"2,7,1.5")
+                wait_until(lambda: reason in f.status().stdout, 30,
+                           what=f"status to say why reconnects fail ({reason})")
+                self.assertFalse(s.poll(500), "answered while the server refuses feed")
+                f.sql(fix)
+                self.assertTrue(s.poll(30000), "no answer once the server is fixed")
+                self.assertEqual(s.recv(), b"TRUE")
+            finally:
+                s.close(0)
+            self.assertEqual(count(f), 2)
 
     def test_full_keeps_stronger_setting(self):
         f = self.feed(conf={"database": {"durability": "full", "connect_timeout": "2"}})
