@@ -13,21 +13,14 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "fuzz_check.h"
+
 #include "decimal.h"
 #include "protocol.h"
 
 #define FUZZ_CAP 16           /* output slots handed to the parser */
 #define FUZZ_MAX_BYTES 4096   /* the fuzzer's -max_len stays below this or not */
 #define FUZZ_MAX_RECORDS 12   /* below FUZZ_CAP: the records limit must bite first */
-
-#define FUZZ_CHECK(cond)                                                       \
-	do {                                                                   \
-		if (!(cond)) {                                                 \
-			fprintf(stderr, "%s:%d: invariant failed: %s\n",       \
-				__FILE__, __LINE__, #cond);                    \
-			abort();                                               \
-		}                                                              \
-	} while (0)
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
