@@ -20,6 +20,7 @@
 #include "client.h"
 #include "config.h"
 #include "daemon.h"
+#include "log.h"
 #include "store.h"
 
 struct opts {
@@ -250,9 +251,33 @@ static int open_db(struct feed_config *cfg, bool migrate)
 	return EXIT_OK;
 }
 
+/* The CURVE certificates and directory, as `start` would read them (as the caller). */
+static int check_curve(struct feed_config *cfg)
+{
+	struct auth *a = NULL;
+	char err[1024], shown[1100];
+	enum log_level level = log_get_level();
+	int r;
+
+	log_set_level(LOG_LVL_WARN);    /* skipped files, not the count */
+	r = auth_open(cfg, &a, err, sizeof(err));
+	log_set_level(level);
+	if (r < 0) {
+		config_escape(err, shown, sizeof(shown));
+		fprintf(stderr, "feed: %s\n", shown);
+		return EXIT_CONFIG;
+	}
+	auth_free(&a);
+	return EXIT_OK;
+}
+
 static int cmd_check(struct opts *o, struct feed_config *cfg, int argc, char **argv)
 {
-	int r = open_db(cfg, false);
+	int r = check_curve(cfg);
+
+	if (r != EXIT_OK)
+		return r;
+	r = open_db(cfg, false);
 
 	if (r == EXIT_OK)
 		printf("configuration OK\n");

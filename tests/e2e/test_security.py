@@ -338,6 +338,9 @@ class TestStartRefused(SecurityCase):
         f, keys = self.curve_feed()
         os.chmod(keys.server_secret, 0o644)
         self.refused(f, keys.server_secret, "mode 0644", "chmod 600")
+        r = f.cmd("check")
+        self.assertEqual(r.returncode, 6, r.stderr)
+        self.assertIn("mode 0644", r.stderr)
 
     def test_missing_directory(self):
         f, keys = self.curve_feed()
