@@ -533,7 +533,8 @@ int auth_rescan(struct auth *a, bool force, char *err, size_t errsz)
 		a->dir_ok = false;
 		return r;
 	}
-	if (log_changes(a, certs, n) || !a->dir_ok)
+	/* the first scan is summed up by auth_open(), not listed */
+	if ((a->gen > 0 && log_changes(a, certs, n)) || !a->dir_ok)
 		a->gen++;
 	if (!a->dir_ok && a->dir_err[0])
 		log_info("[listen] curve_clients: %s readable again: %zu client certificates", a->clients_dir, n);

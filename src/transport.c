@@ -195,9 +195,10 @@ int transport_poll(struct transport *t, bool want_input, const int *fds, size_t 
 		if (!(items[i].revents & ZMQ_POLLIN))
 			continue;
 		if (i == zap) {
+			/* not fatal: that handshake fails, the others go on */
 			r = auth_zap_serve(t->auth, ZAP_BURST);
-			if (r < 0)
-				return r;
+			if (r < 0 && ratelimit_ok(&t->rl_drop, mono_ms()))
+				log_err("ZAP handler: %s", zmq_strerror(-r));
 		} else if (i < nfds)
 			*ret_fds |= 1u << i;
 		else

@@ -212,16 +212,18 @@ class TestCurve(SecurityCase):
         s.connect(f.endpoint)
         s.send(b"51,7,1.5")
         self.assertEqual(s.recv(), b"TRUE")
-        # a revocation that does not change the directory's mtime (timestamps put back):
-        # only SIGHUP can see it
+        # bob.key rewritten in place with another key: the directory's mtime does not
+        # change, so only SIGHUP can see that bob's key is gone
         st = os.stat(keys.clients)
-        keys.revoke("bob")
-        os.utime(keys.clients, ns=(st.st_atime_ns, st.st_mtime_ns))
+        with open(os.path.join(keys.keys, "mallory.key")) as src, \
+                open(os.path.join(keys.clients, "bob.key"), "w") as dst:
+            dst.write(src.read())
+        self.assertEqual(os.stat(keys.clients).st_mtime_ns, st.st_mtime_ns)
         time.sleep(2.5)    # two rescan periods: the mtime check must not have seen it
         s.send(b"52,7,1.5")
         self.assertEqual(s.recv(), b"TRUE")
         os.kill(f.pid(), signal.SIGHUP)
-        wait_until(lambda: "-bob" in f.log(), 10, what="the SIGHUP rescan")
+        wait_until(lambda: "+bob -bob" in f.log(), 10, what="the SIGHUP rescan")
         s.send(b"53,7,1.5")
         self.assertEqual(s.recv(), b"FALSE: not authorized")
         s.close()
