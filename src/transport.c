@@ -190,14 +190,19 @@ int transport_poll(struct transport *t, bool want_input, const int *fds, size_t 
 	int r = zmq_poll(items, (int)n, timeout_ms);
 	if (r < 0)
 		return errno == EINTR ? 0 : -errno;
-	auth_tick(t->auth, mono_ms());
+	uint64_t now = mono_ms();
+	auth_tick(t->auth, now);
+	uint64_t suppressed = ratelimit_suppressed(&t->rl_auth, now);
+	if (suppressed)
+		log_warn("suppressed %llu more lines about requests refused as not authorized",
+			 (unsigned long long)suppressed);
 	for (size_t i = 0; i < n; i++) {
 		if (!(items[i].revents & ZMQ_POLLIN))
 			continue;
 		if (i == zap) {
 			/* not fatal: that handshake fails, the others go on */
 			r = auth_zap_serve(t->auth, ZAP_BURST);
-			if (r < 0 && ratelimit_ok(&t->rl_drop, mono_ms()))
+			if (r < 0 && ratelimit_ok(&t->rl_drop, now))
 				log_err("ZAP handler: %s", zmq_strerror(-r));
 		} else if (i < nfds)
 			*ret_fds |= 1u << i;
