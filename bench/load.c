@@ -3,8 +3,12 @@
  * feed-compatible endpoint and reports records/s and request latency.
  *
  *   load req    -e ENDPOINT -c CLIENTS -N RECORDS -s FIRST_TICKET [-d SECONDS] [-t MS]
+ *               [-S SERVER.key -C CLIENT.key_secret]
  *   load dealer -e ENDPOINT -w WINDOW -b RECORDS_PER_REQUEST -N RECORDS
- *               -s FIRST_TICKET [-d SECONDS] [-t MS]
+ *               -s FIRST_TICKET [-d SECONDS] [-t MS] [-S SERVER.key -C CLIENT.key_secret]
+ *
+ * With -S and -C every socket is a CURVE client (certificates in the ZPL
+ * format of `feed keygen`).
  *
  * req: CLIENTS threads, each a REQ socket in lock-step, 1 record per request.
  * dealer: one DEALER socket, WINDOW requests in flight, frames [""][id][body].
@@ -31,6 +35,7 @@
 
 struct load_opts {
 	const char *endpoint;
+	char server_key[41], public_key[41], secret_key[41];   /* Z85; empty: plain */
 	long clients, window, batch, records, seconds, timeout_ms;
 	int64_t first_ticket;
 };
@@ -55,6 +60,36 @@ static size_t load_record(char *buf, size_t size, int64_t ticket)
 	return n > 0 && (size_t)n < size ? (size_t)n : 0;
 }
 
+/* The Z85 value of "NAME = \"...\"" in a ZPL certificate file, into out[41]. Exits on failure. */
+static void load_cert_key(const char *path, const char *name, char out[41])
+{
+	char buf[4096];
+	FILE *f = fopen(path, "re");
+	size_t n = f ? fread(buf, 1, sizeof(buf) - 1, f) : 0;
+	const char *p;
+
+	if (f)
+		fclose(f);
+	buf[n] = '\0';
+	p = strstr(buf, name);
+	p = p ? strchr(p, '"') : NULL;
+	if (!p || strlen(p + 1) < 41 || p[41] != '"') {
+		fprintf(stderr, "load: %s: no %s\n", path, name);
+		exit(2);
+	}
+	memcpy(out, p + 1, 40);
+	out[40] = '\0';
+}
+
+static int load_curve(const struct load_opts *o, void *s)
+{
+	if (!o->server_key[0])
+		return 0;
+	return zmq_setsockopt(s, ZMQ_CURVE_SERVERKEY, o->server_key, 40) ||
+	       zmq_setsockopt(s, ZMQ_CURVE_PUBLICKEY, o->public_key, 40) ||
+	       zmq_setsockopt(s, ZMQ_CURVE_SECRETKEY, o->secret_key, 40) ? -1 : 0;
+}
+
 /* ==== req: lock-step REQ clients ==== */
 
 static void *load_req_thread(void *arg)
@@ -72,7 +107,9 @@ static void *load_req_thread(void *arg)
 	zmq_setsockopt(s, ZMQ_LINGER, &linger, sizeof(linger));
 	zmq_setsockopt(s, ZMQ_RCVTIMEO, &tmo, sizeof(tmo));
 	zmq_setsockopt(s, ZMQ_SNDTIMEO, &tmo, sizeof(tmo));
-	if (zmq_connect(s, t->o->endpoint) < 0)
+	if (load_curve(t->o, s) < 0)
+		snprintf(t->why, sizeof(t->why), "CURVE: %s", zmq_strerror(errno));
+	else if (zmq_connect(s, t->o->endpoint) < 0)
 		snprintf(t->why, sizeof(t->why), "connect: %s", zmq_strerror(errno));
 	pthread_barrier_wait(t->barrier);
 	for (int64_t i = 0; i < t->count && !t->why[0]; i++) {
@@ -193,6 +230,10 @@ static int load_dealer(const struct load_opts *o, void *ctx)
 	zmq_setsockopt(s, ZMQ_LINGER, &linger, sizeof(linger));
 	zmq_setsockopt(s, ZMQ_SNDHWM, &hwm, sizeof(hwm));
 	zmq_setsockopt(s, ZMQ_RCVHWM, &hwm, sizeof(hwm));
+	if (load_curve(o, s) < 0) {
+		fprintf(stderr, "load: CURVE: %s\n", zmq_strerror(errno));
+		goto out;
+	}
 	if (zmq_connect(s, o->endpoint) < 0) {
 		fprintf(stderr, "load: connect %s: %s\n", o->endpoint, zmq_strerror(errno));
 		goto out;
@@ -294,8 +335,9 @@ _Noreturn static void load_usage(void)
 {
 	fprintf(stderr,
 		"usage: load req    -e ENDPOINT -c CLIENTS -N RECORDS -s FIRST_TICKET [-d SECONDS] [-t MS]\n"
+		"                   [-S SERVER.key -C CLIENT.key_secret]\n"
 		"       load dealer -e ENDPOINT -w WINDOW -b RECORDS_PER_REQUEST -N RECORDS\n"
-		"                   -s FIRST_TICKET [-d SECONDS] [-t MS]\n");
+		"                   -s FIRST_TICKET [-d SECONDS] [-t MS] [-S SERVER.key -C CLIENT.key_secret]\n");
 	exit(2);
 }
 
@@ -311,7 +353,7 @@ int main(int argc, char **argv)
 		load_usage();
 	mode = argv[1];
 	optind = 2;
-	while ((opt = getopt(argc, argv, "e:c:w:b:N:s:d:t:")) != -1) {
+	while ((opt = getopt(argc, argv, "e:c:w:b:N:s:d:t:S:C:")) != -1) {
 		switch (opt) {
 		case 'e': o.endpoint = optarg; break;
 		case 'c': o.clients = bench_num("-c", optarg, 1, 1024); break;
@@ -321,10 +363,15 @@ int main(int argc, char **argv)
 		case 's': o.first_ticket = bench_num("-s", optarg, 1, INT64_MAX / 2); break;
 		case 'd': o.seconds = bench_num("-d", optarg, 1, 3600); break;
 		case 't': o.timeout_ms = bench_num("-t", optarg, 1, 3600000); break;
+		case 'S': load_cert_key(optarg, "public-key", o.server_key); break;
+		case 'C':
+			load_cert_key(optarg, "public-key", o.public_key);
+			load_cert_key(optarg, "secret-key", o.secret_key);
+			break;
 		default: load_usage();
 		}
 	}
-	if (!o.endpoint || optind != argc)
+	if (!o.endpoint || optind != argc || !o.server_key[0] != !o.public_key[0])
 		load_usage();
 	ctx = zmq_ctx_new();
 	if (!ctx)

@@ -15,6 +15,8 @@
 #                clients, 1 DEALER (window $WINDOW, default 8000) with 1, and
 #                (window $WINDOW100, default 200) with 100 records
 #                per request
+#   feed CURVE   the same feed with [listen] curve_server_cert (keys from
+#                `feed keygen`): 1 lone REQ client and both DEALER scenarios
 # After every scenario the table's row count is checked against the records
 # acknowledged TRUE. Prints the results as markdown and writes them to
 # bench/results-<backend>-<date>.md. Exit status 0 if every scenario ran
@@ -36,7 +38,7 @@ while [ $# -gt 0 ]; do
 	--backend) [ $# -ge 2 ] || usage; backend=$2; shift 2 ;;
 	--backend=*) backend=${1#--backend=}; shift ;;
 	--quick) quick=1; shift ;;
-	-h|--help) sed -n '3,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+	-h|--help) sed -n '3,23p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
 	*) usage ;;
 	esac
 done
@@ -238,33 +240,36 @@ if [ "$(id -u)" = 0 ]; then
 		done
 	fi
 fi
-{
+feed_conf() {    # feed_conf ENDPOINT [LISTEN_LINE...]
 	echo "[daemon]"
 	[ -n "$run_user" ] && echo "user = $run_user"
 	echo "pidfile = $tmp/feed.pid"
 	echo "log = $tmp/feed.log"
 	echo "log_level = info"
 	echo "[listen]"
-	echo "endpoint = $ep"
+	echo "endpoint = $1"
+	shift
+	for l in "$@"; do echo "$l"; done
 	echo "[database]"
 	echo "url = $FEED_TEST_URL"
 	[ -n "$pwfile" ] && echo "password_file = $pwfile"
 	echo "durability = full"
-} >"$conf"
+}
+feed_conf "$ep" >"$conf"
+total=0
+step() {     # step KEY SCENARIO_NO LOAD_ARGS...
+	local key=$1 n=$2
+	shift 2
+	measure "$key" "$B/load" "$@" -e "$ep" -d "$secs" -s $((ticket_base + n * 100000000 + 1))
+	total=$((total + ${recs[$key]:-0}))
+	check_rows fee "$total" "$key"
+}
 "$BUILD_DIR/feed" run -c "$conf" >"$tmp/feed.out" 2>&1 &
 feed_pid=$!
 if ! wait_port "$port" "$feed_pid"; then
 	cat "$tmp/feed.out" "$tmp/feed.log" >&2 2>/dev/null || true
 	fail "feed did not start (see above)"
 else
-	total=0
-	step() {     # step KEY SCENARIO_NO LOAD_ARGS...
-		local key=$1 n=$2
-		shift 2
-		measure "$key" "$B/load" "$@" -e "$ep" -d "$secs" -s $((ticket_base + n * 100000000 + 1))
-		total=$((total + ${recs[$key]:-0}))
-		check_rows fee "$total" "$key"
-	}
 	step feed_1 2 req -c 1 -N "$recs1"
 	step feed_64 3 req -c 64 -N "$recs1"
 	step feed_pipe1 4 dealer -w "$WINDOW" -b 1 -N "$recs1"
@@ -276,6 +281,37 @@ if kill -TERM "$feed_pid" 2>/dev/null; then
 	[ "$st" = 0 ] || fail "feed exited with status $st after SIGTERM"
 fi
 feed_pid=
+
+# ==== feed with CURVE: the same lone-REQ and pipelined scenarios, encrypted ====
+curve=$tmp/curve
+mkdir -p "$curve/clients"
+chmod 755 "$curve" "$curve/clients"
+if "$BUILD_DIR/feed" keygen server -d "$curve" >/dev/null &&
+   "$BUILD_DIR/feed" keygen bench -d "$curve" >/dev/null &&
+   cp "$curve/bench.key" "$curve/clients/"; then
+	port=$(free_port)
+	ep=tcp://127.0.0.1:$port
+	feed_conf "$ep" "curve_server_cert = $curve/server.key_secret" "curve_clients = $curve/clients" >"$conf"
+	"$BUILD_DIR/feed" run -c "$conf" >"$tmp/feed.out" 2>&1 &
+	feed_pid=$!
+	if ! wait_port "$port" "$feed_pid"; then
+		cat "$tmp/feed.out" "$tmp/feed.log" >&2 2>/dev/null || true
+		fail "feed with CURVE did not start (see above)"
+	else
+		keys=(-S "$curve/server.key" -C "$curve/bench.key_secret")
+		step curve_1 6 req -c 1 -N "$recs1" "${keys[@]}"
+		step curve_pipe1 7 dealer -w "$WINDOW" -b 1 -N "$recs1" "${keys[@]}"
+		step curve_pipe100 8 dealer -w "$WINDOW100" -b 100 -N "$recs100" "${keys[@]}"
+	fi
+	if kill -TERM "$feed_pid" 2>/dev/null; then
+		st=0
+		wait "$feed_pid" 2>/dev/null || st=$?
+		[ "$st" = 0 ] || fail "feed with CURVE exited with status $st after SIGTERM"
+	fi
+	feed_pid=
+else
+	fail "feed keygen failed"
+fi
 
 # ==== report ====
 ratio() {    # ratio A B -> "123x" or "-"
@@ -338,6 +374,19 @@ esac
 	row "classic loop, 64 REQ clients" classic_64 "$c64" "$rawdb"
 	row "raw limit: $raw_name" raw_db "$cbest" "$rawdb"
 	row "raw limit: raw_zmq (DEALER -> ROUTER echo, window $WINDOW)" raw_zmq "$cbest" ""
+	echo
+	echo "CURVE (every message encrypted and authenticated) beside plain, same run, same database:"
+	echo
+	echo "| scenario | plain records/s | CURVE records/s | CURVE p50 ms | CURVE p99 ms | CURVE / plain |"
+	echo "|---|---:|---:|---:|---:|---:|"
+	for pair in "1 REQ client, 1 record/request:feed_1:curve_1" \
+		"1 DEALER (window $WINDOW), 1 record/request:feed_pipe1:curve_pipe1" \
+		"1 DEALER (window $WINDOW100), 100 records/request:feed_pipe100:curve_pipe100"; do
+		IFS=: read -r label pk ck <<<"$pair"
+		printf '| %s | %s | %s | %s | %s | %s |\n' "$label" "$(num "${rate[$pk]:-}")" \
+			"$(num "${rate[$ck]:-}")" "$(ms "${p50[$ck]:-}")" "$(ms "${p99[$ck]:-}")" \
+			"$(ratio "${rate[$ck]:-}" "${rate[$pk]:-}")"
+	done
 	echo
 	echo "x classic: feed's rate over the classic loop's with the same clients (1 or 64 REQ);"
 	echo "pipelined rows and the raw limits are compared with the classic loop's best."

@@ -27,6 +27,7 @@
 
 #include <zmq.h>
 
+#include "auth.h"
 #include "client.h"
 
 #define CLIENT_LINE_MAX     4096      /* bytes per input line, newline excluded */
@@ -197,6 +198,7 @@ struct client_reason {
 struct client {
 	/* options */
 	const char *endpoint;
+	const char *server_key, *cert;     /* CURVE: certificate files, or NULL */
 	size_t window, batch;
 	int timeout_ms, retries;
 	bool quiet, progress;
@@ -669,7 +671,8 @@ static void client_usage(FILE *f)
 {
 	fprintf(f,
 		"usage: feed send [-e ENDPOINT] [-w WINDOW] [-n RECORDS_PER_REQUEST]\n"
-		"                 [-t TIMEOUT_MS] [-r MAX_RESENDS] [-q] [FILE...]\n"
+		"                 [-t TIMEOUT_MS] [-r MAX_RESENDS] [-q]\n"
+		"                 [--server-key FILE --cert FILE] [FILE...]\n"
 		"\n"
 		"Sends records \"ticket,login,volume\", one per line, from each FILE (stdin\n"
 		"when none, or for \"-\") to feed and waits for every answer.\n"
@@ -680,6 +683,8 @@ static void client_usage(FILE *f)
 		"  -t, --timeout MS         re-send a request not answered within MS (default 5000)\n"
 		"  -r, --retries N          re-sends before giving up on a request (default 5)\n"
 		"  -q, --quiet              no progress line\n"
+		"  -S, --server-key FILE    CURVE: the server's public certificate (NAME.key)\n"
+		"  -C, --cert FILE          CURVE: this client's secret certificate (NAME.key_secret)\n"
 		"  -h, --help               this text\n"
 		"\n"
 		"Exit status: 0 if every record got TRUE, 1 otherwise, 2 on bad usage.\n",
@@ -711,6 +716,8 @@ static int client_parse(struct client *c, int argc, char **argv)
 		{ "timeout",  required_argument, NULL, 't' },
 		{ "retries",  required_argument, NULL, 'r' },
 		{ "quiet",    no_argument,       NULL, 'q' },
+		{ "server-key", required_argument, NULL, 'S' },
+		{ "cert",     required_argument, NULL, 'C' },
 		{ "help",     no_argument,       NULL, 'h' },
 		{ NULL, 0, NULL, 0 }
 	};
@@ -719,7 +726,7 @@ static int client_parse(struct client *c, int argc, char **argv)
 
 	optind = 1;
 	opterr = 0;
-	while ((opt = getopt_long(argc, argv, ":e:w:n:t:r:qh", longopts, NULL)) != -1) {
+	while ((opt = getopt_long(argc, argv, ":e:w:n:t:r:qS:C:h", longopts, NULL)) != -1) {
 		switch (opt) {
 		case 'e':
 			c->endpoint = optarg;
@@ -747,6 +754,12 @@ static int client_parse(struct client *c, int argc, char **argv)
 		case 'q':
 			c->quiet = true;
 			break;
+		case 'S':
+			c->server_key = optarg;
+			break;
+		case 'C':
+			c->cert = optarg;
+			break;
 		case 'h':
 			client_usage(stdout);
 			return 1;
@@ -764,7 +777,36 @@ static int client_parse(struct client *c, int argc, char **argv)
 		fprintf(stderr, "feed send: no endpoint: give -e or [listen] endpoint in the configuration\n");
 		return -EINVAL;
 	}
+	if (!c->server_key != !c->cert) {
+		fprintf(stderr, "feed send: CURVE needs both --server-key (the server's NAME.key) and --cert (this client's NAME.key_secret)\n");
+		return -EINVAL;
+	}
 	return 0;
+}
+
+/* CURVE client keys from the certificate files, before connecting. */
+static int client_curve(struct client *c)
+{
+	uint8_t server[AUTH_KEY_BYTES], pub[AUTH_KEY_BYTES], sec[AUTH_KEY_BYTES];
+	char err[1024];
+	int r;
+
+	if (!c->server_key)
+		return 0;
+	if ((r = auth_cert_load(c->server_key, server, NULL, err, sizeof(err))) < 0 ||
+	    (r = auth_cert_load(c->cert, pub, sec, err, sizeof(err))) < 0) {
+		fprintf(stderr, "feed send: %s\n", err);
+		return r;
+	}
+	r = 0;
+	if (zmq_setsockopt(c->sock, ZMQ_CURVE_SERVERKEY, server, sizeof(server)) < 0 ||
+	    zmq_setsockopt(c->sock, ZMQ_CURVE_PUBLICKEY, pub, sizeof(pub)) < 0 ||
+	    zmq_setsockopt(c->sock, ZMQ_CURVE_SECRETKEY, sec, sizeof(sec)) < 0) {
+		r = -errno;
+		fprintf(stderr, "feed send: CURVE: %s\n", zmq_strerror(errno));
+	}
+	explicit_bzero(sec, sizeof(sec));
+	return r;
 }
 
 /* ==== Setup and the loop ==== */
@@ -803,6 +845,8 @@ static int client_setup(struct client *c)
 	    zmq_setsockopt(c->sock, ZMQ_SNDHWM, &hwm, sizeof(hwm)) < 0 ||
 	    zmq_setsockopt(c->sock, ZMQ_RCVHWM, &hwm, sizeof(hwm)) < 0)
 		goto zmq_fail;
+	if (client_curve(c) < 0)
+		return -EINVAL;
 	if (zmq_connect(c->sock, c->endpoint) < 0) {
 		int r = -errno;
 
@@ -908,7 +952,7 @@ static void client_cleanup(struct client *c)
 		close(c->in.fd);
 }
 
-int client_send(const char *default_endpoint, int argc, char **argv)
+int client_send(const struct client_defaults *d, int argc, char **argv)
 {
 	static char stdin_name[] = "-";
 	static char prog[] = "feed send";
@@ -935,7 +979,9 @@ int client_send(const char *default_endpoint, int argc, char **argv)
 	av[0] = prog;
 	for (int i = 0; i < argc; i++)
 		av[i + 1] = argv[i];
-	c->endpoint = default_endpoint;
+	c->endpoint = d->endpoint;
+	c->server_key = d->server_key;
+	c->cert = d->cert;
 	c->window = 64;
 	c->batch = 1;
 	c->timeout_ms = 5000;

@@ -27,6 +27,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "auth.h"
 #include "decimal.h"
 #include "log.h"
 #include "store.h"
@@ -116,6 +117,15 @@ static const struct key keys[] = {
 	  "Records admitted but not yet answered; when reached, feed stops reading its sockets.", NULL },
 	{ "listen", "queue_bytes", K_INT, OFF(queue_bytes), "67108864", 65536, 2000000000, NULL,
 	  "Request bytes admitted but not yet answered; when reached, feed stops reading its sockets.", NULL },
+	{ "listen", "curve_server_cert", K_STR, OFF(curve_server_cert), "", 0, 0, NULL,
+	  "The server's secret CURVE certificate (NAME.key_secret, mode 0600); set: every tcp:// endpoint requires CURVE (docs/security.md).",
+	  check_opt_abs_path },
+	{ "listen", "curve_clients", K_STR, OFF(curve_clients), "", 0, 0, NULL,
+	  "Directory of the allowed clients' public certificates (NAME.key); rescanned when it changes and on SIGHUP.",
+	  check_opt_abs_path },
+	{ "listen", "allow", K_STR, OFF(allow), "", 0, 0, NULL,
+	  "Peer addresses accepted on tcp:// endpoints, comma separated: IPv4/IPv6 addresses and CIDR ranges; empty = any.",
+	  auth_allow_check },
 
 	{ "database", "url", K_STR, OFF(url), "sqlite:///var/lib/feed/feed.db", 0, 0, NULL,
 	  "sqlite:///abs/path.db | postgresql://user@host:port/db?... | mysql://user@host:port/db?...", check_url },
@@ -141,6 +151,12 @@ static const struct key keys[] = {
 	  "Milliseconds between settle passes when nothing new arrives.", NULL },
 	{ "fee", "settle_batch", K_INT, OFF(settle_batch), "1000", 1, 1000000, NULL,
 	  "Rows settled per transaction.", NULL },
+
+	{ "send", "server_key", K_STR, OFF(send_server_key), "", 0, 0, NULL,
+	  "`feed send`: the server's public certificate (NAME.key); set: speak CURVE (also --server-key).",
+	  check_opt_abs_path },
+	{ "send", "cert", K_STR, OFF(send_cert), "", 0, 0, NULL,
+	  "`feed send`: this client's secret certificate (NAME.key_secret) (also --cert).", check_opt_abs_path },
 };
 
 #define NKEYS (sizeof(keys) / sizeof(keys[0]))
@@ -649,6 +665,12 @@ int config_validate(const struct feed_config *c, FILE *errs)
 	if (c->stall_timeout >= c->shutdown_timeout) {
 		fprintf(errs, "[database] stall_timeout (%d) must be below [daemon] shutdown_timeout (%d)\n",
 			c->stall_timeout, c->shutdown_timeout);
+		nerr++;
+	}
+	if (!c->curve_server_cert[0] != !c->curve_clients[0]) {
+		fprintf(errs, "[listen] curve_server_cert and curve_clients go together: %s is set, %s is not\n",
+			c->curve_server_cert[0] ? "curve_server_cert" : "curve_clients",
+			c->curve_server_cert[0] ? "curve_clients" : "curve_server_cert");
 		nerr++;
 	}
 	return nerr;

@@ -30,6 +30,9 @@ struct feed_config {
 	int hwm;                /* ZeroMQ high-water mark, messages per peer */
 	int queue_records;      /* records admitted but not yet answered */
 	int queue_bytes;        /* request bytes admitted but not yet answered */
+	char *curve_server_cert; /* the server's secret certificate; "" = no CURVE */
+	char *curve_clients;    /* directory of allowed client public certificates */
+	char *allow;            /* peer addresses / CIDR ranges accepted; "" = any */
 	/* [database] */
 	char *url;
 	char *password_file;
@@ -43,6 +46,9 @@ struct feed_config {
 	int64_t default_rate;   /* DEC_SCALE units */
 	int settle_interval;    /* milliseconds between settle passes when idle */
 	int settle_batch;       /* rows per settle transaction */
+	/* [send] */
+	char *send_server_key;  /* `feed send`: the server's public certificate */
+	char *send_cert;        /* `feed send`: the client's secret certificate */
 };
 
 /* Fills every key with its default. */

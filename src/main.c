@@ -16,9 +16,11 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "auth.h"
 #include "client.h"
 #include "config.h"
 #include "daemon.h"
+#include "log.h"
 #include "store.h"
 
 struct opts {
@@ -44,6 +46,7 @@ static int cmd_status(struct opts *o, struct feed_config *cfg, int argc, char **
 static int cmd_check(struct opts *o, struct feed_config *cfg, int argc, char **argv);
 static int cmd_migrate(struct opts *o, struct feed_config *cfg, int argc, char **argv);
 static int cmd_send(struct opts *o, struct feed_config *cfg, int argc, char **argv);
+static int cmd_keygen(struct opts *o, struct feed_config *cfg, int argc, char **argv);
 static int cmd_example(struct opts *o, struct feed_config *cfg, int argc, char **argv);
 static int cmd_version(struct opts *o, struct feed_config *cfg, int argc, char **argv);
 static int cmd_help(struct opts *o, struct feed_config *cfg, int argc, char **argv);
@@ -56,8 +59,10 @@ static const struct command commands[] = {
 	{ "status", cmd_status, "", "Show whether feed runs (LSB exit codes: 0 running, 1 dead with pidfile, 3 stopped, 4 unknown)." },
 	{ "check", cmd_check, "", "Validate the configuration and open the database; print \"configuration OK\" or every error." },
 	{ "migrate", cmd_migrate, "", "Create or upgrade the database schema (also done at every start)." },
-	{ "send", cmd_send, "[-e ENDPOINT] [-w WINDOW] [-n PER_REQUEST] [-t TIMEOUT_MS] [-r RESENDS] [-q] [FILE...]",
+	{ "send", cmd_send, "[-e ENDPOINT] [-w WINDOW] [-n PER_REQUEST] [-t TIMEOUT_MS] [-r RESENDS] [-q] [--server-key FILE --cert FILE] [FILE...]",
 	  "Send records (ticket,login,volume lines) from FILEs or stdin; exit 0 only if all got TRUE." },
+	{ "keygen", cmd_keygen, "NAME [-d DIR]",
+	  "Make a CURVE key pair: DIR/NAME.key (public, 0644) and DIR/NAME.key_secret (0600); DIR defaults to \".\"." },
 	{ "example-config", cmd_example, "", "Print every configuration key with its default and description." },
 	{ "version", cmd_version, "", "Print the version." },
 	{ "help", cmd_help, "[COMMAND]", "Show help for feed or for one command." },
@@ -246,9 +251,33 @@ static int open_db(struct feed_config *cfg, bool migrate)
 	return EXIT_OK;
 }
 
+/* The CURVE certificates and directory, as `start` would read them (as the caller). */
+static int check_curve(struct feed_config *cfg)
+{
+	struct auth *a = NULL;
+	char err[1024], shown[1100];
+	enum log_level level = log_get_level();
+	int r;
+
+	log_set_level(LOG_LVL_WARN);    /* skipped files, not the count */
+	r = auth_open(cfg, &a, err, sizeof(err));
+	log_set_level(level);
+	if (r < 0) {
+		config_escape(err, shown, sizeof(shown));
+		fprintf(stderr, "feed: %s\n", shown);
+		return EXIT_CONFIG;
+	}
+	auth_free(&a);
+	return EXIT_OK;
+}
+
 static int cmd_check(struct opts *o, struct feed_config *cfg, int argc, char **argv)
 {
-	int r = open_db(cfg, false);
+	int r = check_curve(cfg);
+
+	if (r != EXIT_OK)
+		return r;
+	r = open_db(cfg, false);
 
 	if (r == EXIT_OK)
 		printf("configuration OK\n");
@@ -260,12 +289,14 @@ static int cmd_migrate(struct opts *o, struct feed_config *cfg, int argc, char *
 	return open_db(cfg, true);
 }
 
-/* `send` needs a configuration only for its default endpoint. */
-static void client_endpoint(struct opts *o, char *buf, size_t size)
+/* `send` needs a configuration only for its defaults: endpoint, [send] keys. */
+static void client_endpoint(struct opts *o, struct client_defaults *d)
 {
 	struct feed_config cfg;
 	FILE *null = fopen("/dev/null", "we");
 	const char *ep;
+	char *buf = d->endpoint;
+	size_t size = sizeof(d->endpoint);
 
 	config_defaults(&cfg);
 	if (null && (o->config_given || access(o->config, R_OK) == 0))
@@ -281,6 +312,10 @@ static void client_endpoint(struct opts *o, char *buf, size_t size)
 		snprintf(rest, sizeof(rest), "%s", strchr(star + 3, ':'));
 		snprintf(star + 3, size - (size_t)(star + 3 - buf), "127.0.0.1%s", rest);
 	}
+	if (cfg.send_server_key[0])
+		d->server_key = strdup(cfg.send_server_key);
+	if (cfg.send_cert[0])
+		d->cert = strdup(cfg.send_cert);
 	if (null)
 		fclose(null);
 	config_free(&cfg);
@@ -288,10 +323,61 @@ static void client_endpoint(struct opts *o, char *buf, size_t size)
 
 static int cmd_send(struct opts *o, struct feed_config *cfg, int argc, char **argv)
 {
-	char ep[512];
+	struct client_defaults d = { 0 };
 
-	client_endpoint(o, ep, sizeof(ep));
-	return client_send(ep, argc, argv);
+	client_endpoint(o, &d);
+	int r = client_send(&d, argc, argv);
+	free(d.server_key);
+	free(d.cert);
+	return r;
+}
+
+/* Options after `keygen` are its own: -d is the directory there, not --database. */
+static int cmd_keygen(struct opts *o, struct feed_config *cfg, int argc, char **argv)
+{
+	static const struct option longopts[] = {
+		{ "dir", required_argument, NULL, 'd' },
+		{ "help", no_argument, NULL, 'h' },
+		{ NULL, 0, NULL, 0 },
+	};
+	const char *dir = ".", *name = NULL;
+	char err[1024];
+	int c;
+
+	optind = 1;
+	while ((c = getopt_long(argc, argv, "+d:h", longopts, NULL)) != -1 || optind < argc) {
+		if (c == -1) {   /* NAME may come before -d */
+			if (name) {
+				fprintf(stderr, "feed: keygen takes one NAME\n");
+				command_usage(stderr, find_command("keygen"));
+				return EXIT_USAGE;
+			}
+			name = argv[optind++];
+			continue;
+		}
+		if (c == 'd') {
+			dir = optarg;
+		} else if (c == 'h') {
+			command_usage(stdout, find_command("keygen"));
+			return EXIT_OK;
+		} else {
+			command_usage(stderr, find_command("keygen"));
+			return EXIT_USAGE;
+		}
+	}
+	if (!name) {
+		fprintf(stderr, "feed: keygen needs a NAME (the client's name in fee.source)\n");
+		command_usage(stderr, find_command("keygen"));
+		return EXIT_USAGE;
+	}
+	if (auth_keygen(dir, name, err, sizeof(err)) < 0) {
+		char shown[1100];
+		config_escape(err, shown, sizeof(shown));
+		fprintf(stderr, "feed: keygen: %s\n", shown);
+		return EXIT_FAIL;
+	}
+	printf("%s/%s.key\n%s/%s.key_secret\n", dir, name, dir, name);
+	return EXIT_OK;
 }
 
 static int cmd_example(struct opts *o, struct feed_config *cfg, int argc, char **argv)
@@ -331,7 +417,7 @@ static int cmd_help(struct opts *o, struct feed_config *cfg, int argc, char **ar
 /* Commands that need no configuration file. */
 static bool needs_config(const struct command *c)
 {
-	return c->fn != cmd_send && c->fn != cmd_example && c->fn != cmd_version && c->fn != cmd_help;
+	return c->fn != cmd_send && c->fn != cmd_keygen && c->fn != cmd_example && c->fn != cmd_version && c->fn != cmd_help;
 }
 
 int main(int argc, char **argv)
@@ -370,9 +456,9 @@ int main(int argc, char **argv)
 	argv += optind;
 	optind = 1;
 
-	if (cmd->fn == cmd_send) {
-		/* options after `send` are the client's own */
-		return cmd_send(&o, NULL, argc, argv);
+	if (cmd->fn == cmd_send || cmd->fn == cmd_keygen) {
+		/* options after `send` and `keygen` are their own */
+		return cmd->fn(&o, NULL, argc, argv);
 	}
 	/* command options: the global ones are accepted here too */
 	while ((c = getopt_long(argc, argv, "c:e:d:p:l:u:vh", global_long, NULL)) != -1) {

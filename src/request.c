@@ -32,15 +32,20 @@ static void reject(struct request *r, const char *why)
 }
 
 struct request *request_from_frames(const struct frame *f, unsigned nf, size_t total,
-				    const struct proto_limits *lim, const char *where, unsigned sock)
+				    const struct proto_limits *lim, const char *where, const char *source,
+				    unsigned sock)
 {
 	unsigned nenv = 1, rest;
 	bool delimited = false;
 	char why[sizeof(((struct store_req *)0)->reason)] = "";
 	const struct frame *id = NULL, *body = NULL;
 	size_t env_len = 0, nrec = 0, body_len, wlen = strlen(where);
+	size_t slen;
 	struct request *r;
 
+	if (!source)
+		source = "";
+	slen = strnlen(source, REQUEST_SOURCE_MAX);
 	if (nf > REQUEST_MAX_FRAMES)
 		nf = REQUEST_MAX_FRAMES;
 	for (unsigned i = 1; i < nf; i++)
@@ -73,7 +78,7 @@ struct request *request_from_frames(const struct frame *f, unsigned nf, size_t t
 		nrec = max_lines(body->data, body_len, lim->max_records);
 
 	size_t size = sizeof(*r) + nrec * sizeof(struct record) + env_len +
-		      (id ? id->len : 0) + body_len + wlen + 1;
+		      (id ? id->len : 0) + body_len + wlen + 1 + slen + 1;
 	r = malloc(size);
 	if (!r)
 		return NULL;
@@ -108,6 +113,10 @@ struct request *request_from_frames(const struct frame *f, unsigned nf, size_t t
 	p += body_len;
 	memcpy(p, where, wlen + 1);
 	r->sr.endpoint = (const char *)p;
+	p += wlen + 1;
+	memcpy(p, source, slen);
+	p[slen] = '\0';
+	r->sr.source = (const char *)p;
 	r->sock = sock;
 
 	if (why[0]) {

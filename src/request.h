@@ -3,8 +3,8 @@
  * outcome. This module alone allocates and frees it.
  *
  * One request, one allocation: the struct, then its parsed records, the
- * envelope frames (each as a 4-byte length + bytes), the id, the body and
- * the endpoint text. `cost` is that whole allocation: admission counts it,
+ * envelope frames (each as a 4-byte length + bytes), the id, the body, the
+ * endpoint text and the source. `cost` is that whole allocation: admission counts it,
  * so that empty, malformed and odd-shaped requests are paid for like any
  * other. Pure: no I/O, no ZeroMQ (fuzzed by tests/fuzz/fuzz_framing.c).
  */
@@ -19,6 +19,7 @@
 #include "store.h"
 
 #define REQUEST_MAX_FRAMES 32   /* frames of one message that are kept; more is malformed */
+#define REQUEST_SOURCE_MAX 255  /* bytes of the source kept */
 
 struct request {
 	struct request *next;
@@ -43,12 +44,14 @@ struct frame {
 /*
  * Builds a request from the first nf (<= REQUEST_MAX_FRAMES) frames of a
  * message of `total` frames; f[0] is the routing id. The frames are copied.
- * `where` is the endpoint text ("tcp://... peer 1.2.3.4:5"), copied too.
+ * `where` is the endpoint text ("tcp://... peer 1.2.3.4:5"), copied too, and
+ * so is `source` (the sender: a certificate name or an address; NULL = "").
  * Malformed framing or a body the parser refuses gives a request with
  * sr.rejected set and the reason. Returns NULL only when out of memory.
  */
 struct request *request_from_frames(const struct frame *f, unsigned nf, size_t total,
-				    const struct proto_limits *lim, const char *where, unsigned sock);
+				    const struct proto_limits *lim, const char *where, const char *source,
+				    unsigned sock);
 
 /* Records this request counts as for admission: at least one. */
 static inline size_t request_records(const struct request *r) { return r->sr.n ? r->sr.n : 1; }

@@ -76,7 +76,16 @@ int server_bind(const struct feed_config *cfg, struct server **ret, char *err, s
 
 int server_open_db(struct server *s, const struct store_params *sp, char *err, size_t errsz)
 {
-	int r = pipeline_start(s->cfg, sp, &s->p, err, errsz);
+	/*
+	 * Privileges are dropped by now: read curve_clients again as the user
+	 * that will rescan it, so that a directory only root can read fails
+	 * the start instead of locking every client out at the first change.
+	 */
+	int r = transport_auth_rescan(s->t, err, errsz);
+
+	if (r < 0)
+		return r;
+	r = pipeline_start(s->cfg, sp, &s->p, err, errsz);
 
 	if (r < 0)
 		return r;
@@ -241,6 +250,9 @@ int server_loop(struct server *s, int sigfd, const struct server_hooks *h)
 			struct signalfd_siginfo si;
 			while (read(sigfd, &si, sizeof(si)) == (ssize_t)sizeof(si)) {
 				if (si.ssi_signo == SIGHUP) {
+					char err[512];
+					if (transport_auth_rescan(s->t, err, sizeof(err)) < 0)
+						log_err("SIGHUP: %s; no client is allowed until it can be read", err);
 					if (h->reload)
 						h->reload(h->arg);
 				} else if (!stopping) {

@@ -199,6 +199,7 @@ struct store_req {
 	const struct record *recs;    /* parsed records; n = 0 if rejected before */
 	size_t n;
 	const char *endpoint;
+	const char *source;           /* the sender: client certificate name (CURVE) or peer address; "" if unknown */
 	const void *body;             /* verbatim request bytes, for fee_reject */
 	size_t len;
 	bool bad_input;               /* in: rejected by the parser, reason set; never changes */

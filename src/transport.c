@@ -5,6 +5,14 @@
  * delivers messages whole); past REQUEST_MAX_FRAMES they are drained, and
  * past DROP_FRAMES the sender's connection is dropped. ROUTER_MANDATORY makes a full or vanished peer visible
  * instead of a silent drop. Main thread only; created after the last fork.
+ *
+ * Security (docs/security.md): with [listen] curve_server_cert every
+ * endpoint but ipc:// is a CURVE server; with CURVE or an allow list the
+ * ZAP handler (auth.c) is bound before any endpoint and polled here, and
+ * network endpoints get a ZAP domain so that plain (NULL) handshakes are
+ * checked against the allow list too. Each request on a CURVE endpoint is
+ * checked against the current client set: a removed certificate refuses
+ * the connection's next request ("FALSE: not authorized"), unstored.
  */
 #include "transport.h"
 
@@ -17,6 +25,7 @@
 #include <sys/socket.h>
 #include <zmq.h>
 
+#include "auth.h"
 #include "log.h"
 #include "protocol.h"
 #include "ratelimit.h"
@@ -25,19 +34,45 @@
 #define MAX_SOCKETS 16
 #define ENDPOINT_MAX 256
 #define DROP_FRAMES 1024       /* a message of more frames drops its peer's connection */
+#define ZAP_BURST 256          /* handshakes answered per poll */
+#define ZAP_DOMAIN "feed"
+#define NOT_AUTHORIZED "not authorized"
 
 struct transport {
 	void *ctx;
 	void *socks[MAX_SOCKETS];
 	char names[MAX_SOCKETS][ENDPOINT_MAX];
+	bool curve[MAX_SOCKETS];   /* a CURVE server: its requests are checked against the set */
+	struct auth *auth;         /* NULL: no CURVE, no allow list */
 	unsigned n;
 	unsigned next;             /* round-robin start for fairness */
 	struct proto_limits lim;
 	char endpoints[MAX_SOCKETS * ENDPOINT_MAX];
 	struct ratelimit rl_drop;  /* log lines about dropped messages and peers */
+	struct ratelimit rl_auth;  /* log lines about requests refused as not authorized */
 };
 
 static int set_int(void *s, int opt, int v) { return zmq_setsockopt(s, opt, &v, sizeof(v)); }
+
+/*
+ * CURVE and ZAP for one endpoint, before its bind. ipc:// is left to the
+ * file system's permissions (its peers have no address to allow, and the
+ * socket file's mode says who may connect). Sets *ret_curve.
+ */
+static int secure_socket(const struct transport *t, void *s, const char *endpoint, bool *ret_curve)
+{
+	const uint8_t *secret;
+
+	*ret_curve = false;
+	if (!t->auth || strncmp(endpoint, "ipc://", 6) == 0)
+		return 0;
+	if (zmq_setsockopt(s, ZMQ_ZAP_DOMAIN, ZAP_DOMAIN, strlen(ZAP_DOMAIN)) != 0)
+		return -1;
+	if (!auth_curve(t->auth, &secret))
+		return 0;
+	*ret_curve = true;
+	return set_int(s, ZMQ_CURVE_SERVER, 1) || zmq_setsockopt(s, ZMQ_CURVE_SECRETKEY, secret, AUTH_KEY_BYTES);
+}
 
 int transport_open(const struct feed_config *cfg, struct transport **ret, char *err, size_t errsz)
 {
@@ -51,12 +86,19 @@ int transport_open(const struct feed_config *cfg, struct transport **ret, char *
 	t->lim.max_records = (size_t)cfg->max_records;
 	t->rl_drop = (struct ratelimit)RATELIMIT_INIT(1000, 10);
 	t->ctx = zmq_ctx_new();
+	t->rl_auth = (struct ratelimit)RATELIMIT_INIT(1000, 10);
 	list = strdup(cfg->endpoint);
 	if (!t->ctx || !list) {
 		r = -ENOMEM;
 		snprintf(err, errsz, "cannot create the ZeroMQ context: %s", zmq_strerror(errno));
 		goto fail;
 	}
+	r = auth_open(cfg, &t->auth, err, errsz);
+	if (r < 0)
+		goto fail;
+	/* before the first bind: without a handler libzmq lets CURVE clients in unchecked */
+	if (t->auth && (r = auth_zap_bind(t->auth, t->ctx, err, errsz)) < 0)
+		goto fail;
 	for (char *tok = strtok_r(list, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
 		tok += strspn(tok, " \t");
 		tok[strcspn(tok, " \t")] = '\0';
@@ -71,7 +113,8 @@ int transport_open(const struct feed_config *cfg, struct transport **ret, char *
 		int64_t maxmsg = 4 * (int64_t)cfg->max_message_bytes;
 		if (!s || set_int(s, ZMQ_ROUTER_MANDATORY, 1) || set_int(s, ZMQ_SNDHWM, cfg->hwm) ||
 		    set_int(s, ZMQ_RCVHWM, cfg->hwm) || set_int(s, ZMQ_LINGER, 1000) ||
-		    zmq_setsockopt(s, ZMQ_MAXMSGSIZE, &maxmsg, sizeof(maxmsg))) {
+		    zmq_setsockopt(s, ZMQ_MAXMSGSIZE, &maxmsg, sizeof(maxmsg)) ||
+		    secure_socket(t, s, tok, &t->curve[t->n])) {
 			r = -errno;
 			snprintf(err, errsz, "cannot create a ZeroMQ ROUTER socket: %s", zmq_strerror(errno));
 			if (s)
@@ -110,6 +153,7 @@ void transport_close(struct transport **pt)
 		return;
 	for (unsigned i = 0; i < t->n; i++)
 		zmq_close(t->socks[i]);
+	auth_free(&t->auth);
 	if (t->ctx)
 		zmq_ctx_term(t->ctx);
 	free(t);
@@ -118,26 +162,49 @@ void transport_close(struct transport **pt)
 
 const char *transport_endpoints(const struct transport *t) { return t->endpoints; }
 
+int transport_auth_rescan(struct transport *t, char *err, size_t errsz)
+{
+	return auth_rescan(t->auth, true, err, errsz);
+}
+
 int transport_poll(struct transport *t, bool want_input, const int *fds, size_t nfds,
 		   int timeout_ms, unsigned *ret_fds, bool *ret_input)
 {
-	zmq_pollitem_t items[MAX_SOCKETS + 8];
-	size_t n = 0;
+	zmq_pollitem_t items[MAX_SOCKETS + 9];
+	size_t n = 0, zap = SIZE_MAX;
+	void *zs = auth_zap_socket(t->auth);
 
 	*ret_fds = 0;
 	*ret_input = false;
-	for (size_t i = 0; i < nfds && i < 8; i++)
+	nfds = nfds < 8 ? nfds : 8;
+	for (size_t i = 0; i < nfds; i++)
 		items[n++] = (zmq_pollitem_t){ .fd = fds[i], .events = ZMQ_POLLIN };
+	/* handshakes go on while input waits for admission: they hold no request */
+	if (zs) {
+		zap = n;
+		items[n++] = (zmq_pollitem_t){ .socket = zs, .events = ZMQ_POLLIN };
+	}
 	if (want_input)
 		for (unsigned i = 0; i < t->n; i++)
 			items[n++] = (zmq_pollitem_t){ .socket = t->socks[i], .events = ZMQ_POLLIN };
 	int r = zmq_poll(items, (int)n, timeout_ms);
 	if (r < 0)
 		return errno == EINTR ? 0 : -errno;
+	uint64_t now = mono_ms();
+	auth_tick(t->auth, now);
+	uint64_t suppressed = ratelimit_suppressed(&t->rl_auth, now);
+	if (suppressed)
+		log_warn("suppressed %llu more lines about requests refused as not authorized",
+			 (unsigned long long)suppressed);
 	for (size_t i = 0; i < n; i++) {
 		if (!(items[i].revents & ZMQ_POLLIN))
 			continue;
-		if (i < nfds)
+		if (i == zap) {
+			/* not fatal: that handshake fails, the others go on */
+			r = auth_zap_serve(t->auth, ZAP_BURST);
+			if (r < 0 && ratelimit_ok(&t->rl_drop, now))
+				log_err("ZAP handler: %s", zmq_strerror(-r));
+		} else if (i < nfds)
 			*ret_fds |= 1u << i;
 		else
 			*ret_input = true;
@@ -220,6 +287,41 @@ static void where_of(const struct transport *t, unsigned sock, zmq_msg_t *m, cha
 }
 
 /*
+ * Who sent m: on a CURVE endpoint the client certificate's name (ZAP's
+ * User-Id), checked against the current set (*ret_ok false when it left
+ * it); elsewhere the peer address. Borrowed from m's metadata.
+ */
+static const char *source_of(struct transport *t, unsigned sock, zmq_msg_t *m, bool *ret_ok)
+{
+	if (t->curve[sock]) {
+		const char *name = zmq_msg_gets(m, "User-Id");
+		*ret_ok = auth_current(t->auth, name, zmq_msg_gets(m, "X-Curve-Key"));
+		return name ? name : "";
+	}
+	const char *pa = zmq_msg_gets(m, "Peer-Address");
+	*ret_ok = true;
+	return pa ? pa : "";
+}
+
+/*
+ * A request from a client whose certificate was removed after its
+ * handshake: answered "FALSE: not authorized" at once, not stored (its
+ * sender is no longer one feed accepts records from).
+ */
+static void refuse(struct transport *t, struct request *r)
+{
+	r->sr.rejected = true;
+	snprintf(r->sr.reason, sizeof(r->sr.reason), "%s", NOT_AUTHORIZED);
+	if (ratelimit_ok(&t->rl_auth, mono_ms()))
+		log_warn("%s: refused a request from client %s: its certificate is no longer in [listen] curve_clients",
+			 r->sr.endpoint, r->sr.source[0] ? r->sr.source : "(unnamed)");
+	int rc = transport_reply(t, r);
+	if (rc < 0 && rc != -EAGAIN)
+		log_debug("%s: reply not sent: %s", r->sr.endpoint, strerror(-rc));
+	request_free(r);
+}
+
+/*
  * Reads the rest of a message: the first REQUEST_MAX_FRAMES frames into f,
  * the others drained into one scratch frame. Returns the frame count or -errno.
  */
@@ -289,17 +391,23 @@ int transport_recv(struct transport *t, struct request **ret)
 		if ((size_t)total > DROP_FRAMES)
 			drop_peer(t, sock, &f[nf - 1], (size_t)total);
 		struct request *r = NULL;
+		bool authorized = true;
 		if (nf >= 2) {
 			for (unsigned i = 0; i < nf; i++)
 				fr[i] = (struct frame){ zmq_msg_data(&f[i]), zmq_msg_size(&f[i]) };
 			where_of(t, sock, &f[nf - 1], where, sizeof(where));
-			r = request_from_frames(fr, nf, (size_t)total, &t->lim, where, sock);
+			const char *source = source_of(t, sock, &f[nf - 1], &authorized);
+			r = request_from_frames(fr, nf, (size_t)total, &t->lim, where, source, sock);
 		}
 		if (!r && ratelimit_ok(&t->rl_drop, mono_ms()))
 			log_warn("%s: dropped a message that cannot be answered (%zd frames%s)", t->names[sock],
 				 total, nf >= 2 ? ", out of memory" : "");
 		for (unsigned i = 0; i < nf; i++)
 			zmq_msg_close(&f[i]);
+		if (r && !authorized) {
+			refuse(t, r);
+			r = NULL;
+		}
 		if (!r)
 			return 0;
 		*ret = r;

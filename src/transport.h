@@ -1,6 +1,7 @@
 /*
  * transport.h - the ZeroMQ side of the daemon: ROUTER sockets, requests in,
- * replies out. The only server file that includes <zmq.h>. Main thread only.
+ * replies out. With auth.c (the ZAP handler), the only server files that
+ * include <zmq.h>. Main thread only.
  */
 #ifndef FEED_TRANSPORT_H
 #define FEED_TRANSPORT_H
@@ -18,12 +19,19 @@ int transport_open(const struct feed_config *cfg, struct transport **ret, char *
 /* Closes sockets (linger bounded) and the context. NULL-safe; sets *pt = NULL. */
 void transport_close(struct transport **pt);
 
+/*
+ * Rereads [listen] curve_clients now (SIGHUP; after the privilege drop, to
+ * see it as the daemon's user will). 0 without CURVE; -errno with err set.
+ */
+int transport_auth_rescan(struct transport *t, char *err, size_t errsz);
+
 /* The endpoints as bound (wildcard ports resolved), comma separated. */
 const char *transport_endpoints(const struct transport *t);
 
 /*
  * Waits up to timeout_ms for socket input (only if want_input) or for one
  * of fds[0..nfds) to become readable; bit i of *ret_fds is set for fds[i].
+ * Pending handshakes are answered here (the ZAP handler) whatever want_input.
  * *ret_input tells whether a socket has input. Returns 0 or -errno (EINTR is 0).
  */
 int transport_poll(struct transport *t, bool want_input, const int *fds, size_t nfds,

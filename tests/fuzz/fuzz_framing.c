@@ -56,7 +56,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		return 0; /* transport never builds a request from fewer */
 	size_t total = nf + extra;
 
-	struct request *r = request_from_frames(f, nf, total, &lim, where, 3);
+	struct request *r = request_from_frames(f, nf, total, &lim, where, "127.0.0.1", 3);
 	FUZZ_CHECK(r != NULL);
 	FUZZ_CHECK(r->sock == 3);
 	FUZZ_CHECK(strcmp(r->sr.endpoint, where) == 0);
