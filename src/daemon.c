@@ -739,6 +739,10 @@ static int serve(struct ctx *c, bool background)
 		     c->pidfile_dir, cfg->user[0] ? cfg->user : "(current)");
 		goto out;
 	}
+	if (server_check_auth(srv, err, sizeof(err)) < 0) {
+		fail(c, "%s", err);
+		goto out;
+	}
 	if (server_open_db(srv, &sp, err, sizeof(err)) < 0) {
 		fail(c, "database %s: %s", c->url, err);
 		goto out;

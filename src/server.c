@@ -74,18 +74,14 @@ int server_bind(const struct feed_config *cfg, struct server **ret, char *err, s
 	return 0;
 }
 
+int server_check_auth(struct server *s, char *err, size_t errsz)
+{
+	return transport_auth_rescan(s->t, err, errsz);
+}
+
 int server_open_db(struct server *s, const struct store_params *sp, char *err, size_t errsz)
 {
-	/*
-	 * Privileges are dropped by now: read curve_clients again as the user
-	 * that will rescan it, so that a directory only root can read fails
-	 * the start instead of locking every client out at the first change.
-	 */
-	int r = transport_auth_rescan(s->t, err, errsz);
-
-	if (r < 0)
-		return r;
-	r = pipeline_start(s->cfg, sp, &s->p, err, errsz);
+	int r = pipeline_start(s->cfg, sp, &s->p, err, errsz);
 
 	if (r < 0)
 		return r;

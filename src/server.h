@@ -24,6 +24,12 @@ struct server_hooks {
 /* Binds the endpoints (as root if needed: before dropping privileges). */
 int server_bind(const struct feed_config *cfg, struct server **ret, char *err, size_t errsz);
 /* Opens the database: migrates, starts writers and the settler. */
+/*
+ * After the privilege drop: reads curve_clients again as the user that will
+ * rescan it, so that a directory only root can read fails the start instead
+ * of locking every client out at the first change. 0 or -errno (err says why).
+ */
+int server_check_auth(struct server *s, char *err, size_t errsz);
 int server_open_db(struct server *s, const struct store_params *sp, char *err, size_t errsz);
 const char *server_endpoints(const struct server *s);
 /*
