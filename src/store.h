@@ -136,7 +136,12 @@ struct store_ops {
 	 * Creates the schema or brings it to STORE_SCHEMA_VERSION: fee, fee_rate,
 	 * fee_reject, feed_schema. Adopts a classic fee(ticket, login, volume,
 	 * status) table keeping its rows. Idempotent; safe when several feed
-	 * instances run it at once. Runs its own transaction(s).
+	 * instances run it at once. Runs its own transaction(s). Errors, the
+	 * same on every backend: -EPROTO feed_schema holds a version newer than
+	 * STORE_SCHEMA_VERSION (nothing changed); -EINVAL an existing fee table
+	 * feed cannot adopt (duplicate tickets, a required column missing);
+	 * -EAGAIN a lock waited for too long (another migration, a session
+	 * holding fee); else the classes above.
 	 */
 	int (*migrate)(struct store *s);
 	/* Runs one SQL statement outside the batch protocol (migration, tests). */

@@ -1203,7 +1203,7 @@ static int my_adopt_fee(struct store_mysql *m)
 				  "occur more than once; list them with SELECT ticket FROM fee "
 				  "GROUP BY ticket HAVING COUNT(*) > 1 and resolve them by hand "
 				  "(feed never deletes rows)", v);
-			return -EIO;
+			return -EINVAL;
 		}
 	}
 

@@ -884,7 +884,7 @@ static int pg_migrate(struct store *s)
 		/* Written by a newer feed: do not "migrate" it backwards. */
 		pg_setmsg(p, "schema version %s in feed_schema is newer than this feed "
 			  "supports (%d)", PQgetvalue(res, 0, 0), STORE_SCHEMA_VERSION);
-		r = -EIO;
+		r = -EPROTO;
 		goto out;
 	}
 	/* Each step reads the catalog and changes fee only where it must. */

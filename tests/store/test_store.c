@@ -997,8 +997,8 @@ static void test_classic_duplicates(void **state)
 	t_create_classic("(1, 10, 1.50, 'N'), (1, 11, 2.00, 'N'), (2, 20, 2.25, 'Y')");
 	fx->s->errmsg[0] = '\0';
 	r = fx->ops->migrate(fx->s);
-	if (r >= 0)
-		fail_msg("migrate of a fee table with duplicate tickets = %d, want an error", r);
+	/* the error contract (store.h): the same errno on every backend */
+	t_expect_fail(fx->s, r, -EINVAL, "migrate of a fee table with duplicate tickets");
 	if (!strstr(fx->s->errmsg, "SELECT ticket FROM fee GROUP BY ticket HAVING COUNT(*) > 1"))
 		fail_msg("errmsg does not say how to find the duplicates: %s", fx->s->errmsg);
 	t_sql_expect_dec("SELECT ticket, login, volume FROM fee ORDER BY ticket, login",
@@ -1006,6 +1006,22 @@ static void test_classic_duplicates(void **state)
 	/* Still refused on a second attempt, still nothing lost. */
 	assert_true(fx->ops->migrate(fx->s) < 0);
 	t_sql_expect("SELECT count(*) FROM fee", "3\n");
+}
+
+/* A schema written by a newer feed is refused, the same way on every backend, and left alone. */
+static void test_schema_newer(void **state)
+{
+	struct t_fix *fx = *state;
+	int r;
+
+	t_migrate(fx);
+	t_sql("UPDATE feed_schema SET version = 99", NULL, 0);
+	fx->s->errmsg[0] = '\0';
+	r = fx->ops->migrate(fx->s);
+	t_expect_fail(fx->s, r, -EPROTO, "migrate of a schema of version 99");
+	if (!strstr(fx->s->errmsg, "99") || !strstr(fx->s->errmsg, "newer"))
+		fail_msg("errmsg does not name the newer version: %s", fx->s->errmsg);
+	t_sql_expect("SELECT version FROM feed_schema", "99\n");
 }
 
 /* ==== Connections ==== */
@@ -1196,6 +1212,7 @@ int main(void)
 		T(test_reads_naturally),
 		T(test_classic_adoption),
 		T(test_classic_duplicates),
+		T(test_schema_newer),
 		T(test_classic_own_ticket_key),
 		T(test_reconnect_healthy),
 		T(test_unique_other_key),
