@@ -126,6 +126,10 @@ struct store_ops {
 	int version;                  /* STORE_OPS_VERSION */
 	const char *name;             /* "sqlite", "postgresql", "mysql" */
 	const char *const *schemes;   /* URL schemes this backend takes, NULL-terminated */
+	/* Traits: what the rest of feed needs to know about a backend, asked here
+	   rather than by comparing ops pointers. */
+	int default_writers;          /* writer threads when writers = 0: 1 where the
+					 database has one write lock (SQLite), else 2 */
 
 	/* Connects. On failure returns -errno and writes the reason into err. */
 	int (*open)(const struct store_params *p, struct store **ret, char *err, size_t errsz);

@@ -1752,6 +1752,7 @@ const struct store_ops store_mysql_ops = {
 	.version = STORE_OPS_VERSION,
 	.name = "mysql",
 	.schemes = my_schemes,
+	.default_writers = 2,
 	.open = my_open,
 	.close = my_close,
 	.reconnect = my_reconnect,

@@ -1328,6 +1328,7 @@ const struct store_ops store_pg_ops = {
 	.version = STORE_OPS_VERSION,
 	.name = "postgresql",
 	.schemes = pg_schemes,
+	.default_writers = 2,
 	.open = pg_open,
 	.close = pg_close,
 	.reconnect = pg_reconnect,

@@ -954,6 +954,7 @@ const struct store_ops store_sqlite_ops = {
 	.version = STORE_OPS_VERSION,
 	.name = "sqlite",
 	.schemes = sq_schemes,
+	.default_writers = 1,
 	.open = sq_open,
 	.close = sq_close,
 	.reconnect = sq_reconnect,

@@ -264,6 +264,8 @@ static int t_setup(void **state)
 	    !fx->ops->lookup || !fx->ops->insert || !fx->ops->insert_rejects ||
 	    !fx->ops->fetch_unsettled || !fx->ops->settle)
 		fail_msg("backend %s leaves an operation NULL", fx->ops->name);
+	if (fx->ops->default_writers < 1)
+		fail_msg("backend %s has default_writers %d", fx->ops->name, fx->ops->default_writers);
 	fx->s = t_open(fx->ops);
 	for (size_t i = 0; i < sizeof(t_tables) / sizeof(t_tables[0]); i++) {
 		snprintf(sql, sizeof(sql), "DROP TABLE IF EXISTS %s", t_tables[i]);
