@@ -8,8 +8,10 @@
  * connection and scratch space.
  */
 #include "store.h"
+#include "store_int.h"
 
 #include <errno.h>
+#include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -54,6 +56,34 @@ void store_url_redact(const char *url, char *buf, size_t size)
 		return;
 	/* scheme://user:SECRET@host -> scheme://user:***@host */
 	snprintf(buf, size, "%.*s***%s", (int)(colon + 1 - url), url, at);
+}
+
+/* ==== Helpers for the backends (store_int.h) ==== */
+
+int store_parse_i64(const char *s, size_t len, int64_t *ret)
+{
+	/* dec_parse at scale 0 would take "1.0": a server prints an integer column without */
+	if (!s || memchr(s, '.', len))
+		return -EINVAL;
+	return dec_parse(s, len, 0, DEC_LENIENT, ret, NULL);
+}
+
+int64_t store_parse_amount(const char *s, size_t len)
+{
+	int64_t v;
+
+	if (!s || dec_parse(s, len, DEC_SCALE, DEC_LENIENT, &v, NULL) < 0 || v < 0)
+		return -1;
+	return v;
+}
+
+void store_setmsg(struct store *s, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(s->errmsg, sizeof(s->errmsg), fmt, ap);
+	va_end(ap);
 }
 
 /* ==== The batch ==== */

@@ -43,6 +43,7 @@
 
 #include "decimal.h"
 #include "store.h"
+#include "store_int.h"
 
 #define MY_SQL_MAX         (256 * 1024)   /* bound of one generated statement */
 #define MY_LOOKUP_CHUNK    2000           /* tickets per SELECT ... IN (...) */
@@ -363,51 +364,6 @@ static int my_select(struct store_mysql *m, const char *what, const char *sql, s
 	}
 	*ret = res;
 	return 0;
-}
-
-/* ==== Reading values ==== */
-
-/* A signed 64-bit integer printed by the server. */
-static bool my_parse_i64(const char *s, unsigned long len, int64_t *ret)
-{
-	uint64_t acc = 0, max = INT64_MAX;
-	bool neg = false;
-	unsigned long i = 0;
-
-	if (!s || len == 0)
-		return false;
-	if (s[0] == '-') {
-		neg = true;
-		max = (uint64_t)INT64_MAX + 1;
-		i = 1;
-	}
-	if (i == len)
-		return false;
-	for (; i < len; i++) {
-		unsigned d;
-
-		if (s[i] < '0' || s[i] > '9')
-			return false;
-		d = (unsigned)(s[i] - '0');
-		if (acc > (max - d) / 10)
-			return false;
-		acc = acc * 10 + d;
-	}
-	if (neg)
-		*ret = acc == (uint64_t)INT64_MAX + 1 ? INT64_MIN : -(int64_t)acc;
-	else
-		*ret = (int64_t)acc;
-	return true;
-}
-
-/* A non-negative DECIMAL at DEC_SCALE, or -1 (NULL, unreadable, negative). */
-static int64_t my_parse_amount(const char *s, unsigned long len)
-{
-	int64_t v;
-
-	if (!s || dec_parse(s, len, DEC_SCALE, DEC_LENIENT, &v, NULL) < 0 || v < 0)
-		return -1;
-	return v;
 }
 
 /* ==== URL ==== */
@@ -815,7 +771,7 @@ static int my_check_durability(struct store_mysql *m)
 		unsigned long *len = mysql_fetch_lengths(res);
 
 		for (int i = 0; i < 3; i++)
-			if (!row[i] || !my_parse_i64(row[i], len[i], &v[i]))
+			if (!row[i] || store_parse_i64(row[i], len[i], &v[i]) < 0)
 				v[i] = -1;
 	}
 	mysql_free_result(res);
@@ -1036,7 +992,7 @@ static int my_select_i64(struct store_mysql *m, const char *what, const char *sq
 	row = mysql_fetch_row(res);
 	if (row && row[0]) {
 		lens = mysql_fetch_lengths(res);
-		if (!my_parse_i64(row[0], lens[0], ret)) {
+		if (store_parse_i64(row[0], lens[0], ret) < 0) {
 			my_seterr(m, "%s: unexpected value \"%.*s\"", what,
 				  (int)(lens[0] > 40 ? 40 : lens[0]), row[0]);
 			r = -EIO;
@@ -1138,7 +1094,7 @@ static int my_widen_volume(struct store_mysql *m)
 		unsigned long *len = mysql_fetch_lengths(res);
 
 		for (int i = 0; i < 3; i++)
-			if (!my_parse_i64(row[i], len[i], &v[i]))
+			if (store_parse_i64(row[i], len[i], &v[i]) < 0)
 				r = -EIO;
 	}
 	mysql_free_result(res);
@@ -1400,16 +1356,16 @@ static int my_lookup(struct store *s, const int64_t *tickets, size_t n,
 				r = -EIO;
 				break;
 			}
-			if (!my_parse_i64(row[0], len[0], &o->ticket)) {
+			if (store_parse_i64(row[0], len[0], &o->ticket) < 0) {
 				my_seterr(m, "lookup: unreadable ticket \"%.*s\" in fee",
 					  (int)(len[0] > 40 ? 40 : len[0]), row[0] ? row[0] : "");
 				r = -EIO;
 				break;
 			}
 			/* 0 is no valid login: an unreadable one can only conflict */
-			if (!my_parse_i64(row[1], len[1], &o->login))
+			if (store_parse_i64(row[1], len[1], &o->login) < 0)
 				o->login = 0;
-			o->volume = my_parse_amount(row[2], len[2]);
+			o->volume = store_parse_amount(row[2], len[2]);
 			got++;
 		}
 		mysql_free_result(res);
@@ -1692,19 +1648,19 @@ static int my_fetch_unsettled(struct store *s, int64_t after, size_t max,
 			r = -EIO;
 			goto out;
 		}
-		if (!my_parse_i64(row[0], len[0], &o->ticket)) {
+		if (store_parse_i64(row[0], len[0], &o->ticket) < 0) {
 			my_seterr(m, "fetch_unsettled: unreadable ticket \"%.*s\" in fee",
 				  (int)(len[0] > 40 ? 40 : len[0]), row[0] ? row[0] : "");
 			r = -EIO;
 			goto out;
 		}
-		if (!my_parse_i64(row[1], len[1], &o->login))
+		if (store_parse_i64(row[1], len[1], &o->login) < 0)
 			o->login = 0;
-		o->volume = my_parse_amount(row[2], len[2]);
+		o->volume = store_parse_amount(row[2], len[2]);
 		if (!row[3]) {
 			o->rate = -1;            /* no fee_rate row for the login */
 		} else {
-			o->rate = my_parse_amount(row[3], len[3]);
+			o->rate = store_parse_amount(row[3], len[3]);
 			if (o->rate < 0)
 				o->rate = -2;
 		}

@@ -12,6 +12,7 @@
  * statements are kept, so reconnect() only re-applies the session settings.
  */
 #include "store.h"
+#include "store_int.h"
 
 #include <errno.h>
 #include <stdarg.h>
@@ -228,35 +229,12 @@ static int pg_cmd(struct store_pg *p, const char *sql, const char *what)
 
 /* ==== Values ==== */
 
-/* A (possibly negative) int64 printed by the server. */
-static int pg_parse_i64(const char *s, int64_t *ret)
-{
-	bool neg = false;
-	uint64_t v = 0, lim = (uint64_t)INT64_MAX;
-
-	if (*s == '-') {
-		neg = true;
-		lim++;
-		s++;
-	}
-	if (!*s)
-		return -EINVAL;
-	for (; *s; s++) {
-		if (*s < '0' || *s > '9')
-			return -EINVAL;
-		if (v > (lim - (uint64_t)(*s - '0')) / 10)
-			return -ERANGE;
-		v = v * 10 + (uint64_t)(*s - '0');
-	}
-	*ret = neg ? (int64_t)(0 - v) : (int64_t)v;
-	return 0;
-}
-
 static int64_t pg_get_i64(const PGresult *res, int row, int col)
 {
 	int64_t v = 0;
 
-	if (PQgetisnull(res, row, col) || pg_parse_i64(PQgetvalue(res, row, col), &v) < 0)
+	if (PQgetisnull(res, row, col) ||
+	    store_parse_i64(PQgetvalue(res, row, col), (size_t)PQgetlength(res, row, col), &v) < 0)
 		return 0;
 	return v;
 }
@@ -264,14 +242,9 @@ static int64_t pg_get_i64(const PGresult *res, int row, int col)
 /* A non-negative decimal at DEC_SCALE, or -1 if NULL, negative or unreadable. */
 static int64_t pg_get_dec(const PGresult *res, int row, int col)
 {
-	int64_t v;
-
 	if (PQgetisnull(res, row, col))
 		return -1;
-	if (dec_parse(PQgetvalue(res, row, col), (size_t)PQgetlength(res, row, col),
-		      DEC_SCALE, DEC_LENIENT, &v, NULL) < 0 || v < 0)
-		return -1;
-	return v;
+	return store_parse_amount(PQgetvalue(res, row, col), (size_t)PQgetlength(res, row, col));
 }
 
 /* "{1,2,3}" from tickets[0..n). Caller frees. */

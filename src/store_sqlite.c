@@ -29,6 +29,7 @@
 
 #include "decimal.h"
 #include "store.h"
+#include "store_int.h"
 #include "timeutil.h"
 
 #ifndef SQLITE_OPEN_EXRESCODE          /* before 3.37; extended codes are also set below */
@@ -326,9 +327,7 @@ static int64_t sq_column_dec(sqlite3_stmt *st, int col)
 	default:
 		txt = (const char *)sqlite3_column_text(st, col);
 		len = sqlite3_column_bytes(st, col);
-		if (!txt || dec_parse(txt, (size_t)len, DEC_SCALE, DEC_LENIENT, &v, NULL) < 0 || v < 0)
-			return -1;
-		return v;
+		return store_parse_amount(txt, (size_t)len);
 	}
 }
 
