@@ -1005,279 +1005,27 @@ static int my_select_i64(struct store_mysql *m, const char *what, const char *sq
 /*
  * DDL waits for a metadata lock that any open transaction on the table
  * holds, and every later statement on the table queues behind that wait
- * (lock_wait_timeout defaults to a year): migrate() runs DDL only where the
- * catalog says it is needed, and waits at most this long for the lock.
+ * (lock_wait_timeout defaults to a year): the migration (store_migrate.c)
+ * runs DDL only where the catalog says it is needed, and waits at most this
+ * long for the lock. DDL commits implicitly: there is no transaction to roll back.
  */
 #define MY_DDL_LOCK_TIMEOUT_S 5
 
-/* Runs one DDL statement on table; a lock timeout says what it waited for. */
-static int my_ddl(struct store_mysql *m, const char *what, const char *table, const char *sql)
+/* Keeps errmsg across a statement run only to clean up. */
+static void my_quiet(struct store_mysql *m, const char *what, const char *sql)
 {
-	int r = my_query_str(m, what, sql);
+	char keep[sizeof(m->base.errmsg)];
 
-	if (r < 0 && m->conn && mysql_errno(m->conn) == 1205)   /* ER_LOCK_WAIT_TIMEOUT */
-		my_seterr(m, "%s: waited %d s for a lock on table %s, which another session holds "
-			  "(an open transaction that read or wrote %s: see SHOW PROCESSLIST); end it "
-			  "and start feed again", what, MY_DDL_LOCK_TIMEOUT_S, table, table);
-	return r;
+	memcpy(keep, m->base.errmsg, sizeof(keep));
+	my_query_str(m, what, sql);
+	memcpy(m->base.errmsg, keep, sizeof(keep));
 }
 
-static const char my_create_fee[] =
-	"CREATE TABLE IF NOT EXISTS fee ("
-	" ticket BIGINT NOT NULL PRIMARY KEY,"
-	" login BIGINT NOT NULL,"
-	" volume DECIMAL(19,8) NOT NULL,"
-	" status CHAR(1) NOT NULL DEFAULT 'N',"
-	" fee DECIMAL(20,2) NULL,"
-	" received_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),"
-	" settled_at DATETIME(6) NULL,"
-	" CONSTRAINT fee_volume_nonneg CHECK (volume >= 0),"
-	" KEY fee_status_ticket (status, ticket)"
-	") ENGINE=InnoDB DEFAULT CHARSET=utf8mb4";
-
-static const char my_create_rate[] =
-	"CREATE TABLE IF NOT EXISTS fee_rate ("
-	" login BIGINT NOT NULL PRIMARY KEY,"
-	" rate DECIMAL(19,8) NOT NULL"
-	") ENGINE=InnoDB DEFAULT CHARSET=utf8mb4";
-
-static const char my_create_reject[] =
-	"CREATE TABLE IF NOT EXISTS fee_reject ("
-	" id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY,"
-	" received_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),"
-	" endpoint TEXT NOT NULL,"
-	" reason TEXT NOT NULL,"
-	" body LONGBLOB NOT NULL"
-	") ENGINE=InnoDB DEFAULT CHARSET=utf8mb4";
-
-static const char my_create_schema[] =
-	"CREATE TABLE IF NOT EXISTS feed_schema ("
-	" version INT NOT NULL"
-	") ENGINE=InnoDB";
-
-/* Columns a classic fee table may lack, and how to add each. */
-static const struct {
-	const char *name;
-	const char *ddl;
-} my_fee_addcols[] = {
-	{ "status", "ALTER TABLE fee ADD COLUMN status CHAR(1) NOT NULL DEFAULT 'N'" },
-	{ "fee", "ALTER TABLE fee ADD COLUMN fee DECIMAL(20,2) NULL" },
-	{ "received_at", "ALTER TABLE fee ADD COLUMN received_at DATETIME(6) NOT NULL "
-			 "DEFAULT CURRENT_TIMESTAMP(6)" },
-	{ "settled_at", "ALTER TABLE fee ADD COLUMN settled_at DATETIME(6) NULL" },
-};
-
-/*
- * A classic DECIMAL volume narrower than DECIMAL(19,8) would round new
- * volumes silently (MySQL only notes fractional rounding, even when strict):
- * widen it, which is lossless. Other types (DOUBLE, TEXT) are left alone, as
- * converting them could change stored values; lookup() reports what it
- * cannot read exactly as -1.
- */
-static int my_widen_volume(struct store_mysql *m)
-{
-	static const char q[] =
-		"SELECT numeric_precision, numeric_scale, is_nullable = 'NO'"
-		" FROM information_schema.columns WHERE table_schema = DATABASE()"
-		" AND table_name = 'fee' AND column_name = 'volume' AND data_type = 'decimal'";
-	int64_t v[3] = { 0, 0, 0 };
-	MYSQL_RES *res = NULL;
-	MYSQL_ROW row;
-	char sql[128];
-	int r;
-
-	r = my_select(m, "look up fee.volume", q, sizeof(q) - 1, 3, &res);
-	if (r < 0)
-		return r;
-	row = mysql_fetch_row(res);
-	if (row) {
-		unsigned long *len = mysql_fetch_lengths(res);
-
-		for (int i = 0; i < 3; i++)
-			if (store_parse_i64(row[i], len[i], &v[i]) < 0)
-				r = -EIO;
-	}
-	mysql_free_result(res);
-	if (r < 0) {
-		my_seterr(m, "look up fee.volume: unreadable precision/scale");
-		return r;
-	}
-	if (!row || (v[1] >= DEC_SCALE && v[0] - v[1] >= 11))
-		return 0;
-	snprintf(sql, sizeof(sql), "ALTER TABLE fee MODIFY volume DECIMAL(%" PRId64 ",%d)%s",
-		 (v[0] - v[1] > 11 ? v[0] - v[1] : 11) + DEC_SCALE, DEC_SCALE,
-		 v[2] ? " NOT NULL" : "");
-	return my_ddl(m, "widen fee.volume to DECIMAL(19,8)", "fee", sql);
-}
-
-/* A classic INT ticket or login refuses ids above 2^31: widen it to BIGINT (lossless). */
-static int my_widen_id(struct store_mysql *m, const char *col)
-{
-	char sql[384];
-	int64_t nullable;
-	int r;
-
-	snprintf(sql, sizeof(sql),
-		 "SELECT is_nullable = 'YES' FROM information_schema.columns"
-		 " WHERE table_schema = DATABASE() AND table_name = 'fee' AND column_name = '%s'"
-		 " AND data_type IN ('tinyint', 'smallint', 'mediumint', 'int')", col);
-	r = my_select_i64(m, "look up fee columns", sql, &nullable);
-	if (r < 0 || nullable < 0)
-		return r;
-	snprintf(sql, sizeof(sql), "ALTER TABLE fee MODIFY %s BIGINT%s", col,
-		 nullable ? "" : " NOT NULL");
-	return my_ddl(m, "widen fee ids to BIGINT", "fee", sql);
-}
-
-/*
- * Brings an existing fee table to the current layout. Each step checks the
- * catalog first, so a rerun (or a second instance after us) does nothing.
- * DDL commits implicitly in MySQL: there is no transaction to roll back.
- */
-static int my_adopt_fee(struct store_mysql *m)
-{
-	char sql[512];
-	int64_t v, has_unique;
-	int r;
-
-	/* A unique index on exactly (ticket)? Without one, refuse duplicates first. */
-	r = my_select_i64(m, "look up fee indexes",
-			  "SELECT COUNT(*) FROM (SELECT index_name FROM information_schema.statistics"
-			  " WHERE table_schema = DATABASE() AND table_name = 'fee'"
-			  " AND non_unique = 0 GROUP BY index_name"
-			  " HAVING COUNT(*) = 1 AND MAX(column_name) = 'ticket') u", &has_unique);
-	if (r < 0)
-		return r;
-	if (has_unique == 0) {
-		r = my_select_i64(m, "check fee for duplicate tickets",
-				  "SELECT COUNT(*) FROM (SELECT ticket FROM fee GROUP BY ticket"
-				  " HAVING COUNT(*) > 1) d", &v);
-		if (r < 0)
-			return r;
-		if (v > 0) {
-			my_seterr(m, "cannot add a unique key on fee.ticket: %" PRId64 " ticket(s) "
-				  "occur more than once; list them with SELECT ticket FROM fee "
-				  "GROUP BY ticket HAVING COUNT(*) > 1 and resolve them by hand "
-				  "(feed never deletes rows)", v);
-			return -EINVAL;
-		}
-	}
-
-	for (size_t i = 0; i < sizeof(my_fee_addcols) / sizeof(my_fee_addcols[0]); i++) {
-		snprintf(sql, sizeof(sql),
-			 "SELECT COUNT(*) FROM information_schema.columns WHERE "
-			 "table_schema = DATABASE() AND table_name = 'fee' AND column_name = '%s'",
-			 my_fee_addcols[i].name);
-		r = my_select_i64(m, "look up fee columns", sql, &v);
-		if (r < 0)
-			return r;
-		if (v > 0)
-			continue;
-		snprintf(sql, sizeof(sql), "add column fee.%s", my_fee_addcols[i].name);
-		r = my_ddl(m, sql, "fee", my_fee_addcols[i].ddl);
-		if (r < 0)
-			return r;
-	}
-
-	r = my_widen_volume(m);
-	if (r == 0)
-		r = my_widen_id(m, "ticket");
-	if (r == 0)
-		r = my_widen_id(m, "login");
-	if (r < 0)
-		return r;
-
-	if (has_unique == 0) {
-		r = my_select_i64(m, "look up fee primary key",
-				  "SELECT COUNT(*) FROM information_schema.table_constraints"
-				  " WHERE table_schema = DATABASE() AND table_name = 'fee'"
-				  " AND constraint_type = 'PRIMARY KEY'", &v);
-		if (r < 0)
-			return r;
-		/* rows written between the check and here make this fail: 1062 */
-		r = my_ddl(m, "add a unique key on fee.ticket", "fee",
-				 v > 0 ? "ALTER TABLE fee ADD UNIQUE KEY fee_ticket (ticket)"
-				       : "ALTER TABLE fee ADD PRIMARY KEY (ticket)");
-		if (r < 0)
-			return r;
-	}
-
-	/* The index behind WHERE status = 'N' ORDER BY ticket. */
-	r = my_select_i64(m, "look up fee indexes",
-			  "SELECT COUNT(*) FROM information_schema.statistics"
-			  " WHERE table_schema = DATABASE() AND table_name = 'fee'"
-			  " AND index_name = 'fee_status_ticket'", &v);
-	if (r < 0)
-		return r;
-	if (v == 0) {
-		r = my_ddl(m, "add index fee_status_ticket", "fee",
-				 "ALTER TABLE fee ADD INDEX fee_status_ticket (status, ticket)");
-		if (r < 0)
-			return r;
-	}
-	return 0;
-}
-
-static int my_migrate_locked(struct store_mysql *m)
-{
-	int64_t v;
-	int r;
-
-	r = my_select_i64(m, "look up table fee",
-			  "SELECT COUNT(*) FROM information_schema.tables"
-			  " WHERE table_schema = DATABASE() AND table_name = 'fee'", &v);
-	if (r < 0)
-		return r;
-	r = v > 0 ? my_adopt_fee(m) : my_ddl(m, "create table fee", "fee", my_create_fee);
-	if (r < 0)
-		return r;
-	r = my_ddl(m, "create table fee_rate", "fee_rate", my_create_rate);
-	if (r < 0)
-		return r;
-	r = my_ddl(m, "create table fee_reject", "fee_reject", my_create_reject);
-	if (r < 0)
-		return r;
-	r = my_ddl(m, "create table feed_schema", "feed_schema", my_create_schema);
-	if (r < 0)
-		return r;
-
-	r = my_query_str(m, "START TRANSACTION", "START TRANSACTION");
-	if (r < 0)
-		return r;
-	r = my_select_i64(m, "read feed_schema",
-			  "SELECT MAX(version) FROM feed_schema FOR UPDATE", &v);
-	if (r < 0)
-		goto out;
-	if (v > STORE_SCHEMA_VERSION) {
-		my_seterr(m, "database schema version %" PRId64 " is newer than this feed "
-			  "understands (%d)", v, STORE_SCHEMA_VERSION);
-		r = -EPROTO;
-		goto out;
-	}
-	if (v < 0)
-		r = my_query_str(m, "record schema version",
-				 "INSERT INTO feed_schema (version) VALUES (1)");
-	else if (v < STORE_SCHEMA_VERSION)
-		r = my_query_str(m, "record schema version", "UPDATE feed_schema SET version = 1");
-	if (r < 0)
-		goto out;
-	r = my_query_str(m, "COMMIT", "COMMIT");
-out:
-	if (r < 0) {
-		char keep[sizeof(m->base.errmsg)];
-
-		memcpy(keep, m->base.errmsg, sizeof(keep));
-		my_query_str(m, "ROLLBACK", "ROLLBACK");
-		memcpy(m->base.errmsg, keep, sizeof(keep));
-	}
-	return r;
-}
-
-static int my_migrate(struct store *s)
+static int my_migrate_lock(struct store *s)
 {
 	struct store_mysql *m = my_of(s);
 	int64_t got;
-	int r, rr;
+	int r;
 
 	r = my_select_i64(m, "GET_LOCK('feed_migrate')", "SELECT GET_LOCK('feed_migrate', 30)",
 			  &got);
@@ -1289,23 +1037,155 @@ static int my_migrate(struct store *s)
 	}
 	r = my_query_str(m, "set lock_wait_timeout for the migration",
 			 "SET SESSION lock_wait_timeout = " STR(MY_DDL_LOCK_TIMEOUT_S));
-	if (r == 0)
-		r = my_migrate_locked(m);
-	if (m->conn) {
-		char keep[sizeof(m->base.errmsg)];
-
-		memcpy(keep, m->base.errmsg, sizeof(keep));
-		/* the batches that follow on this connection keep the server's default */
-		rr = my_query_str(m, "reset lock_wait_timeout", "SET SESSION lock_wait_timeout = DEFAULT");
-		if (rr < 0 && r == 0) {
-			r = rr;
-			memcpy(keep, m->base.errmsg, sizeof(keep));
-		}
-		my_select_i64(m, "RELEASE_LOCK", "SELECT RELEASE_LOCK('feed_migrate')", &got);
-		if (r < 0)
-			memcpy(m->base.errmsg, keep, sizeof(keep));
-	}
+	if (r < 0 && m->conn)
+		my_quiet(m, "RELEASE_LOCK", "DO RELEASE_LOCK('feed_migrate')");
 	return r;
+}
+
+static int my_migrate_unlock(struct store *s, int r)
+{
+	struct store_mysql *m = my_of(s);
+	int rr;
+
+	if (!m->conn)
+		return r;
+	if (r < 0)      /* the version's transaction, if open */
+		my_quiet(m, "ROLLBACK", "ROLLBACK");
+	/* the batches that follow on this connection keep the server's default */
+	if (r < 0) {
+		my_quiet(m, "reset lock_wait_timeout", "SET SESSION lock_wait_timeout = DEFAULT");
+	} else {
+		rr = my_query_str(m, "reset lock_wait_timeout",
+				  "SET SESSION lock_wait_timeout = DEFAULT");
+		r = rr < 0 ? rr : r;
+	}
+	if (m->conn)
+		my_quiet(m, "RELEASE_LOCK", "DO RELEASE_LOCK('feed_migrate')");
+	return r;
+}
+
+static int my_migrate_exec(struct store *s, const char *what, const char *sql)
+{
+	return my_query_str(my_of(s), what, sql);
+}
+
+static int my_migrate_query(struct store *s, const char *what, const char *sql,
+			    struct store_qrow *ret)
+{
+	struct store_mysql *m = my_of(s);
+	MYSQL_RES *res = NULL;
+	MYSQL_ROW row;
+	int r = my_need_conn(m);
+
+	if (r < 0)
+		return r;
+	if (mysql_real_query(m->conn, sql, strlen(sql)) != 0 ||
+	    !(res = mysql_store_result(m->conn)))
+		return my_fail(m, what);
+	row = mysql_fetch_row(res);
+	if (row) {
+		unsigned long *len = mysql_fetch_lengths(res);
+
+		ret->found = true;
+		for (unsigned int c = 0; c < mysql_num_fields(res) && c < STORE_QROW_COLS; c++) {
+			ret->null[c] = !row[c];
+			snprintf(ret->val[c], sizeof(ret->val[c]), "%.*s",
+				 (int)(len[c] < STORE_QROW_LEN ? len[c] : STORE_QROW_LEN - 1),
+				 row[c] ? row[c] : "");
+		}
+	}
+	mysql_free_result(res);
+	return 0;
+}
+
+/*
+ * INT ids to BIGINT; a DECIMAL volume narrower than DECIMAL(19,8), which
+ * would round new volumes silently (MySQL only notes fractional rounding,
+ * even when strict), to 8 fractional digits and at least 11 integer ones.
+ * Nullability kept.
+ */
+static void my_widen_sql(const char *col, const struct store_qrow *c, char *sql, size_t size)
+{
+	const char *nn = !strcmp(c->val[3], "NO") ? " NOT NULL" : "";
+	long digits = strtol(c->val[1], NULL, 10) - strtol(c->val[2], NULL, 10);
+
+	if (strcmp(col, "volume"))
+		snprintf(sql, size, "ALTER TABLE fee MODIFY %s BIGINT%s", col, nn);
+	else
+		snprintf(sql, size, "ALTER TABLE fee MODIFY volume DECIMAL(%ld,%d)%s",
+			 (digits > 11 ? digits : 11) + DEC_SCALE, DEC_SCALE, nn);
+}
+
+static const char *const my_set_version[] = {
+	"START TRANSACTION",
+	"DELETE FROM feed_schema",
+	"INSERT INTO feed_schema (version) VALUES (" STORE_STR(STORE_SCHEMA_VERSION) ")",
+	"COMMIT",
+	NULL,
+};
+
+static const struct store_migrate_ops my_migrate_ops = {
+	.lock = my_migrate_lock,
+	.unlock = my_migrate_unlock,
+	.exec = my_migrate_exec,
+	.query = my_migrate_query,
+	.widen_sql = my_widen_sql,
+	.q_table = "SELECT 1 FROM information_schema.tables"
+		   " WHERE table_schema = DATABASE() AND table_name = '$T'",
+	.q_column = "SELECT data_type, numeric_precision, numeric_scale, is_nullable,"
+		    " column_default FROM information_schema.columns"
+		    " WHERE table_schema = DATABASE() AND table_name = '$T' AND column_name = '$C'",
+	.q_index = "SELECT 1 FROM information_schema.statistics WHERE table_schema = DATABASE()"
+		   " AND table_name = '$T' AND index_name = '$I' LIMIT 1",
+	.q_ticket_key = "SELECT index_name FROM information_schema.statistics"
+			" WHERE table_schema = DATABASE() AND table_name = 'fee'"
+			" AND non_unique = 0 GROUP BY index_name"
+			" HAVING COUNT(*) = 1 AND MAX(column_name) = 'ticket' LIMIT 1",
+	.create_fee = "CREATE TABLE IF NOT EXISTS fee ("
+		      " ticket BIGINT NOT NULL PRIMARY KEY,"
+		      " login BIGINT NOT NULL,"
+		      " volume DECIMAL(19,8) NOT NULL,"
+		      " status CHAR(1) NOT NULL DEFAULT 'N',"
+		      " fee DECIMAL(20,2) NULL,"
+		      " received_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),"
+		      " settled_at DATETIME(6) NULL,"
+		      " CONSTRAINT fee_volume_nonneg CHECK (volume >= 0),"
+		      " KEY fee_status_ticket (status, ticket)"
+		      ") ENGINE=InnoDB DEFAULT CHARSET=utf8mb4",
+	.create_rate = "CREATE TABLE IF NOT EXISTS fee_rate ("
+		       " login BIGINT NOT NULL PRIMARY KEY,"
+		       " rate DECIMAL(19,8) NOT NULL"
+		       ") ENGINE=InnoDB DEFAULT CHARSET=utf8mb4",
+	.create_reject = "CREATE TABLE IF NOT EXISTS fee_reject ("
+			 " id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY,"
+			 " received_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),"
+			 " endpoint TEXT NOT NULL,"
+			 " reason TEXT NOT NULL,"
+			 " body LONGBLOB NOT NULL"
+			 ") ENGINE=InnoDB DEFAULT CHARSET=utf8mb4",
+	.create_schema = "CREATE TABLE IF NOT EXISTS feed_schema ("
+			 " version INT NOT NULL"
+			 ") ENGINE=InnoDB",
+	.add_cols = {
+		{ "status", "ALTER TABLE fee ADD COLUMN status CHAR(1) NOT NULL DEFAULT 'N'", NULL },
+		{ "fee", "ALTER TABLE fee ADD COLUMN fee DECIMAL(20,2) NULL", NULL },
+		{ "received_at", "ALTER TABLE fee ADD COLUMN received_at DATETIME(6) NOT NULL "
+				 "DEFAULT CURRENT_TIMESTAMP(6)", NULL },
+		{ "settled_at", "ALTER TABLE fee ADD COLUMN settled_at DATETIME(6) NULL", NULL },
+	},
+	.add_key = "ALTER TABLE fee ADD UNIQUE KEY fee_ticket (ticket)",
+	.primary_index = "PRIMARY",
+	.add_primary_key = "ALTER TABLE fee ADD PRIMARY KEY (ticket)",
+	.index_name = "fee_status_ticket",
+	.create_index = "ALTER TABLE fee ADD INDEX fee_status_ticket (status, ticket)",
+	.set_version = my_set_version,
+	.ddl_lock_timeout_s = MY_DDL_LOCK_TIMEOUT_S,
+	.lock_hint = "SHOW PROCESSLIST",
+};
+
+static int my_migrate(struct store *s)
+{
+	return store_migrate(s, &my_migrate_ops);
 }
 
 /* ==== The batch primitives ==== */

@@ -1010,6 +1010,21 @@ static void test_classic_duplicates(void **state)
 	t_sql_expect("SELECT count(*) FROM fee", "3\n");
 }
 
+/* A fee table that is neither feed's nor a classic one is refused (-EINVAL), unchanged. */
+static void test_foreign_fee_table(void **state)
+{
+	struct t_fix *fx = *state;
+	int r;
+
+	t_sql("CREATE TABLE fee (ticket BIGINT, login BIGINT)", NULL, 0);
+	fx->s->errmsg[0] = '\0';
+	r = fx->ops->migrate(fx->s);
+	t_expect_fail(fx->s, r, -EINVAL, "migrate of a fee table without a volume column");
+	if (!strstr(fx->s->errmsg, "no column volume"))
+		fail_msg("errmsg does not name the missing column: %s", fx->s->errmsg);
+	t_sql_expect("SELECT count(*) FROM fee", "0\n");
+}
+
 /* A schema written by a newer feed is refused, the same way on every backend, and left alone. */
 static void test_schema_newer(void **state)
 {
@@ -1215,6 +1230,7 @@ int main(void)
 		T(test_classic_adoption),
 		T(test_classic_duplicates),
 		T(test_schema_newer),
+		T(test_foreign_fee_table),
 		T(test_classic_own_ticket_key),
 		T(test_reconnect_healthy),
 		T(test_unique_other_key),
