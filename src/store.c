@@ -18,6 +18,7 @@
 #include <string.h>
 
 #include "decimal.h"
+#include "url.h"
 
 static const struct store_ops *const backends[] = {
 	&store_sqlite_ops,
@@ -43,19 +44,7 @@ const struct store_ops *store_find(const char *url)
 
 void store_url_redact(const char *url, char *buf, size_t size)
 {
-	const char *auth = strstr(url, "://");
-	const char *at, *colon;
-
-	snprintf(buf, size, "%s", url);
-	if (!auth)
-		return;
-	auth += 3;
-	at = strchr(auth, '@');
-	colon = strchr(auth, ':');
-	if (!at || !colon || colon > at)
-		return;
-	/* scheme://user:SECRET@host -> scheme://user:***@host */
-	snprintf(buf, size, "%.*s***%s", (int)(colon + 1 - url), url, at);
+	url_redact(url, buf, size);
 }
 
 /* ==== Helpers for the backends (store_int.h) ==== */

@@ -187,7 +187,7 @@ extern const struct store_ops store_mysql_ops;
 /* The backend for url's scheme, or NULL. */
 const struct store_ops *store_find(const char *url);
 
-/* Copies url with any password replaced by "***" (for logs and status). */
+/* Copies url with any password replaced by "***" (for logs and status): url_redact(). */
 void store_url_redact(const char *url, char *buf, size_t size);
 
 

@@ -44,6 +44,7 @@
 #include "decimal.h"
 #include "store.h"
 #include "store_int.h"
+#include "url.h"
 
 #define MY_SQL_MAX         (256 * 1024)   /* bound of one generated statement */
 #define MY_LOOKUP_CHUNK    2000           /* tickets per SELECT ... IN (...) */
@@ -366,52 +367,7 @@ static int my_select(struct store_mysql *m, const char *what, const char *sql, s
 	return 0;
 }
 
-/* ==== URL ==== */
-
-static int my_hexval(char c)
-{
-	if (c >= '0' && c <= '9')
-		return c - '0';
-	if (c >= 'a' && c <= 'f')
-		return c - 'a' + 10;
-	if (c >= 'A' && c <= 'F')
-		return c - 'A' + 10;
-	return -1;
-}
-
-/* Percent-decodes s[0..len) into a new string. -EINVAL on a bad escape or NUL. */
-static int my_pct_decode(const char *s, size_t len, char **ret)
-{
-	char *out = malloc(len + 1);
-	size_t o = 0;
-
-	if (!out)
-		return -ENOMEM;
-	for (size_t i = 0; i < len; i++) {
-		char c = s[i];
-
-		if (c == '%') {
-			int hi, lo;
-
-			if (len - i < 3) {
-				free(out);
-				return -EINVAL;
-			}
-			hi = my_hexval(s[i + 1]);
-			lo = my_hexval(s[i + 2]);
-			if (hi < 0 || lo < 0 || (hi == 0 && lo == 0)) {
-				free(out);
-				return -EINVAL;
-			}
-			c = (char)(hi << 4 | lo);
-			i += 2;
-		}
-		out[o++] = c;
-	}
-	out[o] = '\0';
-	*ret = out;
-	return 0;
-}
+/* ==== URL (parsed by url.c) ==== */
 
 static void my_free_secret(char *p)
 {
@@ -455,7 +411,21 @@ static bool my_parse_uint(const char *s, unsigned long min, unsigned long max, u
 	return true;
 }
 
-static int my_parse_query_key(struct my_conninfo *ci, const char *key, char *val,
+/* Takes a copy of s into *slot (replacing what is there); -ENOMEM. */
+static int my_set_str(char **slot, const char *s, char *err, size_t errsz)
+{
+	char *c = s ? strdup(s) : NULL;
+
+	if (s && !c) {
+		snprintf(err, errsz, "mysql URL: out of memory");
+		return -ENOMEM;
+	}
+	free(*slot);
+	*slot = c;
+	return 0;
+}
+
+static int my_parse_query_key(struct my_conninfo *ci, const char *key, const char *val,
 			      char *err, size_t errsz)
 {
 	static const char *const modes[] = {
@@ -479,203 +449,75 @@ static int my_parse_query_key(struct my_conninfo *ci, const char *key, char *val
 		slot = &ci->ssl_capath;
 	else if (strcmp(key, "ssl-cipher") == 0)
 		slot = &ci->ssl_cipher;
-	if (slot) {
-		free(*slot);
-		*slot = val;
-		return 0;
-	}
+	if (slot)
+		return my_set_str(slot, val, err, errsz);
 
 	if (strcmp(key, "ssl-mode") == 0) {
 		for (size_t i = 0; i < sizeof(modes) / sizeof(modes[0]); i++) {
 			if (strcasecmp(val, modes[i]) == 0) {
 				ci->ssl_mode = (enum my_ssl_mode)i;
-				free(val);
 				return 0;
 			}
 		}
 		snprintf(err, errsz, "mysql URL: ssl-mode must be DISABLED, PREFERRED, "
 			 "REQUIRED, VERIFY_CA or VERIFY_IDENTITY, got \"%.64s\"", val);
-		free(val);
 		return -EINVAL;
 	}
 	if (strcmp(key, "connect-timeout") == 0) {
 		if (!my_parse_uint(val, 1, 3600, &ci->connect_timeout)) {
 			snprintf(err, errsz, "mysql URL: connect-timeout must be 1..3600 "
 				 "seconds, got \"%.64s\"", val);
-			free(val);
 			return -EINVAL;
 		}
-		free(val);
 		return 0;
 	}
 	snprintf(err, errsz, "mysql URL: unknown parameter \"%.64s\"", key);
-	free(val);
 	return -EINVAL;
 }
 
-static int my_parse_query(struct my_conninfo *ci, const char *q, char *err, size_t errsz)
-{
-	while (*q) {
-		const char *amp = strchr(q, '&');
-		size_t len = amp ? (size_t)(amp - q) : strlen(q);
-		const char *eq = memchr(q, '=', len);
-		char *key = NULL, *val = NULL;
-		int r;
-
-		if (len == 0) {
-			q++;
-			continue;
-		}
-		if (!eq) {
-			snprintf(err, errsz, "mysql URL: parameter \"%.*s\" has no value",
-				 (int)(len > 64 ? 64 : len), q);
-			return -EINVAL;
-		}
-		r = my_pct_decode(q, (size_t)(eq - q), &key);
-		if (r == 0)
-			r = my_pct_decode(eq + 1, len - (size_t)(eq - q) - 1, &val);
-		if (r < 0) {
-			free(key);
-			if (r == -EINVAL)
-				snprintf(err, errsz, "mysql URL: bad percent-escape in parameters");
-			else
-				snprintf(err, errsz, "mysql URL: out of memory");
-			return r;
-		}
-		r = my_parse_query_key(ci, key, val, err, errsz);   /* takes val */
-		free(key);
-		if (r < 0)
-			return r;
-		q += len;
-		if (*q == '&')
-			q++;
-	}
-	return 0;
-}
-
 /*
- * mysql://[user[:password]@]host[:port]/database[?key=value&...]. The host may
- * be empty when a socket is given, and an IPv6 literal in brackets. Messages
- * never quote the userinfo part.
+ * mysql://[user[:password]@]host[:port]/database[?key=value&...] (url.h).
+ * The host may be empty when a socket is given; one host only, so far.
  */
 static int my_parse_url(const char *url, struct my_conninfo *ci, char *err, size_t errsz)
 {
-	const char *p, *auth_end, *at, *hp, *host_end, *path, *query;
-	int r = -EINVAL;
+	struct url u;
+	char uerr[256];
+	int r;
 
 	memset(ci, 0, sizeof(*ci));
-	p = strstr(url, "://");
-	if (!p) {
-		snprintf(err, errsz, "mysql URL: expected mysql://host/database");
-		goto out;
+	r = url_parse(url, &u, uerr, sizeof(uerr));
+	if (r < 0) {
+		snprintf(err, errsz, "mysql URL: %s", uerr);
+		return r;
 	}
-	p += 3;
-	auth_end = p + strcspn(p, "/?#");
-	if (*auth_end != '/') {
+	r = -EINVAL;
+	if (!u.database || !u.database[0] || strchr(u.database, '/')) {
 		snprintf(err, errsz, "mysql URL: no database name (expected mysql://host/database)");
 		goto out;
 	}
-
-	/* userinfo: the last '@' before the path (passwords may hold '@' only encoded) */
-	at = NULL;
-	for (const char *c = p; c < auth_end; c++)
-		if (*c == '@')
-			at = c;
-	hp = p;
-	if (at) {
-		const char *colon = memchr(p, ':', (size_t)(at - p));
-
-		r = my_pct_decode(p, (size_t)((colon ? colon : at) - p), &ci->user);
-		if (r == 0 && colon)
-			r = my_pct_decode(colon + 1, (size_t)(at - colon - 1), &ci->password);
-		if (r < 0) {
-			snprintf(err, errsz, "mysql URL: bad percent-escape in user or password");
-			goto out;
-		}
-		if (ci->user[0] == '\0') {
-			free(ci->user);
-			ci->user = NULL;
-		}
-		hp = at + 1;
-	}
-
-	/* host[:port] or [v6]:port */
-	if (*hp == '[') {
-		const char *rb = memchr(hp, ']', (size_t)(auth_end - hp));
-
-		if (!rb) {
-			r = -EINVAL;
-			snprintf(err, errsz, "mysql URL: unterminated '[' in host");
-			goto out;
-		}
-		r = my_pct_decode(hp + 1, (size_t)(rb - hp - 1), &ci->host);
-		host_end = rb + 1;
-		if (host_end < auth_end && *host_end != ':') {
-			r = -EINVAL;
-			snprintf(err, errsz, "mysql URL: unexpected text after ']' in host");
-			goto out;
-		}
-	} else {
-		host_end = memchr(hp, ':', (size_t)(auth_end - hp));
-		if (!host_end)
-			host_end = auth_end;
-		r = my_pct_decode(hp, (size_t)(host_end - hp), &ci->host);
-	}
-	if (r < 0) {
-		snprintf(err, errsz, "mysql URL: bad percent-escape in host");
+	if (u.nhosts > 1) {
+		snprintf(err, errsz, "mysql URL: %zu hosts given; feed connects to one", u.nhosts);
 		goto out;
 	}
-	if (host_end < auth_end && *host_end == ':') {
-		char portbuf[8];
-		size_t plen = (size_t)(auth_end - host_end - 1);
-
-		if (plen == 0 || plen >= sizeof(portbuf)) {
-			r = -EINVAL;
-			snprintf(err, errsz, "mysql URL: port must be 1..65535 (percent-encode "
-				 "'/', '?', '#' and '@' in the user and password)");
-			goto out;
-		}
-		memcpy(portbuf, host_end + 1, plen);
-		portbuf[plen] = '\0';
-		if (!my_parse_uint(portbuf, 1, 65535, &ci->port)) {
-			/* not quoted: with an unencoded '/' it may be part of the password */
-			r = -EINVAL;
-			snprintf(err, errsz, "mysql URL: port must be 1..65535 (percent-encode "
-				 "'/', '?', '#' and '@' in the user and password)");
-			goto out;
-		}
+	ci->port = u.nhosts ? u.hosts[0].port : 0;
+	r = my_set_str(&ci->host, u.nhosts ? u.hosts[0].name : "", err, errsz);
+	if (r == 0)
+		r = my_set_str(&ci->user, u.user, err, errsz);
+	if (r == 0)
+		r = my_set_str(&ci->database, u.database, err, errsz);
+	if (r == 0 && u.password) {
+		ci->password = u.password;      /* taken: never copied */
+		u.password = NULL;
 	}
-
-	/* /database[?query] */
-	path = auth_end + 1;
-	query = path + strcspn(path, "?#");
-	if (*query == '#') {
-		r = -EINVAL;
-		snprintf(err, errsz, "mysql URL: fragments ('#') are not allowed");
-		goto out;
-	}
-	r = my_pct_decode(path, (size_t)(query - path), &ci->database);
-	if (r < 0) {
-		snprintf(err, errsz, "mysql URL: bad percent-escape in database name");
-		goto out;
-	}
-	if (ci->database[0] == '\0' || strchr(ci->database, '/')) {
-		r = -EINVAL;
-		snprintf(err, errsz, "mysql URL: no database name (expected mysql://host/database)");
-		goto out;
-	}
-	if (*query == '?') {
-		r = my_parse_query(ci, query + 1, err, errsz);
-		if (r < 0)
-			goto out;
-	}
-	if (ci->host[0] == '\0' && !ci->socket) {
-		r = -EINVAL;
+	for (size_t i = 0; r == 0 && i < u.nparams; i++)
+		r = my_parse_query_key(ci, u.params[i].key, u.params[i].value, err, errsz);
+	if (r == 0 && ci->host[0] == '\0' && !ci->socket) {
 		snprintf(err, errsz, "mysql URL: no host (and no socket parameter)");
-		goto out;
+		r = -EINVAL;
 	}
-	r = 0;
 out:
+	url_free(&u);
 	if (r < 0)
 		my_conninfo_free(ci);
 	return r;

@@ -24,6 +24,7 @@
 #include <libpq-fe.h>
 
 #include "decimal.h"
+#include "url.h"
 
 /* pg_advisory_xact_lock key serialising migrate() between feed processes. */
 #define PG_MIGRATE_LOCK "7379646571"  /* arbitrary, constant */
@@ -407,21 +408,10 @@ static void pg_scrub(char *msg, const char *secret)
 /* The raw password of a URI "scheme://user:PASSWORD@host", or NULL. */
 static char *pg_uri_password(const char *url)
 {
-	const char *a = strstr(url, "://"), *end, *colon;
+	size_t len;
+	const char *pw = url_password_raw(url, &len);
 
-	if (!a)
-		return NULL;
-	a += 3;
-	end = a + strcspn(a, "/?#");
-	for (const char *q = end; q > a; q--)
-		if (q[-1] == '@') {
-			end = q - 1;
-			colon = memchr(a, ':', (size_t)(end - a));
-			if (!colon || colon + 1 == end)
-				return NULL;
-			return strndup(colon + 1, (size_t)(end - colon - 1));
-		}
-	return NULL;
+	return pw && len ? strndup(pw, len) : NULL;
 }
 
 /* Removes from msg any password the URL or params carry. */
