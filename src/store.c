@@ -66,6 +66,41 @@ int64_t store_parse_amount(const char *s, size_t len)
 	return v;
 }
 
+void store_keys_reset(struct store_keys *k)
+{
+	snprintf(k->names, sizeof(k->names), " ");
+	k->known = false;
+}
+
+void store_keys_add(struct store_keys *k, const char *name)
+{
+	size_t len = strlen(k->names);
+
+	if (len + strlen(name) + 2 <= sizeof(k->names))
+		snprintf(k->names + len, sizeof(k->names) - len, "%s ", name);
+}
+
+void store_keys_done(struct store_keys *k)
+{
+	k->known = true;
+	k->read_txn = k->txn;
+}
+
+int store_keys_class(struct store_keys *k, const char *name, size_t len)
+{
+	char word[sizeof(k->names)];
+
+	if (len + 3 > sizeof(word))
+		return -EINVAL;      /* longer than any name the list can hold */
+	snprintf(word, sizeof(word), " %.*s ", (int)len, name);
+	if (k->known && strstr(k->names, word))
+		return -EEXIST;
+	if (k->known && k->read_txn == k->txn)
+		return -EINVAL;
+	k->known = false;
+	return -EEXIST;
+}
+
 void store_setmsg(struct store *s, const char *fmt, ...)
 {
 	va_list ap;

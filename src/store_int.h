@@ -32,6 +32,34 @@ int store_parse_i64(const char *s, size_t len, int64_t *ret);
  */
 int64_t store_parse_amount(const char *s, size_t len);
 
+/*
+ * The names of fee's ticket keys, as a server backend read them, to tell a
+ * ticket race (-EEXIST) from another key's violation (-EINVAL) by the key
+ * name the server reports (store.h). Read once per connection, before an
+ * insert; a name not among them read in an earlier transaction may be a key
+ * added or renamed since: store_keys_class() says -EEXIST once and marks them
+ * stale, so that they are read again before the retry.
+ */
+struct store_keys {
+	char names[256];              /* " name name " */
+	bool known;                   /* read since connect or since a doubt */
+	unsigned long txn, read_txn;  /* transactions begun; the one names were read in */
+};
+
+static inline void store_keys_begin(struct store_keys *k)
+{
+	k->txn++;
+}
+
+/* Starts reading the names anew. */
+void store_keys_reset(struct store_keys *k);
+/* Adds one name; one that does not fit is left out (retried once more, then -EINVAL). */
+void store_keys_add(struct store_keys *k, const char *name);
+/* All names read, in this transaction. */
+void store_keys_done(struct store_keys *k);
+/* The class of a unique violation of the key name[0..len) on fee. */
+int store_keys_class(struct store_keys *k, const char *name, size_t len);
+
 /* vsnprintf into s->errmsg. */
 void store_setmsg(struct store *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 

@@ -95,9 +95,7 @@ struct my_bulkrow {
 
 struct store_mysql {
 	struct store base;            /* first: a struct store * points here */
-	char ticket_keys[256];        /* " name name " of the unique keys on fee(ticket) */
-	bool keys_known;              /* ticket_keys read since connect or since a doubt */
-	unsigned long txn, keys_txn;  /* transactions begun; the one ticket_keys were read in */
+	struct store_keys keys;       /* the unique keys on fee(ticket) */
 	const struct record *ins_recs; /* during insert(): its records, for my_unique_class */
 	size_t ins_n;
 	unsigned long max_packet;     /* the session's max_allowed_packet, read for packet_conn */
@@ -186,16 +184,13 @@ static int my_errclass(unsigned int code, const char *state, const char *msg)
  * Whether a duplicate-key error names a ticket key of fee: its message ends
  * with the key, "... for key 'PRIMARY'" (MariaDB) or "... for key
  * 'fee.PRIMARY'" (MySQL 8), in any language. Key names come from
- * my_load_ticket_keys(); a name not among them read in an earlier
- * transaction may be a key added or renamed since: re-read them and retry
- * once (-EEXIST) before calling it the request's fault (-EINVAL). MariaDB
+ * my_load_ticket_keys(), and store_keys_class() decides. MariaDB
  * does not name the table: a table a trigger writes to may have a key of the
  * same name ('PRIMARY'), so the entry must also be a ticket being inserted.
  */
 static int my_unique_class(struct store_mysql *m, const char *msg)
 {
 	const char *end = msg + strlen(msg), *q, *name, *v = strchr(msg, '\'');
-	char word[200];
 	int64_t entry;
 	bool ours = false;
 	int len = 0;
@@ -216,15 +211,9 @@ static int my_unique_class(struct store_mysql *m, const char *msg)
 	name = q;
 	if (end - name > 3 && !strncmp(name, "fee.", 4))
 		name += 4;
-	if (q == msg || end <= name || (size_t)(end - name) > sizeof(word) - 3)
+	if (q == msg || end <= name)
 		return -EINVAL;
-	snprintf(word, sizeof(word), " %.*s ", (int)(end - name), name);
-	if (m->keys_known && strstr(m->ticket_keys, word))
-		return -EEXIST;
-	if (m->keys_known && m->keys_txn == m->txn)
-		return -EINVAL;
-	m->keys_known = false;
-	return -EEXIST;
+	return store_keys_class(&m->keys, name, (size_t)(end - name));
 }
 
 static int my_classify(struct store_mysql *m, unsigned int code, const char *state, const char *msg)
@@ -803,7 +792,7 @@ static int my_exec(struct store *s, const char *sql)
 
 static int my_begin(struct store *s)
 {
-	my_of(s)->txn++;
+	store_keys_begin(&my_of(s)->keys);
 	return my_query_str(my_of(s), "START TRANSACTION", "START TRANSACTION");
 }
 
@@ -1177,7 +1166,7 @@ static int my_insert_bulk(struct store_mysql *m, const struct record *recs, size
 	return 0;
 }
 
-/* Reads the names of fee's ticket keys into m->ticket_keys, once (see my_unique_class). */
+/* Reads the names of fee's ticket keys into m->keys, once (see my_unique_class). */
 static int my_load_ticket_keys(struct store_mysql *m)
 {
 	static const char sql[] =
@@ -1186,25 +1175,18 @@ static int my_load_ticket_keys(struct store_mysql *m)
 		" GROUP BY index_name HAVING COUNT(*) = 1 AND MAX(column_name) = 'ticket'";
 	MYSQL_RES *res = NULL;
 	MYSQL_ROW row;
-	size_t len = 1;
 	int r;
 
-	if (m->keys_known)
+	if (m->keys.known)
 		return 0;
 	r = my_select(m, "look up the unique keys of fee.ticket", sql, sizeof(sql) - 1, 1, &res);
 	if (r < 0)
 		return r;
-	snprintf(m->ticket_keys, sizeof(m->ticket_keys), " ");
-	while ((row = mysql_fetch_row(res))) {
-		const char *name = row[0] ? row[0] : "";
-
-		if (len + strlen(name) + 2 > sizeof(m->ticket_keys))
-			break; /* a key left out is only retried once more (my_unique_class) */
-		len += (size_t)snprintf(m->ticket_keys + len, sizeof(m->ticket_keys) - len, "%s ", name);
-	}
+	store_keys_reset(&m->keys);
+	while ((row = mysql_fetch_row(res)))
+		store_keys_add(&m->keys, row[0] ? row[0] : "");
 	mysql_free_result(res);
-	m->keys_known = true;
-	m->keys_txn = m->txn;
+	store_keys_done(&m->keys);
 	return 0;
 }
 

@@ -42,9 +42,7 @@
 
 struct store_pg {
 	struct store base;            /* first: struct store * <-> struct store_pg * */
-	char ticket_keys[256];        /* " name name " of the unique indexes on fee(ticket) */
-	bool keys_known;              /* ticket_keys read since connect or since a doubt */
-	unsigned long txn, keys_txn;  /* transactions begun; the one ticket_keys were read in */
+	struct store_keys keys;       /* the unique indexes on fee(ticket) */
 	PGconn *conn;
 	enum store_durability durability;
 	bool begin_pending;           /* BEGIN not sent yet: it rides on the first statement */
@@ -121,30 +119,21 @@ static int pg_errno_of(const char *state)
  * fee(ticket) alone, whatever its name (fee_pkey, fee_ticket_key, an adopted
  * table's own); any other key (a second UNIQUE column, a table a trigger
  * writes to) is the request's fault (-EINVAL). The names are read once per
- * connection (pg_load_ticket_keys, before an insert); a name not among them
- * read in an earlier transaction may be a key renamed since: re-read them
- * and retry once (-EEXIST) before calling it the request's fault.
+ * connection (pg_load_ticket_keys, before an insert; store_keys_class).
  */
 static int pg_unique_class(struct store_pg *p, const PGresult *res)
 {
 	const char *table = PQresultErrorField(res, PG_DIAG_TABLE_NAME);
 	const char *name = PQresultErrorField(res, PG_DIAG_CONSTRAINT_NAME);
-	char word[132];
 
-	if (!table || !name || strcmp(table, "fee") != 0 || strlen(name) > 128)
+	if (!table || !name || strcmp(table, "fee") != 0)
 		return -EINVAL;
-	snprintf(word, sizeof(word), " %s ", name);
-	if (p->keys_known && strstr(p->ticket_keys, word))
-		return -EEXIST;
-	if (p->keys_known && p->keys_txn == p->txn)
-		return -EINVAL;
-	p->keys_known = false;
-	return -EEXIST;
+	return store_keys_class(&p->keys, name, strlen(name));
 }
 
 static int pg_fail(struct store_pg *p, const PGresult *res, const char *what);
 
-/* Reads the names of fee's ticket keys into p->ticket_keys, once (see pg_unique_class). */
+/* Reads the names of fee's ticket keys into p->keys, once (see pg_unique_class). */
 static int pg_load_ticket_keys(struct store_pg *p)
 {
 	static const char sql[] =
@@ -155,10 +144,9 @@ static int pg_load_ticket_keys(struct store_pg *p)
 		" AND i.indisunique AND i.indnkeyatts = 1"
 		" AND i.indpred IS NULL AND i.indexprs IS NULL AND a.attname = 'ticket'";
 	PGresult *res;
-	size_t len = 1;
 	int r = 0;
 
-	if (p->keys_known)
+	if (p->keys.known)
 		return 0;
 	res = PQexec(p->conn, sql);
 	if (!res || PQresultStatus(res) != PGRES_TUPLES_OK) {
@@ -166,17 +154,11 @@ static int pg_load_ticket_keys(struct store_pg *p)
 		PQclear(res);
 		return r;
 	}
-	snprintf(p->ticket_keys, sizeof(p->ticket_keys), " ");
-	for (int i = 0; i < PQntuples(res); i++) {
-		const char *name = PQgetvalue(res, i, 0);
-
-		if (len + strlen(name) + 2 > sizeof(p->ticket_keys))
-			break; /* a key left out is only retried once more (pg_unique_class) */
-		len += (size_t)snprintf(p->ticket_keys + len, sizeof(p->ticket_keys) - len, "%s ", name);
-	}
+	store_keys_reset(&p->keys);
+	for (int i = 0; i < PQntuples(res); i++)
+		store_keys_add(&p->keys, PQgetvalue(res, i, 0));
 	PQclear(res);
-	p->keys_known = true;
-	p->keys_txn = p->txn;
+	store_keys_done(&p->keys);
 	return 0;
 }
 
@@ -726,7 +708,7 @@ static int pg_exec(struct store *s, const char *sql)
  */
 static int pg_begin(struct store *s)
 {
-	pg_of(s)->txn++;
+	store_keys_begin(&pg_of(s)->keys);
 	pg_of(s)->begin_pending = true;
 	return 0;
 }
