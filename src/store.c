@@ -101,6 +101,21 @@ int store_keys_class(struct store_keys *k, const char *name, size_t len)
 	return -EEXIST;
 }
 
+int store_sqlstate_errno(const char *state)
+{
+	if (!state || strlen(state) != 5)
+		return -EIO;
+	if (!strncmp(state, "08", 2))
+		return -ENOTCONN;
+	if (!strcmp(state, "40001"))
+		return -EAGAIN;
+	if (!strncmp(state, "22", 2) || !strncmp(state, "23", 2))
+		return -EINVAL;
+	if (!strncmp(state, "54", 2))
+		return -E2BIG;
+	return -EIO;
+}
+
 void store_setmsg(struct store *s, const char *fmt, ...)
 {
 	va_list ap;

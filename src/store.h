@@ -52,7 +52,7 @@
  * data error can follow a schema change (a column narrowed): the requests
  * it hits are refused, but each one is kept in fee_reject with the reason.
  * Classes are decided by SQLSTATE class where the server has
- * one, so a data error feed does not list by number still isolates; an
+ * one (store_sqlstate_errno() in store.c, after each backend's own codes), so a data error feed does not list by number still isolates; an
  * error with no class (or an unknown one) is retried. For the same reason a
  * rejected body is only ever answered FALSE once it is stored (or, refused
  * even truncated, logged), never dropped because fee_reject is unusable.

@@ -60,6 +60,16 @@ void store_keys_done(struct store_keys *k);
 /* The class of a unique violation of the key name[0..len) on fee. */
 int store_keys_class(struct store_keys *k, const char *name, size_t len);
 
+/*
+ * The standard SQLSTATE classes -> store.h's error classes, for a code the
+ * backend does not know more precisely: 08 connection exception -ENOTCONN,
+ * 40001 serialization failure -EAGAIN, 22 data exception and 23 integrity
+ * constraint -EINVAL (the request's values), 54 program limit -E2BIG (its
+ * size); 42 (no such table, permission), 53 (resources), HY000 and anything
+ * else, or no state at all, say nothing about the request: -EIO, an outage.
+ */
+int store_sqlstate_errno(const char *state);
+
 /* vsnprintf into s->errmsg. */
 void store_setmsg(struct store *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 

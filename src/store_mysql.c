@@ -162,11 +162,12 @@ static const struct {
 };
 
 /*
- * The numbers above first; then the SQLSTATE class, so that a data error feed
- * does not list still isolates its request: 22 data exception, 23 integrity
- * constraint. 1105 (ER_UNKNOWN_ERROR) is a limit only when it is about
- * max_allowed_packet (a body sent as long data over it); else, like every
- * other code (42 no such table or permission, HY000 ...), an outage.
+ * The numbers above first; then the SQLSTATE class (store_sqlstate_errno),
+ * so that a data error feed does not list still isolates its request: 22
+ * data exception, 23 integrity constraint. 1105 (ER_UNKNOWN_ERROR) is a
+ * limit only when it is about max_allowed_packet (a body sent as long data
+ * over it); else, like every other code (42 no such table or permission,
+ * HY000 ...), an outage.
  */
 static int my_errclass(unsigned int code, const char *state, const char *msg)
 {
@@ -175,9 +176,7 @@ static int my_errclass(unsigned int code, const char *state, const char *msg)
 			return my_errtab[i].err;
 	if (code == 1105 && msg && strstr(msg, "max_allowed_packet"))
 		return -E2BIG;
-	if (state && (!strncmp(state, "22", 2) || !strncmp(state, "23", 2)))
-		return -EINVAL;
-	return -EIO;
+	return store_sqlstate_errno(state);
 }
 
 /*

@@ -87,31 +87,30 @@ static void pg_flatten(char *s)
 }
 
 /*
- * SQLSTATE -> store.h's classes. The class (first two characters) decides
- * where PostgreSQL has one for the case: 22 data exception and 23 integrity
- * constraint are the request's values, 54 program limit its size; 42
- * (undefined table or column, permission), 53 (disk full, out of memory),
- * 55, 58, XX and anything else say nothing about the request: an outage.
- * Unique violations (23505) are sorted by pg_unique_class().
+ * SQLSTATE -> store.h's classes: PostgreSQL's own codes first, then the
+ * standard classes (store_sqlstate_errno). 55P03 is a lock wait that timed
+ * out; unique violations (23505) are sorted by pg_unique_class().
  */
 static int pg_errno_of(const char *state)
 {
-	if (!state || strlen(state) != 5)
-		return -EIO;
-	if (!strcmp(state, "40001") || !strcmp(state, "40P01") || !strcmp(state, "55P03"))
-		return -EAGAIN;
-	if (!strncmp(state, "08", 2) || !strcmp(state, "57P01") || !strcmp(state, "57P02") ||
-	    !strcmp(state, "57P03") || !strcmp(state, "53300"))
-		return -ENOTCONN;
-	if (!strcmp(state, "23505"))
-		return -EEXIST;
-	if (!strncmp(state, "22", 2) || !strncmp(state, "23", 2))
-		return -EINVAL;
-	if (!strcmp(state, "P0001"))    /* RAISE EXCEPTION: a trigger refuses the row */
-		return -EINVAL;
-	if (!strncmp(state, "54", 2))
-		return -E2BIG;
-	return -EIO;
+	static const struct {
+		const char *state;
+		int err;
+	} codes[] = {
+		{ "40P01", -EAGAIN },       /* deadlock_detected */
+		{ "55P03", -EAGAIN },       /* lock_not_available */
+		{ "57P01", -ENOTCONN },     /* admin_shutdown */
+		{ "57P02", -ENOTCONN },     /* crash_shutdown */
+		{ "57P03", -ENOTCONN },     /* cannot_connect_now */
+		{ "53300", -ENOTCONN },     /* too_many_connections */
+		{ "23505", -EEXIST },       /* unique_violation */
+		{ "P0001", -EINVAL },       /* RAISE EXCEPTION: a trigger refuses the row */
+	};
+
+	for (size_t i = 0; state && i < sizeof(codes) / sizeof(codes[0]); i++)
+		if (!strcmp(state, codes[i].state))
+			return codes[i].err;
+	return store_sqlstate_errno(state);
 }
 
 /*
