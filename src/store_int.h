@@ -98,7 +98,8 @@ struct store_migrate_ops {
 	/*
 	 * Serialises migrations between feed processes (bounded wait: -EAGAIN
 	 * with a message) and opens the migration's transaction where DDL is
-	 * transactional; sets the DDL lock timeout below.
+	 * transactional; sets the DDL lock timeout below. On failure it
+	 * leaves nothing held and no transaction open.
 	 */
 	int (*lock)(struct store *s);
 	/* Commits (r == 0) or rolls back, releases the lock; returns r or a COMMIT's error. */

@@ -542,13 +542,9 @@ static int pg_reconnect(struct store *s)
 /* How long a second instance waits for the first one's migration. */
 #define PG_MIGRATE_WAIT_S 30
 
-/*
- * Takes the migration lock (bounded wait) in the migration's transaction,
- * in which DDL is transactional; a schema to create the tables in must exist.
- */
-static int pg_migrate_lock(struct store *s)
+/* pg_migrate_lock's steps; the caller rolls back on failure. */
+static int pg_migrate_begin(struct store_pg *p)
 {
-	struct store_pg *p = pg_of(s);
 	PGresult *res;
 	const char *state;
 	int r = pg_cmd(p, "BEGIN", "BEGIN");
@@ -593,6 +589,18 @@ static int pg_migrate_unlock(struct store *s, int r)
 	    PQtransactionStatus(p->conn) != PQTRANS_IDLE)
 		PQclear(PQexec(p->conn, "ROLLBACK"));
 	return r;
+}
+
+/*
+ * Takes the migration lock (bounded wait) in the migration's transaction,
+ * in which DDL is transactional; a schema to create the tables in must exist.
+ * On failure the transaction is rolled back.
+ */
+static int pg_migrate_lock(struct store *s)
+{
+	int r = pg_migrate_begin(pg_of(s));
+
+	return r < 0 ? pg_migrate_unlock(s, r) : 0;
 }
 
 static int pg_migrate_exec(struct store *s, const char *what, const char *sql)
