@@ -116,6 +116,69 @@ int store_sqlstate_errno(const char *state)
 	return -EIO;
 }
 
+/* Whether s is valid UTF-8; else *ret_bad is the offset of the first bad byte. */
+static bool store_utf8_ok(const unsigned char *s, size_t *ret_bad)
+{
+	size_t i = 0;
+
+	while (s[i]) {
+		unsigned char c = s[i];
+		size_t k;
+		uint32_t cp;
+
+		if (c < 0x80) {
+			i++;
+			continue;
+		}
+		if (c >= 0xc2 && c <= 0xdf) {
+			k = 1;
+			cp = c & 0x1f;
+		} else if (c >= 0xe0 && c <= 0xef) {
+			k = 2;
+			cp = c & 0x0f;
+		} else if (c >= 0xf0 && c <= 0xf4) {
+			k = 3;
+			cp = c & 0x07;
+		} else {
+			goto bad;
+		}
+		for (size_t j = 1; j <= k; j++) {
+			if ((s[i + j] & 0xc0) != 0x80)
+				goto bad;
+			cp = cp << 6 | (s[i + j] & 0x3f);
+		}
+		if ((k == 2 && cp < 0x800) || (k == 3 && (cp < 0x10000 || cp > 0x10ffff)) ||
+		    (cp >= 0xd800 && cp <= 0xdfff))
+			goto bad;
+		i += k + 1;
+		continue;
+bad:
+		*ret_bad = i;
+		return false;
+	}
+	return true;
+}
+
+const char *store_clean_text(const char *s, char **ret_copy)
+{
+	size_t bad;
+	char *c;
+
+	*ret_copy = NULL;
+	if (!s)
+		return "";
+	if (store_utf8_ok((const unsigned char *)s, &bad))
+		return s;
+	c = strdup(s);
+	if (!c)
+		return NULL;
+	do {
+		c[bad] = '?';
+	} while (!store_utf8_ok((const unsigned char *)c, &bad));
+	*ret_copy = c;
+	return c;
+}
+
 void store_setmsg(struct store *s, const char *fmt, ...)
 {
 	va_list ap;

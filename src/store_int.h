@@ -70,6 +70,14 @@ int store_keys_class(struct store_keys *k, const char *name, size_t len);
  */
 int store_sqlstate_errno(const char *state);
 
+/*
+ * Text for a server's text column: s itself if it is valid UTF-8, else a
+ * copy in *ret_copy (the caller frees it) with each bad byte as '?', so that
+ * a message cut inside a character does not make the server refuse a whole
+ * reject. "" for NULL; NULL if out of memory.
+ */
+const char *store_clean_text(const char *s, char **ret_copy);
+
 /* vsnprintf into s->errmsg. */
 void store_setmsg(struct store *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 

@@ -1310,7 +1310,20 @@ static int my_insert_rejects(struct store *s, const struct store_reject *rj, siz
 		goto out;
 	}
 	for (size_t i = 0; i < n; i++) {
-		r = my_insert_one_reject(m, st, &rj[i]);
+		struct store_reject x = rj[i];
+		char *ce = NULL, *cr = NULL;
+
+		/* strict mode refuses invalid UTF-8 (1366): the reject would be lost */
+		x.endpoint = store_clean_text(rj[i].endpoint, &ce);
+		x.reason = store_clean_text(rj[i].reason, &cr);
+		if (!x.endpoint || !x.reason) {
+			my_seterr(m, "insert_rejects: out of memory");
+			r = -ENOMEM;
+		} else {
+			r = my_insert_one_reject(m, st, &x);
+		}
+		free(ce);
+		free(cr);
 		if (r < 0)
 			goto out;
 	}

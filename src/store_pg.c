@@ -249,70 +249,6 @@ static char *pg_i64_array(const int64_t *v, size_t stride, size_t n)
 	return buf;
 }
 
-/* Invalid UTF-8 would make the server refuse a whole reject: replace it. */
-static bool pg_utf8_ok(const unsigned char *s, size_t *ret_bad)
-{
-	size_t i = 0;
-
-	while (s[i]) {
-		unsigned char c = s[i];
-		size_t k;
-		uint32_t cp;
-
-		if (c < 0x80) {
-			i++;
-			continue;
-		}
-		if (c >= 0xc2 && c <= 0xdf) {
-			k = 1;
-			cp = c & 0x1f;
-		} else if (c >= 0xe0 && c <= 0xef) {
-			k = 2;
-			cp = c & 0x0f;
-		} else if (c >= 0xf0 && c <= 0xf4) {
-			k = 3;
-			cp = c & 0x07;
-		} else {
-			goto bad;
-		}
-		for (size_t j = 1; j <= k; j++) {
-			if ((s[i + j] & 0xc0) != 0x80)
-				goto bad;
-			cp = cp << 6 | (s[i + j] & 0x3f);
-		}
-		if ((k == 2 && cp < 0x800) || (k == 3 && (cp < 0x10000 || cp > 0x10ffff)) ||
-		    (cp >= 0xd800 && cp <= 0xdfff))
-			goto bad;
-		i += k + 1;
-		continue;
-bad:
-		*ret_bad = i;
-		return false;
-	}
-	return true;
-}
-
-/* s itself if valid UTF-8, else a copy in *ret_copy with bad bytes as '?'. */
-static const char *pg_clean_text(const char *s, char **ret_copy)
-{
-	size_t bad;
-	char *c;
-
-	*ret_copy = NULL;
-	if (!s)
-		return "";
-	if (pg_utf8_ok((const unsigned char *)s, &bad))
-		return s;
-	c = strdup(s);
-	if (!c)
-		return NULL;
-	do {
-		c[bad] = '?';
-	} while (!pg_utf8_ok((const unsigned char *)c, &bad));
-	*ret_copy = c;
-	return c;
-}
-
 /* ==== Connection ==== */
 
 /* libpq prints notices on stderr by default; library code stays quiet. */
@@ -969,8 +905,8 @@ static int pg_insert_rejects(struct store *s, const struct store_reject *rj, siz
 				r = -EINVAL;
 				goto out;
 			}
-			vals[3 * i] = pg_clean_text(x->endpoint, &copies[2 * i]);
-			vals[3 * i + 1] = pg_clean_text(x->reason, &copies[2 * i + 1]);
+			vals[3 * i] = store_clean_text(x->endpoint, &copies[2 * i]);
+			vals[3 * i + 1] = store_clean_text(x->reason, &copies[2 * i + 1]);
 			if (!vals[3 * i] || !vals[3 * i + 1]) {
 				pg_setmsg(p, "insert_rejects: out of memory");
 				r = -ENOMEM;

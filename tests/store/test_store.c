@@ -586,6 +586,29 @@ static void test_rejects_verbatim(void **state)
 	free(big);
 }
 
+/*
+ * A reason cut inside a UTF-8 character (a server's translated message cut
+ * at 200 bytes) is still stored, on every backend: the server backends put
+ * '?' for the broken bytes rather than refuse the reject.
+ */
+static void test_reject_reason_broken_utf8(void **state)
+{
+	struct t_fix *fx = *state;
+	/* "database refused the request: Ungültig", cut after the first byte of 'ü' */
+	static const char reason[] = "database refused the request: Ung\xc3";
+	struct store_reject rj = { "tcp://127.0.0.1:5555", reason, "x", 1 };
+
+	t_migrate(fx);
+	t_ok(fx->s, fx->ops->begin(fx->s), "begin");
+	t_ok(fx->s, fx->ops->insert_rejects(fx->s, &rj, 1), "insert_rejects of a broken reason");
+	t_ok(fx->s, fx->ops->commit(fx->s), "commit");
+	if (!t_is("sqlite"))    /* SQLite keeps the bytes as they are */
+		t_sql_expect("SELECT reason FROM fee_reject",
+			     "database refused the request: Ung?\n");
+	else
+		t_sql_expect("SELECT count(*) FROM fee_reject", "1\n");
+}
+
 /* ==== Error classes (store.h): which unique key, which limit ==== */
 
 /* fee.ref follows login: two records of one login break a unique key that is not the ticket's. */
@@ -1224,6 +1247,7 @@ int main(void)
 		T(test_rollback_discards),
 		T(test_rollback_keeps_the_cause),
 		T(test_rejects_verbatim),
+		T(test_reject_reason_broken_utf8),
 		T(test_fetch_unsettled),
 		T(test_settle),
 		T(test_reads_naturally),
