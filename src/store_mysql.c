@@ -68,18 +68,20 @@ enum my_ssl_mode {
 	MY_SSL_VERIFY_IDENTITY,
 };
 
-/* The URL, decoded. Every string is owned (NULL if absent). */
+/* The URL, decoded: the strings point into url (or password_file's copy), NULL if absent. */
 struct my_conninfo {
-	char *user;
-	char *password;
-	char *host;
-	char *database;
-	char *socket;
-	char *ssl_ca;
-	char *ssl_cert;
-	char *ssl_key;
-	char *ssl_capath;
-	char *ssl_cipher;
+	struct url url;
+	char *password_file;          /* params->password, owned (wiped when freed) */
+	const char *user;
+	const char *password;
+	const char *host;
+	const char *database;
+	const char *socket;
+	const char *ssl_ca;
+	const char *ssl_cert;
+	const char *ssl_key;
+	const char *ssl_capath;
+	const char *ssl_cipher;
 	unsigned int port;
 	unsigned int connect_timeout;
 	enum my_ssl_mode ssl_mode;
@@ -357,26 +359,13 @@ static int my_select(struct store_mysql *m, const char *what, const char *sql, s
 
 /* ==== URL (parsed by url.c) ==== */
 
-static void my_free_secret(char *p)
-{
-	if (p) {
-		explicit_bzero(p, strlen(p));
-		free(p);
-	}
-}
-
 static void my_conninfo_free(struct my_conninfo *ci)
 {
-	free(ci->user);
-	my_free_secret(ci->password);
-	free(ci->host);
-	free(ci->database);
-	free(ci->socket);
-	free(ci->ssl_ca);
-	free(ci->ssl_cert);
-	free(ci->ssl_key);
-	free(ci->ssl_capath);
-	free(ci->ssl_cipher);
+	url_free(&ci->url);
+	if (ci->password_file) {
+		explicit_bzero(ci->password_file, strlen(ci->password_file));
+		free(ci->password_file);
+	}
 	memset(ci, 0, sizeof(*ci));
 }
 
@@ -399,20 +388,6 @@ static bool my_parse_uint(const char *s, unsigned long min, unsigned long max, u
 	return true;
 }
 
-/* Takes a copy of s into *slot (replacing what is there); -ENOMEM. */
-static int my_set_str(char **slot, const char *s, char *err, size_t errsz)
-{
-	char *c = s ? strdup(s) : NULL;
-
-	if (s && !c) {
-		snprintf(err, errsz, "mysql URL: out of memory");
-		return -ENOMEM;
-	}
-	free(*slot);
-	*slot = c;
-	return 0;
-}
-
 static int my_parse_query_key(struct my_conninfo *ci, const char *key, const char *val,
 			      char *err, size_t errsz)
 {
@@ -423,7 +398,7 @@ static int my_parse_query_key(struct my_conninfo *ci, const char *key, const cha
 		[MY_SSL_VERIFY_CA] = "VERIFY_CA",
 		[MY_SSL_VERIFY_IDENTITY] = "VERIFY_IDENTITY",
 	};
-	char **slot = NULL;
+	const char **slot = NULL;
 
 	if (strcmp(key, "socket") == 0)
 		slot = &ci->socket;
@@ -437,8 +412,10 @@ static int my_parse_query_key(struct my_conninfo *ci, const char *key, const cha
 		slot = &ci->ssl_capath;
 	else if (strcmp(key, "ssl-cipher") == 0)
 		slot = &ci->ssl_cipher;
-	if (slot)
-		return my_set_str(slot, val, err, errsz);
+	if (slot) {
+		*slot = val;
+		return 0;
+	}
 
 	if (strcmp(key, "ssl-mode") == 0) {
 		for (size_t i = 0; i < sizeof(modes) / sizeof(modes[0]); i++) {
@@ -469,43 +446,38 @@ static int my_parse_query_key(struct my_conninfo *ci, const char *key, const cha
  */
 static int my_parse_url(const char *url, struct my_conninfo *ci, char *err, size_t errsz)
 {
-	struct url u;
+	const struct url *u = &ci->url;
 	char uerr[256];
 	int r;
 
 	memset(ci, 0, sizeof(*ci));
-	r = url_parse(url, &u, uerr, sizeof(uerr));
+	r = url_parse(url, &ci->url, uerr, sizeof(uerr));
 	if (r < 0) {
 		snprintf(err, errsz, "mysql URL: %s", uerr);
 		return r;
 	}
 	r = -EINVAL;
-	if (!u.database || !u.database[0] || strchr(u.database, '/')) {
+	if (!u->database || !u->database[0] || strchr(u->database, '/')) {
 		snprintf(err, errsz, "mysql URL: no database name (expected mysql://host/database)");
 		goto out;
 	}
-	if (u.nhosts > 1) {
-		snprintf(err, errsz, "mysql URL: %zu hosts given; feed connects to one", u.nhosts);
+	if (u->nhosts > 1) {
+		snprintf(err, errsz, "mysql URL: %zu hosts given; feed connects to one", u->nhosts);
 		goto out;
 	}
-	ci->port = u.nhosts ? u.hosts[0].port : 0;
-	r = my_set_str(&ci->host, u.nhosts ? u.hosts[0].name : "", err, errsz);
-	if (r == 0)
-		r = my_set_str(&ci->user, u.user, err, errsz);
-	if (r == 0)
-		r = my_set_str(&ci->database, u.database, err, errsz);
-	if (r == 0 && u.password) {
-		ci->password = u.password;      /* taken: never copied */
-		u.password = NULL;
-	}
-	for (size_t i = 0; r == 0 && i < u.nparams; i++)
-		r = my_parse_query_key(ci, u.params[i].key, u.params[i].value, err, errsz);
+	ci->host = u->nhosts ? u->hosts[0].name : "";
+	ci->port = u->nhosts ? u->hosts[0].port : 0;
+	ci->user = u->user;
+	ci->password = u->password;
+	ci->database = u->database;
+	r = 0;
+	for (size_t i = 0; r == 0 && i < u->nparams; i++)
+		r = my_parse_query_key(ci, u->params[i].key, u->params[i].value, err, errsz);
 	if (r == 0 && ci->host[0] == '\0' && !ci->socket) {
 		snprintf(err, errsz, "mysql URL: no host (and no socket parameter)");
 		r = -EINVAL;
 	}
 out:
-	url_free(&u);
 	if (r < 0)
 		my_conninfo_free(ci);
 	return r;
@@ -743,8 +715,7 @@ static int my_open(const struct store_params *p, struct store **ret, char *err, 
 		return r;
 	}
 	if (p->password) {
-		my_free_secret(m->ci.password);
-		m->ci.password = strdup(p->password);
+		m->ci.password = m->ci.password_file = strdup(p->password);
 		if (!m->ci.password) {
 			r = -ENOMEM;
 			snprintf(err, errsz, "out of memory");
