@@ -305,23 +305,6 @@ out:
 	return r;
 }
 
-/* Replaces every occurrence of secret in msg by "***" (shorter: "*", "**"). */
-static void pg_scrub(char *msg, const char *secret)
-{
-	size_t sl, stars;
-	char *at = msg;
-
-	if (!secret || !*secret)
-		return;
-	sl = strlen(secret);
-	stars = sl < 3 ? sl : 3;
-	while ((at = strstr(at, secret)) != NULL) {
-		memset(at, '*', stars);
-		memmove(at + stars, at + sl, strlen(at + sl) + 1);
-		at += stars;
-	}
-}
-
 /* The raw password of a URI "scheme://user:PASSWORD@host", or NULL. */
 static char *pg_uri_password(const char *url)
 {
@@ -337,14 +320,14 @@ static void pg_redact(char *msg, const struct store_params *params)
 	PQconninfoOption *opts;
 	char *raw;
 
-	pg_scrub(msg, params->password);
+	url_scrub(msg, params->password);
 	raw = pg_uri_password(params->url);
-	pg_scrub(msg, raw);
+	url_scrub(msg, raw);
 	free(raw);
 	opts = PQconninfoParse(params->url, NULL);
 	for (PQconninfoOption *o = opts; o && o->keyword; o++)
 		if (!strcmp(o->keyword, "password"))
-			pg_scrub(msg, o->val);
+			url_scrub(msg, o->val);
 	PQconninfoFree(opts);
 }
 

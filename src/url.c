@@ -396,3 +396,19 @@ void url_redact(const char *url, char *buf, size_t size)
 	}
 	url_put(buf, size, &len, s, strlen(s));
 }
+
+void url_scrub(char *msg, const char *secret)
+{
+	size_t sl, stars;
+	char *at = msg;
+
+	if (!secret || !*secret)
+		return;
+	sl = strlen(secret);
+	stars = sl < 3 ? sl : 3;
+	while ((at = strstr(at, secret)) != NULL) {
+		memset(at, '*', stars);
+		memmove(at + stars, at + sl, strlen(at + sl) + 1);
+		at += stars;
+	}
+}

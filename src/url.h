@@ -62,4 +62,11 @@ const char *url_password_raw(const char *url, size_t *ret_len);
  */
 void url_redact(const char *url, char *buf, size_t size);
 
+/*
+ * Replaces every occurrence of secret in msg, in place, by "***" (by as
+ * many '*' as secret has bytes if fewer: msg never grows). For messages
+ * of a library that may quote the password it was given.
+ */
+void url_scrub(char *msg, const char *secret);
+
 #endif

@@ -2,7 +2,7 @@
  * test_url.c - unit tests of src/url.c: parsing database URLs into their
  * decoded parts (several hosts, IPv6 literals, parameters), malformed URLs
  * refused with a message naming the byte and the reason and never the
- * password, and redaction. Table-driven: a failing row is named by its input.
+ * password, redaction and scrubbing. Table-driven: a failing row is named by its input.
  */
 #include <errno.h>
 #include <setjmp.h>
@@ -239,6 +239,32 @@ static void test_password_raw(void **state)
 	assert_null(url_password_raw("host=h password=x", &len));
 }
 
+static void test_scrub(void **state)
+{
+	static const struct {
+		const char *msg, *secret, *want;
+	} cases[] = {
+		{ "password authentication failed: hunter2", "hunter2",
+		  "password authentication failed: ***" },
+		{ "ab ab ab", "ab", "** ** **" },
+		{ "x", "x", "*" },
+		{ "hunter2hunter2", "hunter2", "******" },
+		{ "nothing here", "hunter2", "nothing here" },
+		{ "empty secret", "", "empty secret" },
+		{ "no secret", NULL, "no secret" },
+	};
+	char buf[128];
+
+	(void)state;
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		snprintf(buf, sizeof(buf), "%s", cases[i].msg);
+		url_scrub(buf, cases[i].secret);
+		if (strcmp(buf, cases[i].want))
+			fail_msg("url_scrub(\"%s\", %s) = \"%s\", want \"%s\"", cases[i].msg,
+				 cases[i].secret ? cases[i].secret : "NULL", buf, cases[i].want);
+	}
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -248,6 +274,7 @@ int main(void)
 		cmocka_unit_test(test_too_many),
 		cmocka_unit_test(test_redact),
 		cmocka_unit_test(test_password_raw),
+		cmocka_unit_test(test_scrub),
 	};
 
 	return cmocka_run_group_tests_name("url", tests, NULL, NULL);
