@@ -407,7 +407,7 @@ int pipeline_start(const struct feed_config *cfg, const struct store_params *sp,
 	p->queue_bytes = (size_t)cfg->queue_bytes;
 	p->st.db_up = true;
 	p->st.db_since = time(NULL);
-	p->nw = cfg->writers ? cfg->writers : (p->ops == &store_sqlite_ops ? 1 : 2);
+	p->nw = cfg->writers ? cfg->writers : p->ops ? p->ops->default_writers : 1;
 	p->w = calloc((size_t)p->nw, sizeof(*p->w));
 	if (!p->url || (sp->password && !p->password) || !p->w || !p->ops)
 		goto fail;

@@ -8,14 +8,17 @@
  * connection and scratch space.
  */
 #include "store.h"
+#include "store_int.h"
 
 #include <errno.h>
+#include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "decimal.h"
+#include "url.h"
 
 static const struct store_ops *const backends[] = {
 	&store_sqlite_ops,
@@ -41,19 +44,148 @@ const struct store_ops *store_find(const char *url)
 
 void store_url_redact(const char *url, char *buf, size_t size)
 {
-	const char *auth = strstr(url, "://");
-	const char *at, *colon;
+	url_redact(url, buf, size);
+}
 
-	snprintf(buf, size, "%s", url);
-	if (!auth)
-		return;
-	auth += 3;
-	at = strchr(auth, '@');
-	colon = strchr(auth, ':');
-	if (!at || !colon || colon > at)
-		return;
-	/* scheme://user:SECRET@host -> scheme://user:***@host */
-	snprintf(buf, size, "%.*s***%s", (int)(colon + 1 - url), url, at);
+/* ==== Helpers for the backends (store_int.h) ==== */
+
+int store_parse_i64(const char *s, size_t len, int64_t *ret)
+{
+	/* dec_parse at scale 0 would take "1.0": a server prints an integer column without */
+	if (!s || memchr(s, '.', len))
+		return -EINVAL;
+	return dec_parse(s, len, 0, DEC_LENIENT, ret, NULL);
+}
+
+int64_t store_parse_amount(const char *s, size_t len)
+{
+	int64_t v;
+
+	if (!s || dec_parse(s, len, DEC_SCALE, DEC_LENIENT, &v, NULL) < 0 || v < 0)
+		return -1;
+	return v;
+}
+
+void store_keys_reset(struct store_keys *k)
+{
+	snprintf(k->names, sizeof(k->names), " ");
+	k->known = false;
+}
+
+void store_keys_add(struct store_keys *k, const char *name)
+{
+	size_t len = strlen(k->names);
+
+	if (len + strlen(name) + 2 <= sizeof(k->names))
+		snprintf(k->names + len, sizeof(k->names) - len, "%s ", name);
+}
+
+void store_keys_done(struct store_keys *k)
+{
+	k->known = true;
+	k->read_txn = k->txn;
+}
+
+int store_keys_class(struct store_keys *k, const char *name, size_t len)
+{
+	char word[sizeof(k->names)];
+
+	if (len + 3 > sizeof(word))
+		return -EINVAL;      /* longer than any name the list can hold */
+	snprintf(word, sizeof(word), " %.*s ", (int)len, name);
+	if (k->known && strstr(k->names, word))
+		return -EEXIST;
+	if (k->known && k->read_txn == k->txn)
+		return -EINVAL;
+	k->known = false;
+	return -EEXIST;
+}
+
+int store_sqlstate_errno(const char *state)
+{
+	if (!state || strlen(state) != 5)
+		return -EIO;
+	if (!strncmp(state, "08", 2))
+		return -ENOTCONN;
+	if (!strcmp(state, "40001"))
+		return -EAGAIN;
+	if (!strncmp(state, "22", 2) || !strncmp(state, "23", 2))
+		return -EINVAL;
+	if (!strncmp(state, "54", 2))
+		return -E2BIG;
+	return -EIO;
+}
+
+/* Whether s is valid UTF-8; else *ret_bad is the offset of the first bad byte. */
+static bool store_utf8_ok(const unsigned char *s, size_t *ret_bad)
+{
+	size_t i = 0;
+
+	while (s[i]) {
+		unsigned char c = s[i];
+		size_t k;
+		uint32_t cp;
+
+		if (c < 0x80) {
+			i++;
+			continue;
+		}
+		if (c >= 0xc2 && c <= 0xdf) {
+			k = 1;
+			cp = c & 0x1f;
+		} else if (c >= 0xe0 && c <= 0xef) {
+			k = 2;
+			cp = c & 0x0f;
+		} else if (c >= 0xf0 && c <= 0xf4) {
+			k = 3;
+			cp = c & 0x07;
+		} else {
+			goto bad;
+		}
+		for (size_t j = 1; j <= k; j++) {
+			if ((s[i + j] & 0xc0) != 0x80)
+				goto bad;
+			cp = cp << 6 | (s[i + j] & 0x3f);
+		}
+		if ((k == 2 && cp < 0x800) || (k == 3 && (cp < 0x10000 || cp > 0x10ffff)) ||
+		    (cp >= 0xd800 && cp <= 0xdfff))
+			goto bad;
+		i += k + 1;
+		continue;
+bad:
+		*ret_bad = i;
+		return false;
+	}
+	return true;
+}
+
+const char *store_clean_text(const char *s, char **ret_copy)
+{
+	size_t bad;
+	char *c;
+
+	*ret_copy = NULL;
+	if (!s)
+		return "";
+	if (store_utf8_ok((const unsigned char *)s, &bad))
+		return s;
+	c = strdup(s);
+	if (!c)
+		return NULL;
+	do {
+		c[bad] = '?';
+	} while (!store_utf8_ok((const unsigned char *)c, &bad));
+	*ret_copy = c;
+	return c;
+}
+
+void store_setmsg(struct store *s, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(s->errmsg, sizeof(s->errmsg), fmt, ap);
+	va_end(ap);
 }
 
 /* ==== The batch ==== */

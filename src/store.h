@@ -52,7 +52,7 @@
  * data error can follow a schema change (a column narrowed): the requests
  * it hits are refused, but each one is kept in fee_reject with the reason.
  * Classes are decided by SQLSTATE class where the server has
- * one, so a data error feed does not list by number still isolates; an
+ * one (store_sqlstate_errno() in store.c, after each backend's own codes), so a data error feed does not list by number still isolates; an
  * error with no class (or an unknown one) is retried. For the same reason a
  * rejected body is only ever answered FALSE once it is stored (or, refused
  * even truncated, logged), never dropped because fee_reject is unusable.
@@ -126,6 +126,10 @@ struct store_ops {
 	int version;                  /* STORE_OPS_VERSION */
 	const char *name;             /* "sqlite", "postgresql", "mysql" */
 	const char *const *schemes;   /* URL schemes this backend takes, NULL-terminated */
+	/* Traits: what the rest of feed needs to know about a backend, asked here
+	   rather than by comparing ops pointers. */
+	int default_writers;          /* writer threads when writers = 0: 1 where the
+					 database has one write lock (SQLite), else 2 */
 
 	/* Connects. On failure returns -errno and writes the reason into err. */
 	int (*open)(const struct store_params *p, struct store **ret, char *err, size_t errsz);
@@ -136,7 +140,12 @@ struct store_ops {
 	 * Creates the schema or brings it to STORE_SCHEMA_VERSION: fee, fee_rate,
 	 * fee_reject, feed_schema. Adopts a classic fee(ticket, login, volume,
 	 * status) table keeping its rows. Idempotent; safe when several feed
-	 * instances run it at once. Runs its own transaction(s).
+	 * instances run it at once. Runs its own transaction(s). Errors, the
+	 * same on every backend: -EPROTO feed_schema holds a version newer than
+	 * STORE_SCHEMA_VERSION (nothing changed); -EINVAL an existing fee table
+	 * feed cannot adopt (duplicate tickets, a required column missing);
+	 * -EAGAIN a lock waited for too long (another migration, a session
+	 * holding fee); else the classes above.
 	 */
 	int (*migrate)(struct store *s);
 	/* Runs one SQL statement outside the batch protocol (migration, tests). */
@@ -188,7 +197,7 @@ extern const struct store_ops store_mysql_ops;
 /* The backend for url's scheme, or NULL. */
 const struct store_ops *store_find(const char *url);
 
-/* Copies url with any password replaced by "***" (for logs and status). */
+/* Copies url with any password replaced by "***" (for logs and status): url_redact(). */
 void store_url_redact(const char *url, char *buf, size_t size);
 
 

@@ -47,7 +47,9 @@
 
 #include "decimal.h"
 #include "store.h"
+#include "store_int.h"
 #include "timeutil.h"
+#include "url.h"
 
 #define MY_SQL_MAX         (256 * 1024)   /* bound of one generated statement */
 #define MY_LOOKUP_CHUNK    2000           /* tickets per SELECT ... IN (...) */
@@ -71,18 +73,20 @@ enum my_ssl_mode {
 	MY_SSL_VERIFY_IDENTITY,
 };
 
-/* The URL, decoded. Every string is owned (NULL if absent). */
+/* The URL, decoded: the strings point into url (or password_file's copy), NULL if absent. */
 struct my_conninfo {
-	char *user;
-	char *password;
-	char *host;
-	char *database;
-	char *socket;
-	char *ssl_ca;
-	char *ssl_cert;
-	char *ssl_key;
-	char *ssl_capath;
-	char *ssl_cipher;
+	struct url url;
+	char *password_file;          /* params->password, owned (wiped when freed) */
+	const char *user;
+	const char *password;
+	const char *host;
+	const char *database;
+	const char *socket;
+	const char *ssl_ca;
+	const char *ssl_cert;
+	const char *ssl_key;
+	const char *ssl_capath;
+	const char *ssl_cipher;
 	unsigned int port;
 	unsigned int connect_timeout;
 	enum my_ssl_mode ssl_mode;
@@ -98,9 +102,7 @@ struct my_bulkrow {
 
 struct store_mysql {
 	struct store base;            /* first: a struct store * points here */
-	char ticket_keys[256];        /* " name name " of the unique keys on fee(ticket) */
-	bool keys_known;              /* ticket_keys read since connect or since a doubt */
-	unsigned long txn, keys_txn;  /* transactions begun; the one ticket_keys were read in */
+	struct store_keys keys;       /* the unique keys on fee(ticket) */
 	const struct record *ins_recs; /* during insert(): its records, for my_unique_class */
 	size_t ins_n;
 	unsigned long max_packet;     /* the session's max_allowed_packet, read for packet_conn */
@@ -179,11 +181,12 @@ static const struct {
 };
 
 /*
- * The numbers above first; then the SQLSTATE class, so that a data error feed
- * does not list still isolates its request: 22 data exception, 23 integrity
- * constraint. 1105 (ER_UNKNOWN_ERROR) is a limit only when it is about
- * max_allowed_packet (a body sent as long data over it); else, like every
- * other code (42 no such table or permission, HY000 ...), an outage.
+ * The numbers above first; then the SQLSTATE class (store_sqlstate_errno),
+ * so that a data error feed does not list still isolates its request: 22
+ * data exception, 23 integrity constraint. 1105 (ER_UNKNOWN_ERROR) is a
+ * limit only when it is about max_allowed_packet (a body sent as long data
+ * over it); else, like every other code (42 no such table or permission,
+ * HY000 ...), an outage.
  */
 static int my_errclass(unsigned int code, const char *state, const char *msg)
 {
@@ -192,25 +195,20 @@ static int my_errclass(unsigned int code, const char *state, const char *msg)
 			return my_errtab[i].err;
 	if (code == 1105 && msg && strstr(msg, "max_allowed_packet"))
 		return -E2BIG;
-	if (state && (!strncmp(state, "22", 2) || !strncmp(state, "23", 2)))
-		return -EINVAL;
-	return -EIO;
+	return store_sqlstate_errno(state);
 }
 
 /*
  * Whether a duplicate-key error names a ticket key of fee: its message ends
  * with the key, "... for key 'PRIMARY'" (MariaDB) or "... for key
  * 'fee.PRIMARY'" (MySQL 8), in any language. Key names come from
- * my_load_ticket_keys(); a name not among them read in an earlier
- * transaction may be a key added or renamed since: re-read them and retry
- * once (-EEXIST) before calling it the request's fault (-EINVAL). MariaDB
+ * my_load_ticket_keys(), and store_keys_class() decides. MariaDB
  * does not name the table: a table a trigger writes to may have a key of the
  * same name ('PRIMARY'), so the entry must also be a ticket being inserted.
  */
 static int my_unique_class(struct store_mysql *m, const char *msg)
 {
 	const char *end = msg + strlen(msg), *q, *name, *v = strchr(msg, '\'');
-	char word[200];
 	int64_t entry;
 	bool ours = false;
 	int len = 0;
@@ -231,15 +229,9 @@ static int my_unique_class(struct store_mysql *m, const char *msg)
 	name = q;
 	if (end - name > 3 && !strncmp(name, "fee.", 4))
 		name += 4;
-	if (q == msg || end <= name || (size_t)(end - name) > sizeof(word) - 3)
+	if (q == msg || end <= name)
 		return -EINVAL;
-	snprintf(word, sizeof(word), " %.*s ", (int)(end - name), name);
-	if (m->keys_known && strstr(m->ticket_keys, word))
-		return -EEXIST;
-	if (m->keys_known && m->keys_txn == m->txn)
-		return -EINVAL;
-	m->keys_known = false;
-	return -EEXIST;
+	return store_keys_class(&m->keys, name, (size_t)(end - name));
 }
 
 static int my_classify(struct store_mysql *m, unsigned int code, const char *state, const char *msg)
@@ -382,118 +374,15 @@ static int my_select(struct store_mysql *m, const char *what, const char *sql, s
 	return 0;
 }
 
-/* ==== Reading values ==== */
-
-/* A signed 64-bit integer printed by the server. */
-static bool my_parse_i64(const char *s, unsigned long len, int64_t *ret)
-{
-	uint64_t acc = 0, max = INT64_MAX;
-	bool neg = false;
-	unsigned long i = 0;
-
-	if (!s || len == 0)
-		return false;
-	if (s[0] == '-') {
-		neg = true;
-		max = (uint64_t)INT64_MAX + 1;
-		i = 1;
-	}
-	if (i == len)
-		return false;
-	for (; i < len; i++) {
-		unsigned d;
-
-		if (s[i] < '0' || s[i] > '9')
-			return false;
-		d = (unsigned)(s[i] - '0');
-		if (acc > (max - d) / 10)
-			return false;
-		acc = acc * 10 + d;
-	}
-	if (neg)
-		*ret = acc == (uint64_t)INT64_MAX + 1 ? INT64_MIN : -(int64_t)acc;
-	else
-		*ret = (int64_t)acc;
-	return true;
-}
-
-/* A non-negative DECIMAL at DEC_SCALE, or -1 (NULL, unreadable, negative). */
-static int64_t my_parse_amount(const char *s, unsigned long len)
-{
-	int64_t v;
-
-	if (!s || dec_parse(s, len, DEC_SCALE, DEC_LENIENT, &v, NULL) < 0 || v < 0)
-		return -1;
-	return v;
-}
-
-/* ==== URL ==== */
-
-static int my_hexval(char c)
-{
-	if (c >= '0' && c <= '9')
-		return c - '0';
-	if (c >= 'a' && c <= 'f')
-		return c - 'a' + 10;
-	if (c >= 'A' && c <= 'F')
-		return c - 'A' + 10;
-	return -1;
-}
-
-/* Percent-decodes s[0..len) into a new string. -EINVAL on a bad escape or NUL. */
-static int my_pct_decode(const char *s, size_t len, char **ret)
-{
-	char *out = malloc(len + 1);
-	size_t o = 0;
-
-	if (!out)
-		return -ENOMEM;
-	for (size_t i = 0; i < len; i++) {
-		char c = s[i];
-
-		if (c == '%') {
-			int hi, lo;
-
-			if (len - i < 3) {
-				free(out);
-				return -EINVAL;
-			}
-			hi = my_hexval(s[i + 1]);
-			lo = my_hexval(s[i + 2]);
-			if (hi < 0 || lo < 0 || (hi == 0 && lo == 0)) {
-				free(out);
-				return -EINVAL;
-			}
-			c = (char)(hi << 4 | lo);
-			i += 2;
-		}
-		out[o++] = c;
-	}
-	out[o] = '\0';
-	*ret = out;
-	return 0;
-}
-
-static void my_free_secret(char *p)
-{
-	if (p) {
-		explicit_bzero(p, strlen(p));
-		free(p);
-	}
-}
+/* ==== URL (parsed by url.c) ==== */
 
 static void my_conninfo_free(struct my_conninfo *ci)
 {
-	free(ci->user);
-	my_free_secret(ci->password);
-	free(ci->host);
-	free(ci->database);
-	free(ci->socket);
-	free(ci->ssl_ca);
-	free(ci->ssl_cert);
-	free(ci->ssl_key);
-	free(ci->ssl_capath);
-	free(ci->ssl_cipher);
+	url_free(&ci->url);
+	if (ci->password_file) {
+		explicit_bzero(ci->password_file, strlen(ci->password_file));
+		free(ci->password_file);
+	}
 	memset(ci, 0, sizeof(*ci));
 }
 
@@ -516,7 +405,7 @@ static bool my_parse_uint(const char *s, unsigned long min, unsigned long max, u
 	return true;
 }
 
-static int my_parse_query_key(struct my_conninfo *ci, const char *key, char *val,
+static int my_parse_query_key(struct my_conninfo *ci, const char *key, const char *val,
 			      char *err, size_t errsz)
 {
 	static const char *const modes[] = {
@@ -526,7 +415,7 @@ static int my_parse_query_key(struct my_conninfo *ci, const char *key, char *val
 		[MY_SSL_VERIFY_CA] = "VERIFY_CA",
 		[MY_SSL_VERIFY_IDENTITY] = "VERIFY_IDENTITY",
 	};
-	char **slot = NULL;
+	const char **slot = NULL;
 
 	if (strcmp(key, "socket") == 0)
 		slot = &ci->socket;
@@ -541,7 +430,6 @@ static int my_parse_query_key(struct my_conninfo *ci, const char *key, char *val
 	else if (strcmp(key, "ssl-cipher") == 0)
 		slot = &ci->ssl_cipher;
 	if (slot) {
-		free(*slot);
 		*slot = val;
 		return 0;
 	}
@@ -550,192 +438,62 @@ static int my_parse_query_key(struct my_conninfo *ci, const char *key, char *val
 		for (size_t i = 0; i < sizeof(modes) / sizeof(modes[0]); i++) {
 			if (strcasecmp(val, modes[i]) == 0) {
 				ci->ssl_mode = (enum my_ssl_mode)i;
-				free(val);
 				return 0;
 			}
 		}
 		snprintf(err, errsz, "mysql URL: ssl-mode must be DISABLED, PREFERRED, "
 			 "REQUIRED, VERIFY_CA or VERIFY_IDENTITY, got \"%.64s\"", val);
-		free(val);
 		return -EINVAL;
 	}
 	if (strcmp(key, "connect-timeout") == 0) {
 		if (!my_parse_uint(val, 1, 3600, &ci->connect_timeout)) {
 			snprintf(err, errsz, "mysql URL: connect-timeout must be 1..3600 "
 				 "seconds, got \"%.64s\"", val);
-			free(val);
 			return -EINVAL;
 		}
-		free(val);
 		return 0;
 	}
 	snprintf(err, errsz, "mysql URL: unknown parameter \"%.64s\"", key);
-	free(val);
 	return -EINVAL;
 }
 
-static int my_parse_query(struct my_conninfo *ci, const char *q, char *err, size_t errsz)
-{
-	while (*q) {
-		const char *amp = strchr(q, '&');
-		size_t len = amp ? (size_t)(amp - q) : strlen(q);
-		const char *eq = memchr(q, '=', len);
-		char *key = NULL, *val = NULL;
-		int r;
-
-		if (len == 0) {
-			q++;
-			continue;
-		}
-		if (!eq) {
-			snprintf(err, errsz, "mysql URL: parameter \"%.*s\" has no value",
-				 (int)(len > 64 ? 64 : len), q);
-			return -EINVAL;
-		}
-		r = my_pct_decode(q, (size_t)(eq - q), &key);
-		if (r == 0)
-			r = my_pct_decode(eq + 1, len - (size_t)(eq - q) - 1, &val);
-		if (r < 0) {
-			free(key);
-			if (r == -EINVAL)
-				snprintf(err, errsz, "mysql URL: bad percent-escape in parameters");
-			else
-				snprintf(err, errsz, "mysql URL: out of memory");
-			return r;
-		}
-		r = my_parse_query_key(ci, key, val, err, errsz);   /* takes val */
-		free(key);
-		if (r < 0)
-			return r;
-		q += len;
-		if (*q == '&')
-			q++;
-	}
-	return 0;
-}
-
 /*
- * mysql://[user[:password]@]host[:port]/database[?key=value&...]. The host may
- * be empty when a socket is given, and an IPv6 literal in brackets. Messages
- * never quote the userinfo part.
+ * mysql://[user[:password]@]host[:port]/database[?key=value&...] (url.h).
+ * The host may be empty when a socket is given; one host only, so far.
  */
 static int my_parse_url(const char *url, struct my_conninfo *ci, char *err, size_t errsz)
 {
-	const char *p, *auth_end, *at, *hp, *host_end, *path, *query;
-	int r = -EINVAL;
+	const struct url *u = &ci->url;
+	char uerr[256];
+	int r;
 
 	memset(ci, 0, sizeof(*ci));
-	p = strstr(url, "://");
-	if (!p) {
-		snprintf(err, errsz, "mysql URL: expected mysql://host/database");
-		goto out;
+	r = url_parse(url, &ci->url, uerr, sizeof(uerr));
+	if (r < 0) {
+		snprintf(err, errsz, "mysql URL: %s", uerr);
+		return r;
 	}
-	p += 3;
-	auth_end = p + strcspn(p, "/?#");
-	if (*auth_end != '/') {
+	r = -EINVAL;
+	if (!u->database || !u->database[0] || strchr(u->database, '/')) {
 		snprintf(err, errsz, "mysql URL: no database name (expected mysql://host/database)");
 		goto out;
 	}
-
-	/* userinfo: the last '@' before the path (passwords may hold '@' only encoded) */
-	at = NULL;
-	for (const char *c = p; c < auth_end; c++)
-		if (*c == '@')
-			at = c;
-	hp = p;
-	if (at) {
-		const char *colon = memchr(p, ':', (size_t)(at - p));
-
-		r = my_pct_decode(p, (size_t)((colon ? colon : at) - p), &ci->user);
-		if (r == 0 && colon)
-			r = my_pct_decode(colon + 1, (size_t)(at - colon - 1), &ci->password);
-		if (r < 0) {
-			snprintf(err, errsz, "mysql URL: bad percent-escape in user or password");
-			goto out;
-		}
-		if (ci->user[0] == '\0') {
-			free(ci->user);
-			ci->user = NULL;
-		}
-		hp = at + 1;
-	}
-
-	/* host[:port] or [v6]:port */
-	if (*hp == '[') {
-		const char *rb = memchr(hp, ']', (size_t)(auth_end - hp));
-
-		if (!rb) {
-			r = -EINVAL;
-			snprintf(err, errsz, "mysql URL: unterminated '[' in host");
-			goto out;
-		}
-		r = my_pct_decode(hp + 1, (size_t)(rb - hp - 1), &ci->host);
-		host_end = rb + 1;
-		if (host_end < auth_end && *host_end != ':') {
-			r = -EINVAL;
-			snprintf(err, errsz, "mysql URL: unexpected text after ']' in host");
-			goto out;
-		}
-	} else {
-		host_end = memchr(hp, ':', (size_t)(auth_end - hp));
-		if (!host_end)
-			host_end = auth_end;
-		r = my_pct_decode(hp, (size_t)(host_end - hp), &ci->host);
-	}
-	if (r < 0) {
-		snprintf(err, errsz, "mysql URL: bad percent-escape in host");
+	if (u->nhosts > 1) {
+		snprintf(err, errsz, "mysql URL: %zu hosts given; feed connects to one", u->nhosts);
 		goto out;
 	}
-	if (host_end < auth_end && *host_end == ':') {
-		char portbuf[8];
-		size_t plen = (size_t)(auth_end - host_end - 1);
-
-		if (plen == 0 || plen >= sizeof(portbuf)) {
-			r = -EINVAL;
-			snprintf(err, errsz, "mysql URL: port must be 1..65535 (percent-encode "
-				 "'/', '?', '#' and '@' in the user and password)");
-			goto out;
-		}
-		memcpy(portbuf, host_end + 1, plen);
-		portbuf[plen] = '\0';
-		if (!my_parse_uint(portbuf, 1, 65535, &ci->port)) {
-			/* not quoted: with an unencoded '/' it may be part of the password */
-			r = -EINVAL;
-			snprintf(err, errsz, "mysql URL: port must be 1..65535 (percent-encode "
-				 "'/', '?', '#' and '@' in the user and password)");
-			goto out;
-		}
-	}
-
-	/* /database[?query] */
-	path = auth_end + 1;
-	query = path + strcspn(path, "?#");
-	if (*query == '#') {
-		r = -EINVAL;
-		snprintf(err, errsz, "mysql URL: fragments ('#') are not allowed");
-		goto out;
-	}
-	r = my_pct_decode(path, (size_t)(query - path), &ci->database);
-	if (r < 0) {
-		snprintf(err, errsz, "mysql URL: bad percent-escape in database name");
-		goto out;
-	}
-	if (ci->database[0] == '\0' || strchr(ci->database, '/')) {
-		r = -EINVAL;
-		snprintf(err, errsz, "mysql URL: no database name (expected mysql://host/database)");
-		goto out;
-	}
-	if (*query == '?') {
-		r = my_parse_query(ci, query + 1, err, errsz);
-		if (r < 0)
-			goto out;
-	}
-	if (ci->host[0] == '\0' && !ci->socket) {
-		r = -EINVAL;
-		snprintf(err, errsz, "mysql URL: no host (and no socket parameter)");
-		goto out;
-	}
+	ci->host = u->nhosts ? u->hosts[0].name : "";
+	ci->port = u->nhosts ? u->hosts[0].port : 0;
+	ci->user = u->user;
+	ci->password = u->password;
+	ci->database = u->database;
 	r = 0;
+	for (size_t i = 0; r == 0 && i < u->nparams; i++)
+		r = my_parse_query_key(ci, u->params[i].key, u->params[i].value, err, errsz);
+	if (r == 0 && ci->host[0] == '\0' && !ci->socket) {
+		snprintf(err, errsz, "mysql URL: no host (and no socket parameter)");
+		r = -EINVAL;
+	}
 out:
 	if (r < 0)
 		my_conninfo_free(ci);
@@ -935,7 +693,7 @@ static int my_check_durability(struct store_mysql *m)
 		unsigned long *len = mysql_fetch_lengths(res);
 
 		for (int i = 0; i < 3; i++)
-			if (!row[i] || !my_parse_i64(row[i], len[i], &v[i]))
+			if (!row[i] || store_parse_i64(row[i], len[i], &v[i]) < 0)
 				v[i] = -1;
 	}
 	mysql_free_result(res);
@@ -1081,8 +839,7 @@ static int my_open(const struct store_params *p, struct store **ret, char *err, 
 		return r;
 	}
 	if (p->password) {
-		my_free_secret(m->ci.password);
-		m->ci.password = strdup(p->password);
+		m->ci.password = m->ci.password_file = strdup(p->password);
 		if (!m->ci.password) {
 			r = -ENOMEM;
 			snprintf(err, errsz, "out of memory");
@@ -1148,7 +905,7 @@ static int my_exec(struct store *s, const char *sql)
 
 static int my_begin(struct store *s)
 {
-	my_of(s)->txn++;
+	store_keys_begin(&my_of(s)->keys);
 	return my_query_str(my_of(s), "START TRANSACTION", "START TRANSACTION");
 }
 
@@ -1179,7 +936,7 @@ static int my_select_i64(struct store_mysql *m, const char *what, const char *sq
 	row = mysql_fetch_row(res);
 	if (row && row[0]) {
 		lens = mysql_fetch_lengths(res);
-		if (!my_parse_i64(row[0], lens[0], ret)) {
+		if (store_parse_i64(row[0], lens[0], ret) < 0) {
 			my_seterr(m, "%s: unexpected value \"%.*s\"", what,
 				  (int)(lens[0] > 40 ? 40 : lens[0]), row[0]);
 			r = -EIO;
@@ -1192,279 +949,27 @@ static int my_select_i64(struct store_mysql *m, const char *what, const char *sq
 /*
  * DDL waits for a metadata lock that any open transaction on the table
  * holds, and every later statement on the table queues behind that wait
- * (lock_wait_timeout defaults to a year): migrate() runs DDL only where the
- * catalog says it is needed, and waits at most this long for the lock.
+ * (lock_wait_timeout defaults to a year): the migration (store_migrate.c)
+ * runs DDL only where the catalog says it is needed, and waits at most this
+ * long for the lock. DDL commits implicitly: there is no transaction to roll back.
  */
 #define MY_DDL_LOCK_TIMEOUT_S 5
 
-/* Runs one DDL statement on table; a lock timeout says what it waited for. */
-static int my_ddl(struct store_mysql *m, const char *what, const char *table, const char *sql)
+/* Keeps errmsg across a statement run only to clean up. */
+static void my_quiet(struct store_mysql *m, const char *what, const char *sql)
 {
-	int r = my_query_str(m, what, sql);
+	char keep[sizeof(m->base.errmsg)];
 
-	if (r < 0 && m->conn && mysql_errno(m->conn) == 1205)   /* ER_LOCK_WAIT_TIMEOUT */
-		my_seterr(m, "%s: waited %d s for a lock on table %s, which another session holds "
-			  "(an open transaction that read or wrote %s: see SHOW PROCESSLIST); end it "
-			  "and start feed again", what, MY_DDL_LOCK_TIMEOUT_S, table, table);
-	return r;
+	memcpy(keep, m->base.errmsg, sizeof(keep));
+	my_query_str(m, what, sql);
+	memcpy(m->base.errmsg, keep, sizeof(keep));
 }
 
-static const char my_create_fee[] =
-	"CREATE TABLE IF NOT EXISTS fee ("
-	" ticket BIGINT NOT NULL PRIMARY KEY,"
-	" login BIGINT NOT NULL,"
-	" volume DECIMAL(19,8) NOT NULL,"
-	" status CHAR(1) NOT NULL DEFAULT 'N',"
-	" fee DECIMAL(20,2) NULL,"
-	" received_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),"
-	" settled_at DATETIME(6) NULL,"
-	" CONSTRAINT fee_volume_nonneg CHECK (volume >= 0),"
-	" KEY fee_status_ticket (status, ticket)"
-	") ENGINE=InnoDB DEFAULT CHARSET=utf8mb4";
-
-static const char my_create_rate[] =
-	"CREATE TABLE IF NOT EXISTS fee_rate ("
-	" login BIGINT NOT NULL PRIMARY KEY,"
-	" rate DECIMAL(19,8) NOT NULL"
-	") ENGINE=InnoDB DEFAULT CHARSET=utf8mb4";
-
-static const char my_create_reject[] =
-	"CREATE TABLE IF NOT EXISTS fee_reject ("
-	" id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY,"
-	" received_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),"
-	" endpoint TEXT NOT NULL,"
-	" reason TEXT NOT NULL,"
-	" body LONGBLOB NOT NULL"
-	") ENGINE=InnoDB DEFAULT CHARSET=utf8mb4";
-
-static const char my_create_schema[] =
-	"CREATE TABLE IF NOT EXISTS feed_schema ("
-	" version INT NOT NULL"
-	") ENGINE=InnoDB";
-
-/* Columns a classic fee table may lack, and how to add each. */
-static const struct {
-	const char *name;
-	const char *ddl;
-} my_fee_addcols[] = {
-	{ "status", "ALTER TABLE fee ADD COLUMN status CHAR(1) NOT NULL DEFAULT 'N'" },
-	{ "fee", "ALTER TABLE fee ADD COLUMN fee DECIMAL(20,2) NULL" },
-	{ "received_at", "ALTER TABLE fee ADD COLUMN received_at DATETIME(6) NOT NULL "
-			 "DEFAULT CURRENT_TIMESTAMP(6)" },
-	{ "settled_at", "ALTER TABLE fee ADD COLUMN settled_at DATETIME(6) NULL" },
-};
-
-/*
- * A classic DECIMAL volume narrower than DECIMAL(19,8) would round new
- * volumes silently (MySQL only notes fractional rounding, even when strict):
- * widen it, which is lossless. Other types (DOUBLE, TEXT) are left alone, as
- * converting them could change stored values; lookup() reports what it
- * cannot read exactly as -1.
- */
-static int my_widen_volume(struct store_mysql *m)
-{
-	static const char q[] =
-		"SELECT numeric_precision, numeric_scale, is_nullable = 'NO'"
-		" FROM information_schema.columns WHERE table_schema = DATABASE()"
-		" AND table_name = 'fee' AND column_name = 'volume' AND data_type = 'decimal'";
-	int64_t v[3] = { 0, 0, 0 };
-	MYSQL_RES *res = NULL;
-	MYSQL_ROW row;
-	char sql[128];
-	int r;
-
-	r = my_select(m, "look up fee.volume", q, sizeof(q) - 1, 3, &res);
-	if (r < 0)
-		return r;
-	row = mysql_fetch_row(res);
-	if (row) {
-		unsigned long *len = mysql_fetch_lengths(res);
-
-		for (int i = 0; i < 3; i++)
-			if (!my_parse_i64(row[i], len[i], &v[i]))
-				r = -EIO;
-	}
-	mysql_free_result(res);
-	if (r < 0) {
-		my_seterr(m, "look up fee.volume: unreadable precision/scale");
-		return r;
-	}
-	if (!row || (v[1] >= DEC_SCALE && v[0] - v[1] >= 11))
-		return 0;
-	snprintf(sql, sizeof(sql), "ALTER TABLE fee MODIFY volume DECIMAL(%" PRId64 ",%d)%s",
-		 (v[0] - v[1] > 11 ? v[0] - v[1] : 11) + DEC_SCALE, DEC_SCALE,
-		 v[2] ? " NOT NULL" : "");
-	return my_ddl(m, "widen fee.volume to DECIMAL(19,8)", "fee", sql);
-}
-
-/* A classic INT ticket or login refuses ids above 2^31: widen it to BIGINT (lossless). */
-static int my_widen_id(struct store_mysql *m, const char *col)
-{
-	char sql[384];
-	int64_t nullable;
-	int r;
-
-	snprintf(sql, sizeof(sql),
-		 "SELECT is_nullable = 'YES' FROM information_schema.columns"
-		 " WHERE table_schema = DATABASE() AND table_name = 'fee' AND column_name = '%s'"
-		 " AND data_type IN ('tinyint', 'smallint', 'mediumint', 'int')", col);
-	r = my_select_i64(m, "look up fee columns", sql, &nullable);
-	if (r < 0 || nullable < 0)
-		return r;
-	snprintf(sql, sizeof(sql), "ALTER TABLE fee MODIFY %s BIGINT%s", col,
-		 nullable ? "" : " NOT NULL");
-	return my_ddl(m, "widen fee ids to BIGINT", "fee", sql);
-}
-
-/*
- * Brings an existing fee table to the current layout. Each step checks the
- * catalog first, so a rerun (or a second instance after us) does nothing.
- * DDL commits implicitly in MySQL: there is no transaction to roll back.
- */
-static int my_adopt_fee(struct store_mysql *m)
-{
-	char sql[512];
-	int64_t v, has_unique;
-	int r;
-
-	/* A unique index on exactly (ticket)? Without one, refuse duplicates first. */
-	r = my_select_i64(m, "look up fee indexes",
-			  "SELECT COUNT(*) FROM (SELECT index_name FROM information_schema.statistics"
-			  " WHERE table_schema = DATABASE() AND table_name = 'fee'"
-			  " AND non_unique = 0 GROUP BY index_name"
-			  " HAVING COUNT(*) = 1 AND MAX(column_name) = 'ticket') u", &has_unique);
-	if (r < 0)
-		return r;
-	if (has_unique == 0) {
-		r = my_select_i64(m, "check fee for duplicate tickets",
-				  "SELECT COUNT(*) FROM (SELECT ticket FROM fee GROUP BY ticket"
-				  " HAVING COUNT(*) > 1) d", &v);
-		if (r < 0)
-			return r;
-		if (v > 0) {
-			my_seterr(m, "cannot add a unique key on fee.ticket: %" PRId64 " ticket(s) "
-				  "occur more than once; list them with SELECT ticket FROM fee "
-				  "GROUP BY ticket HAVING COUNT(*) > 1 and resolve them by hand "
-				  "(feed never deletes rows)", v);
-			return -EIO;
-		}
-	}
-
-	for (size_t i = 0; i < sizeof(my_fee_addcols) / sizeof(my_fee_addcols[0]); i++) {
-		snprintf(sql, sizeof(sql),
-			 "SELECT COUNT(*) FROM information_schema.columns WHERE "
-			 "table_schema = DATABASE() AND table_name = 'fee' AND column_name = '%s'",
-			 my_fee_addcols[i].name);
-		r = my_select_i64(m, "look up fee columns", sql, &v);
-		if (r < 0)
-			return r;
-		if (v > 0)
-			continue;
-		snprintf(sql, sizeof(sql), "add column fee.%s", my_fee_addcols[i].name);
-		r = my_ddl(m, sql, "fee", my_fee_addcols[i].ddl);
-		if (r < 0)
-			return r;
-	}
-
-	r = my_widen_volume(m);
-	if (r == 0)
-		r = my_widen_id(m, "ticket");
-	if (r == 0)
-		r = my_widen_id(m, "login");
-	if (r < 0)
-		return r;
-
-	if (has_unique == 0) {
-		r = my_select_i64(m, "look up fee primary key",
-				  "SELECT COUNT(*) FROM information_schema.table_constraints"
-				  " WHERE table_schema = DATABASE() AND table_name = 'fee'"
-				  " AND constraint_type = 'PRIMARY KEY'", &v);
-		if (r < 0)
-			return r;
-		/* rows written between the check and here make this fail: 1062 */
-		r = my_ddl(m, "add a unique key on fee.ticket", "fee",
-				 v > 0 ? "ALTER TABLE fee ADD UNIQUE KEY fee_ticket (ticket)"
-				       : "ALTER TABLE fee ADD PRIMARY KEY (ticket)");
-		if (r < 0)
-			return r;
-	}
-
-	/* The index behind WHERE status = 'N' ORDER BY ticket. */
-	r = my_select_i64(m, "look up fee indexes",
-			  "SELECT COUNT(*) FROM information_schema.statistics"
-			  " WHERE table_schema = DATABASE() AND table_name = 'fee'"
-			  " AND index_name = 'fee_status_ticket'", &v);
-	if (r < 0)
-		return r;
-	if (v == 0) {
-		r = my_ddl(m, "add index fee_status_ticket", "fee",
-				 "ALTER TABLE fee ADD INDEX fee_status_ticket (status, ticket)");
-		if (r < 0)
-			return r;
-	}
-	return 0;
-}
-
-static int my_migrate_locked(struct store_mysql *m)
-{
-	int64_t v;
-	int r;
-
-	r = my_select_i64(m, "look up table fee",
-			  "SELECT COUNT(*) FROM information_schema.tables"
-			  " WHERE table_schema = DATABASE() AND table_name = 'fee'", &v);
-	if (r < 0)
-		return r;
-	r = v > 0 ? my_adopt_fee(m) : my_ddl(m, "create table fee", "fee", my_create_fee);
-	if (r < 0)
-		return r;
-	r = my_ddl(m, "create table fee_rate", "fee_rate", my_create_rate);
-	if (r < 0)
-		return r;
-	r = my_ddl(m, "create table fee_reject", "fee_reject", my_create_reject);
-	if (r < 0)
-		return r;
-	r = my_ddl(m, "create table feed_schema", "feed_schema", my_create_schema);
-	if (r < 0)
-		return r;
-
-	r = my_query_str(m, "START TRANSACTION", "START TRANSACTION");
-	if (r < 0)
-		return r;
-	r = my_select_i64(m, "read feed_schema",
-			  "SELECT MAX(version) FROM feed_schema FOR UPDATE", &v);
-	if (r < 0)
-		goto out;
-	if (v > STORE_SCHEMA_VERSION) {
-		my_seterr(m, "database schema version %" PRId64 " is newer than this feed "
-			  "understands (%d)", v, STORE_SCHEMA_VERSION);
-		r = -EPROTO;
-		goto out;
-	}
-	if (v < 0)
-		r = my_query_str(m, "record schema version",
-				 "INSERT INTO feed_schema (version) VALUES (1)");
-	else if (v < STORE_SCHEMA_VERSION)
-		r = my_query_str(m, "record schema version", "UPDATE feed_schema SET version = 1");
-	if (r < 0)
-		goto out;
-	r = my_query_str(m, "COMMIT", "COMMIT");
-out:
-	if (r < 0) {
-		char keep[sizeof(m->base.errmsg)];
-
-		memcpy(keep, m->base.errmsg, sizeof(keep));
-		my_query_str(m, "ROLLBACK", "ROLLBACK");
-		memcpy(m->base.errmsg, keep, sizeof(keep));
-	}
-	return r;
-}
-
-static int my_migrate(struct store *s)
+static int my_migrate_lock(struct store *s)
 {
 	struct store_mysql *m = my_of(s);
 	int64_t got;
-	int r, rr;
+	int r;
 
 	r = my_select_i64(m, "GET_LOCK('feed_migrate')", "SELECT GET_LOCK('feed_migrate', 30)",
 			  &got);
@@ -1476,23 +981,155 @@ static int my_migrate(struct store *s)
 	}
 	r = my_query_str(m, "set lock_wait_timeout for the migration",
 			 "SET SESSION lock_wait_timeout = " STR(MY_DDL_LOCK_TIMEOUT_S));
-	if (r == 0)
-		r = my_migrate_locked(m);
-	if (m->conn) {
-		char keep[sizeof(m->base.errmsg)];
-
-		memcpy(keep, m->base.errmsg, sizeof(keep));
-		/* the batches that follow on this connection keep the server's default */
-		rr = my_query_str(m, "reset lock_wait_timeout", "SET SESSION lock_wait_timeout = DEFAULT");
-		if (rr < 0 && r == 0) {
-			r = rr;
-			memcpy(keep, m->base.errmsg, sizeof(keep));
-		}
-		my_select_i64(m, "RELEASE_LOCK", "SELECT RELEASE_LOCK('feed_migrate')", &got);
-		if (r < 0)
-			memcpy(m->base.errmsg, keep, sizeof(keep));
-	}
+	if (r < 0 && m->conn)
+		my_quiet(m, "RELEASE_LOCK", "DO RELEASE_LOCK('feed_migrate')");
 	return r;
+}
+
+static int my_migrate_unlock(struct store *s, int r)
+{
+	struct store_mysql *m = my_of(s);
+	int rr;
+
+	if (!m->conn)
+		return r;
+	if (r < 0)      /* the version's transaction, if open */
+		my_quiet(m, "ROLLBACK", "ROLLBACK");
+	/* the batches that follow on this connection keep the server's default */
+	if (r < 0) {
+		my_quiet(m, "reset lock_wait_timeout", "SET SESSION lock_wait_timeout = DEFAULT");
+	} else {
+		rr = my_query_str(m, "reset lock_wait_timeout",
+				  "SET SESSION lock_wait_timeout = DEFAULT");
+		r = rr < 0 ? rr : r;
+	}
+	if (m->conn)
+		my_quiet(m, "RELEASE_LOCK", "DO RELEASE_LOCK('feed_migrate')");
+	return r;
+}
+
+static int my_migrate_exec(struct store *s, const char *what, const char *sql)
+{
+	return my_query_str(my_of(s), what, sql);
+}
+
+static int my_migrate_query(struct store *s, const char *what, const char *sql,
+			    struct store_qrow *ret)
+{
+	struct store_mysql *m = my_of(s);
+	MYSQL_RES *res = NULL;
+	MYSQL_ROW row;
+	int r = my_need_conn(m);
+
+	if (r < 0)
+		return r;
+	if (mysql_real_query(m->conn, sql, strlen(sql)) != 0 ||
+	    !(res = mysql_store_result(m->conn)))
+		return my_fail(m, what);
+	row = mysql_fetch_row(res);
+	if (row) {
+		unsigned long *len = mysql_fetch_lengths(res);
+
+		ret->found = true;
+		for (unsigned int c = 0; c < mysql_num_fields(res) && c < STORE_QROW_COLS; c++) {
+			ret->null[c] = !row[c];
+			snprintf(ret->val[c], sizeof(ret->val[c]), "%.*s",
+				 (int)(len[c] < STORE_QROW_LEN ? len[c] : STORE_QROW_LEN - 1),
+				 row[c] ? row[c] : "");
+		}
+	}
+	mysql_free_result(res);
+	return 0;
+}
+
+/*
+ * INT ids to BIGINT; a DECIMAL volume narrower than DECIMAL(19,8), which
+ * would round new volumes silently (MySQL only notes fractional rounding,
+ * even when strict), to 8 fractional digits and at least 11 integer ones.
+ * Nullability kept.
+ */
+static void my_widen_sql(const char *col, const struct store_qrow *c, char *sql, size_t size)
+{
+	const char *nn = !strcmp(c->val[3], "NO") ? " NOT NULL" : "";
+	long digits = strtol(c->val[1], NULL, 10) - strtol(c->val[2], NULL, 10);
+
+	if (strcmp(col, "volume"))
+		snprintf(sql, size, "ALTER TABLE fee MODIFY %s BIGINT%s", col, nn);
+	else
+		snprintf(sql, size, "ALTER TABLE fee MODIFY volume DECIMAL(%ld,%d)%s",
+			 (digits > 11 ? digits : 11) + DEC_SCALE, DEC_SCALE, nn);
+}
+
+static const char *const my_set_version[] = {
+	"START TRANSACTION",
+	"DELETE FROM feed_schema",
+	"INSERT INTO feed_schema (version) VALUES (" STORE_STR(STORE_SCHEMA_VERSION) ")",
+	"COMMIT",
+	NULL,
+};
+
+static const struct store_migrate_ops my_migrate_ops = {
+	.lock = my_migrate_lock,
+	.unlock = my_migrate_unlock,
+	.exec = my_migrate_exec,
+	.query = my_migrate_query,
+	.widen_sql = my_widen_sql,
+	.q_table = "SELECT 1 FROM information_schema.tables"
+		   " WHERE table_schema = DATABASE() AND table_name = '$T'",
+	.q_column = "SELECT data_type, numeric_precision, numeric_scale, is_nullable,"
+		    " column_default FROM information_schema.columns"
+		    " WHERE table_schema = DATABASE() AND table_name = '$T' AND column_name = '$C'",
+	.q_index = "SELECT 1 FROM information_schema.statistics WHERE table_schema = DATABASE()"
+		   " AND table_name = '$T' AND index_name = '$I' LIMIT 1",
+	.q_ticket_key = "SELECT index_name FROM information_schema.statistics"
+			" WHERE table_schema = DATABASE() AND table_name = 'fee'"
+			" AND non_unique = 0 GROUP BY index_name"
+			" HAVING COUNT(*) = 1 AND MAX(column_name) = 'ticket' LIMIT 1",
+	.create_fee = "CREATE TABLE IF NOT EXISTS fee ("
+		      " ticket BIGINT NOT NULL PRIMARY KEY,"
+		      " login BIGINT NOT NULL,"
+		      " volume DECIMAL(19,8) NOT NULL,"
+		      " status CHAR(1) NOT NULL DEFAULT 'N',"
+		      " fee DECIMAL(20,2) NULL,"
+		      " received_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),"
+		      " settled_at DATETIME(6) NULL,"
+		      " CONSTRAINT fee_volume_nonneg CHECK (volume >= 0),"
+		      " KEY fee_status_ticket (status, ticket)"
+		      ") ENGINE=InnoDB DEFAULT CHARSET=utf8mb4",
+	.create_rate = "CREATE TABLE IF NOT EXISTS fee_rate ("
+		       " login BIGINT NOT NULL PRIMARY KEY,"
+		       " rate DECIMAL(19,8) NOT NULL"
+		       ") ENGINE=InnoDB DEFAULT CHARSET=utf8mb4",
+	.create_reject = "CREATE TABLE IF NOT EXISTS fee_reject ("
+			 " id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY,"
+			 " received_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),"
+			 " endpoint TEXT NOT NULL,"
+			 " reason TEXT NOT NULL,"
+			 " body LONGBLOB NOT NULL"
+			 ") ENGINE=InnoDB DEFAULT CHARSET=utf8mb4",
+	.create_schema = "CREATE TABLE IF NOT EXISTS feed_schema ("
+			 " version INT NOT NULL"
+			 ") ENGINE=InnoDB",
+	.add_cols = {
+		{ "status", "ALTER TABLE fee ADD COLUMN status CHAR(1) NOT NULL DEFAULT 'N'", NULL },
+		{ "fee", "ALTER TABLE fee ADD COLUMN fee DECIMAL(20,2) NULL", NULL },
+		{ "received_at", "ALTER TABLE fee ADD COLUMN received_at DATETIME(6) NOT NULL "
+				 "DEFAULT CURRENT_TIMESTAMP(6)", NULL },
+		{ "settled_at", "ALTER TABLE fee ADD COLUMN settled_at DATETIME(6) NULL", NULL },
+	},
+	.add_key = "ALTER TABLE fee ADD UNIQUE KEY fee_ticket (ticket)",
+	.primary_index = "PRIMARY",
+	.add_primary_key = "ALTER TABLE fee ADD PRIMARY KEY (ticket)",
+	.index_name = "fee_status_ticket",
+	.create_index = "ALTER TABLE fee ADD INDEX fee_status_ticket (status, ticket)",
+	.set_version = my_set_version,
+	.ddl_lock_timeout_s = MY_DDL_LOCK_TIMEOUT_S,
+	.lock_hint = "SHOW PROCESSLIST",
+};
+
+static int my_migrate(struct store *s)
+{
+	return store_migrate(s, &my_migrate_ops);
 }
 
 /* ==== The batch primitives ==== */
@@ -1543,16 +1180,16 @@ static int my_lookup(struct store *s, const int64_t *tickets, size_t n,
 				r = -EIO;
 				break;
 			}
-			if (!my_parse_i64(row[0], len[0], &o->ticket)) {
+			if (store_parse_i64(row[0], len[0], &o->ticket) < 0) {
 				my_seterr(m, "lookup: unreadable ticket \"%.*s\" in fee",
 					  (int)(len[0] > 40 ? 40 : len[0]), row[0] ? row[0] : "");
 				r = -EIO;
 				break;
 			}
 			/* 0 is no valid login: an unreadable one can only conflict */
-			if (!my_parse_i64(row[1], len[1], &o->login))
+			if (store_parse_i64(row[1], len[1], &o->login) < 0)
 				o->login = 0;
-			o->volume = my_parse_amount(row[2], len[2]);
+			o->volume = store_parse_amount(row[2], len[2]);
 			got++;
 		}
 		mysql_free_result(res);
@@ -1642,7 +1279,7 @@ static int my_insert_bulk(struct store_mysql *m, const struct record *recs, size
 	return 0;
 }
 
-/* Reads the names of fee's ticket keys into m->ticket_keys, once (see my_unique_class). */
+/* Reads the names of fee's ticket keys into m->keys, once (see my_unique_class). */
 static int my_load_ticket_keys(struct store_mysql *m)
 {
 	static const char sql[] =
@@ -1651,25 +1288,18 @@ static int my_load_ticket_keys(struct store_mysql *m)
 		" GROUP BY index_name HAVING COUNT(*) = 1 AND MAX(column_name) = 'ticket'";
 	MYSQL_RES *res = NULL;
 	MYSQL_ROW row;
-	size_t len = 1;
 	int r;
 
-	if (m->keys_known)
+	if (m->keys.known)
 		return 0;
 	r = my_select(m, "look up the unique keys of fee.ticket", sql, sizeof(sql) - 1, 1, &res);
 	if (r < 0)
 		return r;
-	snprintf(m->ticket_keys, sizeof(m->ticket_keys), " ");
-	while ((row = mysql_fetch_row(res))) {
-		const char *name = row[0] ? row[0] : "";
-
-		if (len + strlen(name) + 2 > sizeof(m->ticket_keys))
-			break; /* a key left out is only retried once more (my_unique_class) */
-		len += (size_t)snprintf(m->ticket_keys + len, sizeof(m->ticket_keys) - len, "%s ", name);
-	}
+	store_keys_reset(&m->keys);
+	while ((row = mysql_fetch_row(res)))
+		store_keys_add(&m->keys, row[0] ? row[0] : "");
 	mysql_free_result(res);
-	m->keys_known = true;
-	m->keys_txn = m->txn;
+	store_keys_done(&m->keys);
 	return 0;
 }
 
@@ -1794,7 +1424,20 @@ static int my_insert_rejects(struct store *s, const struct store_reject *rj, siz
 		goto out;
 	}
 	for (size_t i = 0; i < n; i++) {
-		r = my_insert_one_reject(m, st, &rj[i]);
+		struct store_reject x = rj[i];
+		char *ce = NULL, *cr = NULL;
+
+		/* strict mode refuses invalid UTF-8 (1366): the reject would be lost */
+		x.endpoint = store_clean_text(rj[i].endpoint, &ce);
+		x.reason = store_clean_text(rj[i].reason, &cr);
+		if (!x.endpoint || !x.reason) {
+			my_seterr(m, "insert_rejects: out of memory");
+			r = -ENOMEM;
+		} else {
+			r = my_insert_one_reject(m, st, &x);
+		}
+		free(ce);
+		free(cr);
 		if (r < 0)
 			goto out;
 	}
@@ -1835,19 +1478,19 @@ static int my_fetch_unsettled(struct store *s, int64_t after, size_t max,
 			r = -EIO;
 			goto out;
 		}
-		if (!my_parse_i64(row[0], len[0], &o->ticket)) {
+		if (store_parse_i64(row[0], len[0], &o->ticket) < 0) {
 			my_seterr(m, "fetch_unsettled: unreadable ticket \"%.*s\" in fee",
 				  (int)(len[0] > 40 ? 40 : len[0]), row[0] ? row[0] : "");
 			r = -EIO;
 			goto out;
 		}
-		if (!my_parse_i64(row[1], len[1], &o->login))
+		if (store_parse_i64(row[1], len[1], &o->login) < 0)
 			o->login = 0;
-		o->volume = my_parse_amount(row[2], len[2]);
+		o->volume = store_parse_amount(row[2], len[2]);
 		if (!row[3]) {
 			o->rate = -1;            /* no fee_rate row for the login */
 		} else {
-			o->rate = my_parse_amount(row[3], len[3]);
+			o->rate = store_parse_amount(row[3], len[3]);
 			if (o->rate < 0)
 				o->rate = -2;
 		}
@@ -1895,6 +1538,7 @@ const struct store_ops store_mysql_ops = {
 	.version = STORE_OPS_VERSION,
 	.name = "mysql",
 	.schemes = my_schemes,
+	.default_writers = 2,
 	.open = my_open,
 	.close = my_close,
 	.reconnect = my_reconnect,

@@ -12,6 +12,7 @@
  * statements are kept, so reconnect() only re-applies the session settings.
  */
 #include "store.h"
+#include "store_int.h"
 
 #include <errno.h>
 #include <netinet/in.h>
@@ -29,6 +30,7 @@
 
 #include "decimal.h"
 #include "timeutil.h"
+#include "url.h"
 
 /* pg_advisory_xact_lock key serialising migrate() between feed processes. */
 #define PG_MIGRATE_LOCK "7379646571"  /* arbitrary, constant */
@@ -46,9 +48,7 @@
 
 struct store_pg {
 	struct store base;            /* first: struct store * <-> struct store_pg * */
-	char ticket_keys[256];        /* " name name " of the unique indexes on fee(ticket) */
-	bool keys_known;              /* ticket_keys read since connect or since a doubt */
-	unsigned long txn, keys_txn;  /* transactions begun; the one ticket_keys were read in */
+	struct store_keys keys;       /* the unique indexes on fee(ticket) */
 	PGconn *conn;
 	enum store_durability durability;
 	bool begin_pending;           /* BEGIN not sent yet: it rides on the first statement */
@@ -105,31 +105,30 @@ static void pg_flatten(char *s)
 }
 
 /*
- * SQLSTATE -> store.h's classes. The class (first two characters) decides
- * where PostgreSQL has one for the case: 22 data exception and 23 integrity
- * constraint are the request's values, 54 program limit its size; 42
- * (undefined table or column, permission), 53 (disk full, out of memory),
- * 55, 58, XX and anything else say nothing about the request: an outage.
- * Unique violations (23505) are sorted by pg_unique_class().
+ * SQLSTATE -> store.h's classes: PostgreSQL's own codes first, then the
+ * standard classes (store_sqlstate_errno). 55P03 is a lock wait that timed
+ * out; unique violations (23505) are sorted by pg_unique_class().
  */
 static int pg_errno_of(const char *state)
 {
-	if (!state || strlen(state) != 5)
-		return -EIO;
-	if (!strcmp(state, "40001") || !strcmp(state, "40P01") || !strcmp(state, "55P03"))
-		return -EAGAIN;
-	if (!strncmp(state, "08", 2) || !strcmp(state, "57P01") || !strcmp(state, "57P02") ||
-	    !strcmp(state, "57P03") || !strcmp(state, "53300"))
-		return -ENOTCONN;
-	if (!strcmp(state, "23505"))
-		return -EEXIST;
-	if (!strncmp(state, "22", 2) || !strncmp(state, "23", 2))
-		return -EINVAL;
-	if (!strcmp(state, "P0001"))    /* RAISE EXCEPTION: a trigger refuses the row */
-		return -EINVAL;
-	if (!strncmp(state, "54", 2))
-		return -E2BIG;
-	return -EIO;
+	static const struct {
+		const char *state;
+		int err;
+	} codes[] = {
+		{ "40P01", -EAGAIN },       /* deadlock_detected */
+		{ "55P03", -EAGAIN },       /* lock_not_available */
+		{ "57P01", -ENOTCONN },     /* admin_shutdown */
+		{ "57P02", -ENOTCONN },     /* crash_shutdown */
+		{ "57P03", -ENOTCONN },     /* cannot_connect_now */
+		{ "53300", -ENOTCONN },     /* too_many_connections */
+		{ "23505", -EEXIST },       /* unique_violation */
+		{ "P0001", -EINVAL },       /* RAISE EXCEPTION: a trigger refuses the row */
+	};
+
+	for (size_t i = 0; state && i < sizeof(codes) / sizeof(codes[0]); i++)
+		if (!strcmp(state, codes[i].state))
+			return codes[i].err;
+	return store_sqlstate_errno(state);
 }
 
 /*
@@ -137,30 +136,21 @@ static int pg_errno_of(const char *state)
  * fee(ticket) alone, whatever its name (fee_pkey, fee_ticket_key, an adopted
  * table's own); any other key (a second UNIQUE column, a table a trigger
  * writes to) is the request's fault (-EINVAL). The names are read once per
- * connection (pg_load_ticket_keys, before an insert); a name not among them
- * read in an earlier transaction may be a key renamed since: re-read them
- * and retry once (-EEXIST) before calling it the request's fault.
+ * connection (pg_load_ticket_keys, before an insert; store_keys_class).
  */
 static int pg_unique_class(struct store_pg *p, const PGresult *res)
 {
 	const char *table = PQresultErrorField(res, PG_DIAG_TABLE_NAME);
 	const char *name = PQresultErrorField(res, PG_DIAG_CONSTRAINT_NAME);
-	char word[132];
 
-	if (!table || !name || strcmp(table, "fee") != 0 || strlen(name) > 128)
+	if (!table || !name || strcmp(table, "fee") != 0)
 		return -EINVAL;
-	snprintf(word, sizeof(word), " %s ", name);
-	if (p->keys_known && strstr(p->ticket_keys, word))
-		return -EEXIST;
-	if (p->keys_known && p->keys_txn == p->txn)
-		return -EINVAL;
-	p->keys_known = false;
-	return -EEXIST;
+	return store_keys_class(&p->keys, name, strlen(name));
 }
 
 static int pg_fail(struct store_pg *p, const PGresult *res, const char *what);
 
-/* Reads the names of fee's ticket keys into p->ticket_keys, once (see pg_unique_class). */
+/* Reads the names of fee's ticket keys into p->keys, once (see pg_unique_class). */
 static int pg_load_ticket_keys(struct store_pg *p)
 {
 	static const char sql[] =
@@ -171,10 +161,9 @@ static int pg_load_ticket_keys(struct store_pg *p)
 		" AND i.indisunique AND i.indnkeyatts = 1"
 		" AND i.indpred IS NULL AND i.indexprs IS NULL AND a.attname = 'ticket'";
 	PGresult *res;
-	size_t len = 1;
 	int r = 0;
 
-	if (p->keys_known)
+	if (p->keys.known)
 		return 0;
 	res = PQexec(p->conn, sql);
 	if (!res || PQresultStatus(res) != PGRES_TUPLES_OK) {
@@ -182,17 +171,11 @@ static int pg_load_ticket_keys(struct store_pg *p)
 		PQclear(res);
 		return r;
 	}
-	snprintf(p->ticket_keys, sizeof(p->ticket_keys), " ");
-	for (int i = 0; i < PQntuples(res); i++) {
-		const char *name = PQgetvalue(res, i, 0);
-
-		if (len + strlen(name) + 2 > sizeof(p->ticket_keys))
-			break; /* a key left out is only retried once more (pg_unique_class) */
-		len += (size_t)snprintf(p->ticket_keys + len, sizeof(p->ticket_keys) - len, "%s ", name);
-	}
+	store_keys_reset(&p->keys);
+	for (int i = 0; i < PQntuples(res); i++)
+		store_keys_add(&p->keys, PQgetvalue(res, i, 0));
 	PQclear(res);
-	p->keys_known = true;
-	p->keys_txn = p->txn;
+	store_keys_done(&p->keys);
 	return 0;
 }
 
@@ -246,35 +229,12 @@ static int pg_cmd(struct store_pg *p, const char *sql, const char *what)
 
 /* ==== Values ==== */
 
-/* A (possibly negative) int64 printed by the server. */
-static int pg_parse_i64(const char *s, int64_t *ret)
-{
-	bool neg = false;
-	uint64_t v = 0, lim = (uint64_t)INT64_MAX;
-
-	if (*s == '-') {
-		neg = true;
-		lim++;
-		s++;
-	}
-	if (!*s)
-		return -EINVAL;
-	for (; *s; s++) {
-		if (*s < '0' || *s > '9')
-			return -EINVAL;
-		if (v > (lim - (uint64_t)(*s - '0')) / 10)
-			return -ERANGE;
-		v = v * 10 + (uint64_t)(*s - '0');
-	}
-	*ret = neg ? (int64_t)(0 - v) : (int64_t)v;
-	return 0;
-}
-
 static int64_t pg_get_i64(const PGresult *res, int row, int col)
 {
 	int64_t v = 0;
 
-	if (PQgetisnull(res, row, col) || pg_parse_i64(PQgetvalue(res, row, col), &v) < 0)
+	if (PQgetisnull(res, row, col) ||
+	    store_parse_i64(PQgetvalue(res, row, col), (size_t)PQgetlength(res, row, col), &v) < 0)
 		return 0;
 	return v;
 }
@@ -282,14 +242,9 @@ static int64_t pg_get_i64(const PGresult *res, int row, int col)
 /* A non-negative decimal at DEC_SCALE, or -1 if NULL, negative or unreadable. */
 static int64_t pg_get_dec(const PGresult *res, int row, int col)
 {
-	int64_t v;
-
 	if (PQgetisnull(res, row, col))
 		return -1;
-	if (dec_parse(PQgetvalue(res, row, col), (size_t)PQgetlength(res, row, col),
-		      DEC_SCALE, DEC_LENIENT, &v, NULL) < 0 || v < 0)
-		return -1;
-	return v;
+	return store_parse_amount(PQgetvalue(res, row, col), (size_t)PQgetlength(res, row, col));
 }
 
 /* "{1,2,3}" from tickets[0..n). Caller frees. */
@@ -310,70 +265,6 @@ static char *pg_i64_array(const int64_t *v, size_t stride, size_t n)
 	buf[len++] = '}';
 	buf[len] = '\0';
 	return buf;
-}
-
-/* Invalid UTF-8 would make the server refuse a whole reject: replace it. */
-static bool pg_utf8_ok(const unsigned char *s, size_t *ret_bad)
-{
-	size_t i = 0;
-
-	while (s[i]) {
-		unsigned char c = s[i];
-		size_t k;
-		uint32_t cp;
-
-		if (c < 0x80) {
-			i++;
-			continue;
-		}
-		if (c >= 0xc2 && c <= 0xdf) {
-			k = 1;
-			cp = c & 0x1f;
-		} else if (c >= 0xe0 && c <= 0xef) {
-			k = 2;
-			cp = c & 0x0f;
-		} else if (c >= 0xf0 && c <= 0xf4) {
-			k = 3;
-			cp = c & 0x07;
-		} else {
-			goto bad;
-		}
-		for (size_t j = 1; j <= k; j++) {
-			if ((s[i + j] & 0xc0) != 0x80)
-				goto bad;
-			cp = cp << 6 | (s[i + j] & 0x3f);
-		}
-		if ((k == 2 && cp < 0x800) || (k == 3 && (cp < 0x10000 || cp > 0x10ffff)) ||
-		    (cp >= 0xd800 && cp <= 0xdfff))
-			goto bad;
-		i += k + 1;
-		continue;
-bad:
-		*ret_bad = i;
-		return false;
-	}
-	return true;
-}
-
-/* s itself if valid UTF-8, else a copy in *ret_copy with bad bytes as '?'. */
-static const char *pg_clean_text(const char *s, char **ret_copy)
-{
-	size_t bad;
-	char *c;
-
-	*ret_copy = NULL;
-	if (!s)
-		return "";
-	if (pg_utf8_ok((const unsigned char *)s, &bad))
-		return s;
-	c = strdup(s);
-	if (!c)
-		return NULL;
-	do {
-		c[bad] = '?';
-	} while (!pg_utf8_ok((const unsigned char *)c, &bad));
-	*ret_copy = c;
-	return c;
 }
 
 /* ==== Connection ==== */
@@ -555,41 +446,13 @@ out:
 	return r;
 }
 
-/* Replaces every occurrence of secret in msg by "***" (shorter: "*", "**"). */
-static void pg_scrub(char *msg, const char *secret)
-{
-	size_t sl, stars;
-	char *at = msg;
-
-	if (!secret || !*secret)
-		return;
-	sl = strlen(secret);
-	stars = sl < 3 ? sl : 3;
-	while ((at = strstr(at, secret)) != NULL) {
-		memset(at, '*', stars);
-		memmove(at + stars, at + sl, strlen(at + sl) + 1);
-		at += stars;
-	}
-}
-
 /* The raw password of a URI "scheme://user:PASSWORD@host", or NULL. */
 static char *pg_uri_password(const char *url)
 {
-	const char *a = strstr(url, "://"), *end, *colon;
+	size_t len;
+	const char *pw = url_password_raw(url, &len);
 
-	if (!a)
-		return NULL;
-	a += 3;
-	end = a + strcspn(a, "/?#");
-	for (const char *q = end; q > a; q--)
-		if (q[-1] == '@') {
-			end = q - 1;
-			colon = memchr(a, ':', (size_t)(end - a));
-			if (!colon || colon + 1 == end)
-				return NULL;
-			return strndup(colon + 1, (size_t)(end - colon - 1));
-		}
-	return NULL;
+	return pw && len ? strndup(pw, len) : NULL;
 }
 
 /* Removes from msg any password the URL or params carry. */
@@ -598,14 +461,14 @@ static void pg_redact(char *msg, const struct store_params *params)
 	PQconninfoOption *opts;
 	char *raw;
 
-	pg_scrub(msg, params->password);
+	url_scrub(msg, params->password);
 	raw = pg_uri_password(params->url);
-	pg_scrub(msg, raw);
+	url_scrub(msg, raw);
 	free(raw);
 	opts = PQconninfoParse(params->url, NULL);
 	for (PQconninfoOption *o = opts; o && o->keyword; o++)
 		if (!strcmp(o->keyword, "password"))
-			pg_scrub(msg, o->val);
+			url_scrub(msg, o->val);
 	PQconninfoFree(opts);
 }
 
@@ -744,250 +607,29 @@ static int pg_reconnect(struct store *s)
 
 /* ==== Schema ==== */
 
-static const char pg_schema_sql[] =
-	"CREATE TABLE IF NOT EXISTS fee ("
-	" ticket bigint PRIMARY KEY,"
-	" login bigint NOT NULL,"
-	" volume numeric NOT NULL CHECK (volume >= 0),"
-	" status char(1) NOT NULL DEFAULT 'N',"
-	" fee numeric(20,2),"
-	" received_at timestamptz NOT NULL DEFAULT now(),"
-	" settled_at timestamptz);"
-	"CREATE TABLE IF NOT EXISTS fee_rate ("
-	" login bigint PRIMARY KEY,"
-	" rate numeric(38,8) NOT NULL);"
-	"CREATE TABLE IF NOT EXISTS fee_reject ("
-	" id bigint GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY,"
-	" received_at timestamptz NOT NULL DEFAULT now(),"
-	" endpoint text NOT NULL,"
-	" reason text NOT NULL,"
-	" body bytea NOT NULL);"
-	"CREATE TABLE IF NOT EXISTS feed_schema (version integer NOT NULL);";
-
 /*
  * DDL on fee takes ACCESS EXCLUSIVE (SHARE for an index), which queues
  * behind any open transaction that read fee and makes every writer queue
- * behind it: migrate() runs DDL only where the catalog says it is needed,
- * and waits at most this long for a lock before giving up with a message.
+ * behind it: the migration (store_migrate.c) runs DDL only where the catalog
+ * says it is needed, and waits at most this long for a lock.
  */
 #define PG_DDL_LOCK_TIMEOUT_S 5
 /* How long a second instance waits for the first one's migration. */
 #define PG_MIGRATE_WAIT_S 30
 
-static bool pg_lock_timed_out(const PGresult *res)
+/* pg_migrate_lock's steps; the caller rolls back on failure. */
+static int pg_migrate_begin(struct store_pg *p)
 {
-	const char *state = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
-
-	return state && !strcmp(state, "55P03");
-}
-
-static int pg_lock_fail(struct store_pg *p, const char *what)
-{
-	pg_setmsg(p, "%s: waited " STR(PG_DDL_LOCK_TIMEOUT_S) " s for a lock on table fee, "
-		  "which another session holds (an open transaction that read or wrote fee: "
-		  "see pg_locks and pg_stat_activity); end it and start feed again", what);
-	return -EAGAIN;
-}
-
-/* Runs one DDL statement on fee; a lock timeout says what it waited for. */
-static int pg_ddl(struct store_pg *p, const char *sql, const char *what)
-{
-	PGresult *res = PQexec(p->conn, sql);
-	int r = 0;
-
-	if (pg_lock_timed_out(res)) {
-		r = pg_lock_fail(p, what);
-	} else if (!res || PQresultStatus(res) != PGRES_COMMAND_OK) {
-		r = pg_fail(p, res, what);
-	}
-	PQclear(res);
-	return r;
-}
-
-/* Columns a classic fee table may lack, and the defaults feed relies on. */
-static const struct {
-	const char *name;
-	const char *add;              /* ALTER TABLE fee ... when it is missing */
-	const char *set_default;      /* ... when it has no default, or NULL */
-} pg_fee_cols[] = {
-	{ "status", "ADD COLUMN status char(1)", "ALTER COLUMN status SET DEFAULT 'N'" },
-	{ "fee", "ADD COLUMN fee numeric(20,2)", NULL },
-	/* Existing rows: received_at unknown (NULL); new rows: now(). */
-	{ "received_at", "ADD COLUMN received_at timestamptz",
-	  "ALTER COLUMN received_at SET DEFAULT now()" },
-	{ "settled_at", "ADD COLUMN settled_at timestamptz", NULL },
-};
-
-/* Adopting a classic fee table: add what is missing, keep every row. */
-static int pg_adopt(struct store_pg *p)
-{
-	static const char q[] =
-		"SELECT column_name, column_default IS NOT NULL FROM information_schema.columns"
-		" WHERE table_schema = current_schema() AND table_name = 'fee'";
-	PGresult *res = PQexec(p->conn, q);
-	char sql[512];
-	size_t len = 0;
-	int r = 0;
-
-	if (!res || PQresultStatus(res) != PGRES_TUPLES_OK) {
-		r = pg_fail(p, res, "reading the columns of fee");
-		goto out;
-	}
-	for (size_t c = 0; c < sizeof(pg_fee_cols) / sizeof(pg_fee_cols[0]); c++) {
-		int row = -1;
-		const char *add = NULL, *def = pg_fee_cols[c].set_default;
-
-		for (int i = 0; i < PQntuples(res) && row < 0; i++)
-			if (!strcmp(PQgetvalue(res, i, 0), pg_fee_cols[c].name))
-				row = i;
-		if (row < 0)
-			add = pg_fee_cols[c].add;
-		else if (!strcmp(PQgetvalue(res, row, 1), "t"))
-			def = NULL;
-		if (add)
-			len += (size_t)snprintf(sql + len, sizeof(sql) - len, "%s %s",
-						len ? "," : "ALTER TABLE fee", add);
-		if (def)
-			len += (size_t)snprintf(sql + len, sizeof(sql) - len, "%s %s",
-						len ? "," : "ALTER TABLE fee", def);
-	}
-	if (len > 0)
-		r = pg_ddl(p, sql, "adding feed's columns to fee");
-out:
-	PQclear(res);
-	return r;
-}
-
-/* Whether fee(ticket) has a usable unique index (PRIMARY KEY or UNIQUE). */
-static const char pg_has_key_sql[] =
-	"SELECT 1 FROM pg_index i"
-	" JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]"
-	" WHERE i.indrelid = (quote_ident(current_schema()) || '.fee')::regclass"
-	" AND i.indisunique AND i.indisvalid AND i.indnkeyatts = 1"
-	" AND i.indpred IS NULL AND i.indexprs IS NULL AND a.attname = 'ticket'";
-
-/*
- * Column types feed can widen without losing anything: integer tickets and
- * logins to bigint, a NUMERIC volume whose scale would round feed's 8
- * fractional digits to plain NUMERIC. Best effort (savepoint): a view
- * depending on the column keeps the old type.
- */
-static int pg_widen(struct store_pg *p)
-{
-	static const char q[] =
-		"SELECT column_name, data_type, numeric_precision, numeric_scale"
-		" FROM information_schema.columns"
-		" WHERE table_schema = current_schema() AND table_name = 'fee'";
-	PGresult *res = PQexec(p->conn, q);
-	int r = 0;
-
-	if (!res || PQresultStatus(res) != PGRES_TUPLES_OK) {
-		r = pg_fail(p, res, "reading the columns of fee");
-		goto out;
-	}
-	for (int i = 0; i < PQntuples(res); i++) {
-		const char *col = PQgetvalue(res, i, 0), *type = PQgetvalue(res, i, 1);
-		const char *alter = NULL;
-		PGresult *x;
-
-		if ((!strcmp(col, "ticket") || !strcmp(col, "login")) &&
-		    (!strcmp(type, "integer") || !strcmp(type, "smallint")))
-			alter = !strcmp(col, "ticket") ?
-				"ALTER TABLE fee ALTER COLUMN ticket TYPE bigint" :
-				"ALTER TABLE fee ALTER COLUMN login TYPE bigint";
-		else if (!strcmp(col, "volume") && !strcmp(type, "numeric") &&
-			 !PQgetisnull(res, i, 3) &&
-			 (atoi(PQgetvalue(res, i, 3)) < DEC_SCALE ||
-			  atoi(PQgetvalue(res, i, 2)) - atoi(PQgetvalue(res, i, 3)) < 11))
-			alter = "ALTER TABLE fee ALTER COLUMN volume TYPE numeric";
-		if (!alter)
-			continue;
-		r = pg_cmd(p, "SAVEPOINT feed_widen", "SAVEPOINT");
-		if (r < 0)
-			goto out;
-		x = PQexec(p->conn, alter);
-		if (pg_lock_timed_out(x)) {
-			/* not "best effort": skipping it would leave the column narrow */
-			PQclear(x);
-			r = pg_lock_fail(p, "widening a column of fee");
-			goto out;
-		}
-		if (x && PQresultStatus(x) == PGRES_COMMAND_OK)
-			r = pg_cmd(p, "RELEASE SAVEPOINT feed_widen", "RELEASE SAVEPOINT");
-		else if (PQstatus(p->conn) == CONNECTION_BAD)
-			r = pg_fail(p, x, alter);
-		else
-			r = pg_cmd(p, "ROLLBACK TO SAVEPOINT feed_widen", "ROLLBACK TO SAVEPOINT");
-		PQclear(x);
-		if (r < 0)
-			goto out;
-	}
-out:
-	PQclear(res);
-	return r;
-}
-
-/* The classic table may hold duplicate tickets: refuse, delete nothing. */
-static int pg_add_key(struct store_pg *p)
-{
-	PGresult *res = PQexec(p->conn, pg_has_key_sql);
-	int r = 0;
-
-	if (!res || PQresultStatus(res) != PGRES_TUPLES_OK) {
-		r = pg_fail(p, res, "looking for a unique key on fee.ticket");
-		goto out;
-	}
-	if (PQntuples(res) > 0)
-		goto out;
-	PQclear(res);
-	res = PQexec(p->conn, "SELECT ticket FROM fee WHERE ticket IS NOT NULL"
-			      " GROUP BY ticket HAVING COUNT(*) > 1 LIMIT 1");
-	if (!res || PQresultStatus(res) != PGRES_TUPLES_OK) {
-		r = pg_fail(p, res, "looking for duplicate tickets in fee");
-		goto out;
-	}
-	if (PQntuples(res) > 0) {
-		pg_setmsg(p, "cannot add a unique key on fee.ticket: existing rows hold "
-			  "duplicate tickets (e.g. %s); find them with SELECT ticket FROM fee "
-			  "GROUP BY ticket HAVING COUNT(*) > 1 and resolve them by hand "
-			  "(feed deletes no rows)", PQgetvalue(res, 0, 0));
-		r = -EINVAL;
-		goto out;
-	}
-	r = pg_ddl(p, "CREATE UNIQUE INDEX fee_ticket_key ON fee (ticket)",
-		   "CREATE UNIQUE INDEX on fee.ticket");
-out:
-	PQclear(res);
-	return r;
-}
-
-/* Whether a relation of this name exists in the current schema. */
-static int pg_relation_exists(struct store_pg *p, const char *name, bool *ret)
-{
-	char sql[160];
 	PGresult *res;
-	int r = 0;
+	const char *state;
+	int r = pg_cmd(p, "BEGIN", "BEGIN");
 
-	snprintf(sql, sizeof(sql), "SELECT to_regclass(quote_ident(current_schema()) || '.%s')"
-		 " IS NOT NULL", name);
-	res = PQexec(p->conn, sql);
-	if (!res || PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1)
-		r = pg_fail(p, res, "looking up an index of fee");
-	else
-		*ret = !strcmp(PQgetvalue(res, 0, 0), "t");
-	PQclear(res);
-	return r;
-}
-
-/* Waits (bounded) for any other feed's migration to end; inside BEGIN. */
-static int pg_migrate_lock(struct store_pg *p)
-{
-	PGresult *res = PQexec(p->conn,
-			       "SET LOCAL lock_timeout = '" STR(PG_MIGRATE_WAIT_S) "s';"
-			       "SELECT pg_advisory_xact_lock(" PG_MIGRATE_LOCK ")");
-	int r = 0;
-
-	if (pg_lock_timed_out(res)) {
+	if (r < 0)
+		return r;
+	res = PQexec(p->conn, "SET LOCAL lock_timeout = '" STR(PG_MIGRATE_WAIT_S) "s';"
+			      "SELECT pg_advisory_xact_lock(" PG_MIGRATE_LOCK ")");
+	state = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+	if (state && !strcmp(state, "55P03")) {
 		pg_setmsg(p, "waited " STR(PG_MIGRATE_WAIT_S) " s for another feed's migration "
 			  "(pg_advisory_xact_lock(" PG_MIGRATE_LOCK ")) to end");
 		r = -EAGAIN;
@@ -998,84 +640,140 @@ static int pg_migrate_lock(struct store_pg *p)
 	if (r == 0)
 		r = pg_cmd(p, "SET LOCAL lock_timeout = '" STR(PG_DDL_LOCK_TIMEOUT_S) "s'",
 			   "SET LOCAL lock_timeout");
-	return r;
-}
-
-static int pg_migrate(struct store *s)
-{
-	struct store_pg *p = pg_of(s);
-	PGresult *res = NULL;
-	bool has_idx = false;
-	int version, r;
-
-	r = pg_cmd(p, "BEGIN", "BEGIN");
 	if (r < 0)
-		goto out;
-	r = pg_migrate_lock(p);
-	if (r < 0)
-		goto out;
+		return r;
 	res = PQexec(p->conn, "SELECT current_schema() IS NOT NULL");
 	if (!res || PQresultStatus(res) != PGRES_TUPLES_OK) {
 		r = pg_fail(p, res, "reading current_schema()");
-		goto out;
-	}
-	if (strcmp(PQgetvalue(res, 0, 0), "t")) {
+	} else if (strcmp(PQgetvalue(res, 0, 0), "t")) {
 		pg_setmsg(p, "no schema to create feed's tables in: search_path names "
 			  "no existing schema");
 		r = -EIO;
-		goto out;
 	}
-	/* CREATE TABLE IF NOT EXISTS takes no lock on a table that exists. */
-	r = pg_cmd(p, pg_schema_sql, "creating feed's tables");
-	if (r < 0)
-		goto out;
 	PQclear(res);
-	res = PQexec(p->conn, "SELECT coalesce(max(version), 0) FROM feed_schema");
-	if (!res || PQresultStatus(res) != PGRES_TUPLES_OK) {
-		r = pg_fail(p, res, "reading feed_schema");
-		goto out;
-	}
-	version = atoi(PQgetvalue(res, 0, 0));
-	if (version > STORE_SCHEMA_VERSION) {
-		/* Written by a newer feed: do not "migrate" it backwards. */
-		pg_setmsg(p, "schema version %s in feed_schema is newer than this feed "
-			  "supports (%d)", PQgetvalue(res, 0, 0), STORE_SCHEMA_VERSION);
-		r = -EIO;
-		goto out;
-	}
-	/* Each step reads the catalog and changes fee only where it must. */
-	r = pg_adopt(p);
-	if (r < 0)
-		goto out;
-	r = pg_widen(p);
-	if (r < 0)
-		goto out;
-	r = pg_add_key(p);
-	if (r < 0)
-		goto out;
-	r = pg_relation_exists(p, "fee_unsettled_idx", &has_idx);
-	if (r < 0)
-		goto out;
-	if (!has_idx) {
-		r = pg_ddl(p, "CREATE INDEX fee_unsettled_idx ON fee (ticket) WHERE status = 'N'",
-			   "creating index fee_unsettled_idx");
-		if (r < 0)
-			goto out;
-	}
-	if (version != STORE_SCHEMA_VERSION) {
-		r = pg_cmd(p, "DELETE FROM feed_schema;"
-			      "INSERT INTO feed_schema (version) VALUES (" STR(STORE_SCHEMA_VERSION) ")",
-			   "recording schema version 1");
-		if (r < 0)
-			goto out;
-	}
-	r = pg_cmd(p, "COMMIT", "COMMIT of the migration");
-out:
-	PQclear(res);
+	return r;
+}
+
+static int pg_migrate_unlock(struct store *s, int r)
+{
+	struct store_pg *p = pg_of(s);
+
+	if (r == 0)
+		r = pg_cmd(p, "COMMIT", "COMMIT of the migration");
 	if (r < 0 && PQstatus(p->conn) == CONNECTION_OK &&
 	    PQtransactionStatus(p->conn) != PQTRANS_IDLE)
 		PQclear(PQexec(p->conn, "ROLLBACK"));
 	return r;
+}
+
+/*
+ * Takes the migration lock (bounded wait) in the migration's transaction,
+ * in which DDL is transactional; a schema to create the tables in must exist.
+ * On failure the transaction is rolled back.
+ */
+static int pg_migrate_lock(struct store *s)
+{
+	int r = pg_migrate_begin(pg_of(s));
+
+	return r < 0 ? pg_migrate_unlock(s, r) : 0;
+}
+
+static int pg_migrate_exec(struct store *s, const char *what, const char *sql)
+{
+	return pg_cmd(pg_of(s), sql, what);
+}
+
+static int pg_migrate_query(struct store *s, const char *what, const char *sql,
+			    struct store_qrow *ret)
+{
+	struct store_pg *p = pg_of(s);
+	PGresult *res = PQexec(p->conn, sql);
+	int r = 0;
+
+	if (!res || PQresultStatus(res) != PGRES_TUPLES_OK) {
+		r = pg_fail(p, res, what);
+	} else if (PQntuples(res) > 0) {
+		ret->found = true;
+		for (int c = 0; c < PQnfields(res) && c < STORE_QROW_COLS; c++) {
+			ret->null[c] = PQgetisnull(res, 0, c);
+			snprintf(ret->val[c], sizeof(ret->val[c]), "%s", PQgetvalue(res, 0, c));
+		}
+	}
+	PQclear(res);
+	return r;
+}
+
+/* ids to bigint; a NUMERIC volume of too few digits to plain NUMERIC. */
+static void pg_widen_sql(const char *col, const struct store_qrow *c, char *sql, size_t size)
+{
+	snprintf(sql, size, "ALTER TABLE fee ALTER COLUMN %s TYPE %s", col,
+		 strcmp(col, "volume") ? "bigint" : "numeric");
+}
+
+static const char *const pg_set_version[] = {
+	"DELETE FROM feed_schema",
+	"INSERT INTO feed_schema (version) VALUES (" STORE_STR(STORE_SCHEMA_VERSION) ")",
+	NULL,
+};
+
+static const struct store_migrate_ops pg_migrate_ops = {
+	.lock = pg_migrate_lock,
+	.unlock = pg_migrate_unlock,
+	.exec = pg_migrate_exec,
+	.query = pg_migrate_query,
+	.widen_sql = pg_widen_sql,
+	/* a view depending on the column keeps the old type */
+	.widen_best_effort = true,
+	/* as CREATE TABLE IF NOT EXISTS: any relation of that name */
+	.q_table = "SELECT 1 WHERE to_regclass(quote_ident(current_schema()) || '.$T') IS NOT NULL",
+	.q_column = "SELECT data_type, numeric_precision, numeric_scale, is_nullable,"
+		    " column_default FROM information_schema.columns"
+		    " WHERE table_schema = current_schema() AND table_name = '$T'"
+		    " AND column_name = '$C'",
+	.q_index = "SELECT 1 WHERE to_regclass(quote_ident(current_schema()) || '.$I') IS NOT NULL",
+	.q_ticket_key = "SELECT 1 FROM pg_index i"
+			" JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]"
+			" WHERE i.indrelid = (quote_ident(current_schema()) || '.fee')::regclass"
+			" AND i.indisunique AND i.indisvalid AND i.indnkeyatts = 1"
+			" AND i.indpred IS NULL AND i.indexprs IS NULL AND a.attname = 'ticket'",
+	.create_fee = "CREATE TABLE IF NOT EXISTS fee ("
+		      " ticket bigint PRIMARY KEY,"
+		      " login bigint NOT NULL,"
+		      " volume numeric NOT NULL CHECK (volume >= 0),"
+		      " status char(1) NOT NULL DEFAULT 'N',"
+		      " fee numeric(20,2),"
+		      " received_at timestamptz NOT NULL DEFAULT now(),"
+		      " settled_at timestamptz)",
+	.create_rate = "CREATE TABLE IF NOT EXISTS fee_rate ("
+		       " login bigint PRIMARY KEY,"
+		       " rate numeric(38,8) NOT NULL)",
+	.create_reject = "CREATE TABLE IF NOT EXISTS fee_reject ("
+			 " id bigint GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY,"
+			 " received_at timestamptz NOT NULL DEFAULT now(),"
+			 " endpoint text NOT NULL,"
+			 " reason text NOT NULL,"
+			 " body bytea NOT NULL)",
+	.create_schema = "CREATE TABLE IF NOT EXISTS feed_schema (version integer NOT NULL)",
+	.add_cols = {
+		{ "status", "ALTER TABLE fee ADD COLUMN status char(1)",
+		  "ALTER TABLE fee ALTER COLUMN status SET DEFAULT 'N'" },
+		{ "fee", "ALTER TABLE fee ADD COLUMN fee numeric(20,2)", NULL },
+		/* Existing rows: received_at unknown (NULL); new rows: now(). */
+		{ "received_at", "ALTER TABLE fee ADD COLUMN received_at timestamptz",
+		  "ALTER TABLE fee ALTER COLUMN received_at SET DEFAULT now()" },
+		{ "settled_at", "ALTER TABLE fee ADD COLUMN settled_at timestamptz", NULL },
+	},
+	.add_key = "CREATE UNIQUE INDEX fee_ticket_key ON fee (ticket)",
+	.index_name = "fee_unsettled_idx",
+	.create_index = "CREATE INDEX fee_unsettled_idx ON fee (ticket) WHERE status = 'N'",
+	.set_version = pg_set_version,
+	.ddl_lock_timeout_s = PG_DDL_LOCK_TIMEOUT_S,
+	.lock_hint = "pg_locks and pg_stat_activity",
+};
+
+static int pg_migrate(struct store *s)
+{
+	return store_migrate(s, &pg_migrate_ops);
 }
 
 static int pg_exec(struct store *s, const char *sql)
@@ -1092,7 +790,7 @@ static int pg_exec(struct store *s, const char *sql)
  */
 static int pg_begin(struct store *s)
 {
-	pg_of(s)->txn++;
+	store_keys_begin(&pg_of(s)->keys);
 	pg_of(s)->begin_pending = true;
 	return 0;
 }
@@ -1346,8 +1044,8 @@ static int pg_insert_rejects(struct store *s, const struct store_reject *rj, siz
 				r = -EINVAL;
 				goto out;
 			}
-			vals[3 * i] = pg_clean_text(x->endpoint, &copies[2 * i]);
-			vals[3 * i + 1] = pg_clean_text(x->reason, &copies[2 * i + 1]);
+			vals[3 * i] = store_clean_text(x->endpoint, &copies[2 * i]);
+			vals[3 * i + 1] = store_clean_text(x->reason, &copies[2 * i + 1]);
 			if (!vals[3 * i] || !vals[3 * i + 1]) {
 				pg_setmsg(p, "insert_rejects: out of memory");
 				r = -ENOMEM;
@@ -1484,6 +1182,7 @@ const struct store_ops store_pg_ops = {
 	.version = STORE_OPS_VERSION,
 	.name = "postgresql",
 	.schemes = pg_schemes,
+	.default_writers = 2,
 	.open = pg_open,
 	.close = pg_close,
 	.reconnect = pg_reconnect,

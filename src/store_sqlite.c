@@ -30,6 +30,7 @@
 
 #include "decimal.h"
 #include "store.h"
+#include "store_int.h"
 #include "timeutil.h"
 
 #ifndef SQLITE_OPEN_EXRESCODE          /* before 3.37; extended codes are also set below */
@@ -340,9 +341,7 @@ static int64_t sq_column_dec(sqlite3_stmt *st, int col)
 	default:
 		txt = (const char *)sqlite3_column_text(st, col);
 		len = sqlite3_column_bytes(st, col);
-		if (!txt || dec_parse(txt, (size_t)len, DEC_SCALE, DEC_LENIENT, &v, NULL) < 0 || v < 0)
-			return -1;
-		return v;
+		return store_parse_amount(txt, (size_t)len);
 	}
 }
 
@@ -574,195 +573,125 @@ static int sq_reconnect(struct store *s)
 
 /* ==== Schema ==== */
 
-static const char sq_create_fee[] =
-	"CREATE TABLE fee ("
-	" ticket INTEGER PRIMARY KEY,"
-	" login INTEGER NOT NULL,"
-	" volume TEXT NOT NULL,"
-	" status TEXT NOT NULL DEFAULT 'N',"
-	" fee TEXT,"
-	" received_at TEXT NOT NULL DEFAULT (" SQ_NOW "),"
-	" settled_at TEXT)";
-
-static const char sq_create_rest[] =
-	"CREATE INDEX IF NOT EXISTS fee_unsettled ON fee (ticket) WHERE status = 'N';"
-	"CREATE TABLE IF NOT EXISTS fee_rate ("
-	" login INTEGER PRIMARY KEY,"
-	" rate TEXT NOT NULL);"
-	"CREATE TABLE IF NOT EXISTS fee_reject ("
-	" id INTEGER PRIMARY KEY AUTOINCREMENT,"
-	" received_at TEXT NOT NULL DEFAULT (" SQ_NOW "),"
-	" endpoint TEXT NOT NULL,"
-	" reason TEXT NOT NULL,"
-	" body BLOB NOT NULL);"
-	"CREATE TABLE IF NOT EXISTS feed_schema (version INTEGER NOT NULL);";
-
-/* Columns an adopted fee table may lack, and how they are added. */
-static const struct {
-	const char *name;
-	const char *sql;
-} sq_adopt_cols[] = {
-	{ "status", "ALTER TABLE fee ADD COLUMN status TEXT NOT NULL DEFAULT 'N'" },
-	{ "fee", "ALTER TABLE fee ADD COLUMN fee TEXT" },
-	/* ADD COLUMN takes no expression default; insert() sets it explicitly. */
-	{ "received_at", "ALTER TABLE fee ADD COLUMN received_at TEXT" },
-	{ "settled_at", "ALTER TABLE fee ADD COLUMN settled_at TEXT" },
-};
-
-#define SQ_ADOPT_REQUIRED 3     /* ticket, login, volume */
-#define SQ_ADOPT_MAXCOLS (SQ_ADOPT_REQUIRED + sizeof(sq_adopt_cols) / sizeof(sq_adopt_cols[0]))
-
-/* Runs a query returning one integer; *ret = 0 if it returns no row. */
-static int sq_query_int(struct store_sqlite *q, const char *sql, const char *what, int64_t *ret)
-{
-	sqlite3_stmt *st = NULL;
-	int r = 0, rc;
-
-	rc = sqlite3_prepare_v2(q->db, sql, -1, &st, NULL);
-	if (rc != SQLITE_OK) {
-		r = sq_fail(q, rc, "migrate: %s", what);
-		goto out;
-	}
-	rc = sqlite3_step(st);
-	if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
-		r = sq_fail(q, rc, "migrate: %s", what);
-		goto out;
-	}
-	*ret = rc == SQLITE_ROW ? sqlite3_column_int64(st, 0) : 0;
-out:
-	sqlite3_finalize(st);
-	return r;
-}
-
-/*
- * Brings an existing fee table (feed's own or a classic
- * fee(ticket, login, volume, status)) to the current layout, keeping its rows.
- */
-static int sq_adopt_fee(struct store_sqlite *q)
-{
-	static const char *const required[SQ_ADOPT_REQUIRED] = { "ticket", "login", "volume" };
-	bool have[SQ_ADOPT_MAXCOLS] = { false };
-	sqlite3_stmt *st = NULL;
-	int64_t unique = 0;
-	int r = 0, rc;
-
-	rc = sqlite3_prepare_v2(q->db, "SELECT name FROM pragma_table_info('fee')", -1, &st, NULL);
-	while (st && (rc = sqlite3_step(st)) == SQLITE_ROW) {
-		const char *name = (const char *)sqlite3_column_text(st, 0);
-
-		for (size_t i = 0; name && i < SQ_ADOPT_MAXCOLS; i++) {
-			const char *want = i < SQ_ADOPT_REQUIRED ? required[i] :
-				sq_adopt_cols[i - SQ_ADOPT_REQUIRED].name;
-
-			if (strcasecmp(name, want) == 0)
-				have[i] = true;
-		}
-	}
-	if (rc != SQLITE_DONE) {
-		r = sq_fail(q, rc, "migrate: reading the columns of fee");
-		goto out;
-	}
-	for (size_t i = 0; i < SQ_ADOPT_REQUIRED; i++) {
-		if (!have[i]) {
-			snprintf(q->base.errmsg, sizeof(q->base.errmsg),
-				 "sqlite: migrate: table fee exists but has no column %s; it is "
-				 "neither feed's nor a classic fee(ticket, login, volume, status) "
-				 "table", required[i]);
-			r = -EINVAL;
-			goto out;
-		}
-	}
-	for (size_t i = SQ_ADOPT_REQUIRED; i < SQ_ADOPT_MAXCOLS; i++) {
-		if (have[i])
-			continue;
-		r = sq_exec_sql(q, sq_adopt_cols[i - SQ_ADOPT_REQUIRED].sql,
-				"migrate: adding a column to fee");
-		if (r < 0)
-			goto out;
-	}
-
-	/* Is ticket already unique: the rowid alias, or a one-column unique index? */
-	r = sq_query_int(q,
-		"SELECT (SELECT count(*) FROM pragma_table_info('fee') "
-		"        WHERE lower(name) = 'ticket' AND pk = 1 AND lower(type) = 'integer')"
-		"   AND (SELECT count(*) FROM pragma_table_info('fee') WHERE pk > 0) = 1 "
-		"OR EXISTS (SELECT 1 FROM pragma_index_list('fee') AS il "
-		"        WHERE il.\"unique\" AND NOT il.partial"
-		"          AND (SELECT count(*) FROM pragma_index_info(il.name)) = 1"
-		"          AND (SELECT lower(name) FROM pragma_index_info(il.name)) = 'ticket')",
-		"checking for a unique key on fee.ticket", &unique);
-	if (r < 0 || unique)
-		goto out;
-	rc = sqlite3_exec(q->db, "CREATE UNIQUE INDEX fee_ticket ON fee (ticket)", NULL, NULL, NULL);
-	if ((rc & 0xff) == SQLITE_CONSTRAINT) {
-		snprintf(q->base.errmsg, sizeof(q->base.errmsg),
-			 "sqlite: migrate: cannot add a unique key on fee.ticket: the existing fee "
-			 "table holds duplicate tickets; find them with SELECT ticket FROM fee "
-			 "GROUP BY ticket HAVING COUNT(*) > 1 and resolve them (no row was changed)");
-		r = -EINVAL;
-	} else if (rc != SQLITE_OK) {
-		r = sq_fail(q, rc, "migrate: adding a unique key on fee.ticket");
-	}
-out:
-	sqlite3_finalize(st);
-	return r;
-}
-
-static int sq_migrate(struct store *s)
+/* The write lock serialises concurrent feed processes migrating at once. */
+static int sq_migrate_lock(struct store *s)
 {
 	struct store_sqlite *q = sq_of(s);
-	int64_t n = 0, version = 0;
-	char sql[128];
-	int r;
+	int r = sq_write_lock(q);
 
-	/* The write lock serialises concurrent feed processes migrating at once. */
-	r = sq_write_lock(q);
 	if (r == 0)
 		r = sq_exec_sql(q, "BEGIN IMMEDIATE", "migrate: BEGIN IMMEDIATE");
-	if (r < 0) {
+	if (r < 0)
 		sq_write_unlock(q);
-		return r;
-	}
-	r = sq_query_int(q, "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'fee'",
-			 "looking for table fee", &n);
-	if (r < 0)
-		goto out;
-	if (n == 0)
-		r = sq_exec_sql(q, sq_create_fee, "migrate: CREATE TABLE fee");
-	else
-		r = sq_adopt_fee(q);
-	if (r < 0)
-		goto out;
-	r = sq_exec_sql(q, sq_create_rest, "migrate: creating tables and indexes");
-	if (r < 0)
-		goto out;
+	return r;
+}
 
-	r = sq_query_int(q, "SELECT max(version) FROM feed_schema", "reading feed_schema", &version);
-	if (r < 0)
-		goto out;
-	if (version > STORE_SCHEMA_VERSION) {
-		snprintf(q->base.errmsg, sizeof(q->base.errmsg),
-			 "sqlite: migrate: the database has schema version %lld, newer than this "
-			 "feed's %d", (long long)version, STORE_SCHEMA_VERSION);
-		r = -EPROTO;
-		goto out;
-	}
-	r = sq_query_int(q, "SELECT count(*) FROM feed_schema", "reading feed_schema", &n);
-	if (r < 0)
-		goto out;
-	if (n != 1 || version != STORE_SCHEMA_VERSION) {
-		snprintf(sql, sizeof(sql), "DELETE FROM feed_schema; "
-			 "INSERT INTO feed_schema (version) VALUES (%d)", STORE_SCHEMA_VERSION);
-		r = sq_exec_sql(q, sql, "migrate: recording the schema version");
-		if (r < 0)
-			goto out;
-	}
-	r = sq_exec_sql(q, "COMMIT", "migrate: COMMIT");
-out:
+static int sq_migrate_unlock(struct store *s, int r)
+{
+	struct store_sqlite *q = sq_of(s);
+
+	if (r == 0)
+		r = sq_exec_sql(q, "COMMIT", "migrate: COMMIT");
 	if (r < 0 && q->db && !sqlite3_get_autocommit(q->db))
 		sqlite3_exec(q->db, "ROLLBACK", NULL, NULL, NULL);
 	sq_write_unlock(q);
 	return r;
+}
+
+static int sq_migrate_exec(struct store *s, const char *what, const char *sql)
+{
+	char w[128];
+
+	snprintf(w, sizeof(w), "migrate: %s", what);
+	return sq_exec_sql(sq_of(s), sql, w);
+}
+
+static int sq_migrate_query(struct store *s, const char *what, const char *sql,
+			    struct store_qrow *ret)
+{
+	struct store_sqlite *q = sq_of(s);
+	sqlite3_stmt *st = NULL;
+	int r = 0, rc;
+
+	rc = sqlite3_prepare_v2(q->db, sql, -1, &st, NULL);
+	if (rc == SQLITE_OK)
+		rc = sqlite3_step(st);
+	if (rc == SQLITE_ROW) {
+		ret->found = true;
+		for (int c = 0; c < sqlite3_column_count(st) && c < STORE_QROW_COLS; c++) {
+			const unsigned char *v = sqlite3_column_text(st, c);
+
+			ret->null[c] = !v;
+			snprintf(ret->val[c], sizeof(ret->val[c]), "%s", v ? (const char *)v : "");
+		}
+	} else if (rc != SQLITE_DONE) {
+		r = sq_fail(q, rc, "migrate: %s", what);
+	}
+	sqlite3_finalize(st);
+	return r;
+}
+
+static const char *const sq_set_version[] = {
+	"DELETE FROM feed_schema",
+	"INSERT INTO feed_schema (version) VALUES (" STORE_STR(STORE_SCHEMA_VERSION) ")",
+	NULL,
+};
+
+static const struct store_migrate_ops sq_migrate_ops = {
+	.lock = sq_migrate_lock,
+	.unlock = sq_migrate_unlock,
+	.exec = sq_migrate_exec,
+	.query = sq_migrate_query,
+	.q_table = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '$T'",
+	.q_column = "SELECT lower(type), NULL, NULL,"
+		    " CASE WHEN \"notnull\" THEN 'NO' ELSE 'YES' END, dflt_value"
+		    " FROM pragma_table_info('$T') WHERE lower(name) = '$C'",
+	.q_index = "SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = '$I'",
+	/* the rowid alias, or a one-column unique index */
+	.q_ticket_key = "SELECT 1 WHERE (SELECT count(*) FROM pragma_table_info('fee')"
+			"  WHERE lower(name) = 'ticket' AND pk = 1 AND lower(type) = 'integer')"
+			" AND (SELECT count(*) FROM pragma_table_info('fee') WHERE pk > 0) = 1"
+			" OR EXISTS (SELECT 1 FROM pragma_index_list('fee') AS il"
+			"  WHERE il.\"unique\" AND NOT il.partial"
+			"  AND (SELECT count(*) FROM pragma_index_info(il.name)) = 1"
+			"  AND (SELECT lower(name) FROM pragma_index_info(il.name)) = 'ticket')",
+	.create_fee = "CREATE TABLE fee ("
+		      " ticket INTEGER PRIMARY KEY,"
+		      " login INTEGER NOT NULL,"
+		      " volume TEXT NOT NULL,"
+		      " status TEXT NOT NULL DEFAULT 'N',"
+		      " fee TEXT,"
+		      " received_at TEXT NOT NULL DEFAULT (" SQ_NOW "),"
+		      " settled_at TEXT)",
+	.create_rate = "CREATE TABLE IF NOT EXISTS fee_rate ("
+		       " login INTEGER PRIMARY KEY,"
+		       " rate TEXT NOT NULL)",
+	.create_reject = "CREATE TABLE IF NOT EXISTS fee_reject ("
+			 " id INTEGER PRIMARY KEY AUTOINCREMENT,"
+			 " received_at TEXT NOT NULL DEFAULT (" SQ_NOW "),"
+			 " endpoint TEXT NOT NULL,"
+			 " reason TEXT NOT NULL,"
+			 " body BLOB NOT NULL)",
+	.create_schema = "CREATE TABLE IF NOT EXISTS feed_schema (version INTEGER NOT NULL)",
+	.add_cols = {
+		{ "status", "ALTER TABLE fee ADD COLUMN status TEXT NOT NULL DEFAULT 'N'", NULL },
+		{ "fee", "ALTER TABLE fee ADD COLUMN fee TEXT", NULL },
+		/* ADD COLUMN takes no expression default; insert() sets it explicitly. */
+		{ "received_at", "ALTER TABLE fee ADD COLUMN received_at TEXT", NULL },
+		{ "settled_at", "ALTER TABLE fee ADD COLUMN settled_at TEXT", NULL },
+	},
+	.add_key = "CREATE UNIQUE INDEX fee_ticket ON fee (ticket)",
+	.index_name = "fee_unsettled",
+	.create_index = "CREATE INDEX fee_unsettled ON fee (ticket) WHERE status = 'N'",
+	.set_version = sq_set_version,
+	/* never waited for: BEGIN IMMEDIATE holds the database's one write lock */
+	.ddl_lock_timeout_s = SQ_BUSY_MS / 1000,
+	.lock_hint = "the processes that have the database open (fuser)",
+};
+
+static int sq_migrate(struct store *s)
+{
+	return store_migrate(s, &sq_migrate_ops);
 }
 
 static int sq_exec(struct store *s, const char *sql)
@@ -1012,6 +941,7 @@ const struct store_ops store_sqlite_ops = {
 	.version = STORE_OPS_VERSION,
 	.name = "sqlite",
 	.schemes = sq_schemes,
+	.default_writers = 1,
 	.open = sq_open,
 	.close = sq_close,
 	.reconnect = sq_reconnect,

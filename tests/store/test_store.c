@@ -264,6 +264,8 @@ static int t_setup(void **state)
 	    !fx->ops->lookup || !fx->ops->insert || !fx->ops->insert_rejects ||
 	    !fx->ops->fetch_unsettled || !fx->ops->settle)
 		fail_msg("backend %s leaves an operation NULL", fx->ops->name);
+	if (fx->ops->default_writers < 1)
+		fail_msg("backend %s has default_writers %d", fx->ops->name, fx->ops->default_writers);
 	fx->s = t_open(fx->ops);
 	for (size_t i = 0; i < sizeof(t_tables) / sizeof(t_tables[0]); i++) {
 		snprintf(sql, sizeof(sql), "DROP TABLE IF EXISTS %s", t_tables[i]);
@@ -582,6 +584,29 @@ static void test_rejects_verbatim(void **state)
 		     "tcp://127.0.0.1:5555\ttoo large\t1048576\n");
 	t_sql_expect("SELECT count(*) FROM fee_reject WHERE received_at IS NOT NULL", "3\n");
 	free(big);
+}
+
+/*
+ * A reason cut inside a UTF-8 character (a server's translated message cut
+ * at 200 bytes) is still stored, on every backend: the server backends put
+ * '?' for the broken bytes rather than refuse the reject.
+ */
+static void test_reject_reason_broken_utf8(void **state)
+{
+	struct t_fix *fx = *state;
+	/* "database refused the request: Ungültig", cut after the first byte of 'ü' */
+	static const char reason[] = "database refused the request: Ung\xc3";
+	struct store_reject rj = { "tcp://127.0.0.1:5555", reason, "x", 1 };
+
+	t_migrate(fx);
+	t_ok(fx->s, fx->ops->begin(fx->s), "begin");
+	t_ok(fx->s, fx->ops->insert_rejects(fx->s, &rj, 1), "insert_rejects of a broken reason");
+	t_ok(fx->s, fx->ops->commit(fx->s), "commit");
+	if (!t_is("sqlite"))    /* SQLite keeps the bytes as they are */
+		t_sql_expect("SELECT reason FROM fee_reject",
+			     "database refused the request: Ung?\n");
+	else
+		t_sql_expect("SELECT count(*) FROM fee_reject", "1\n");
 }
 
 /* ==== Error classes (store.h): which unique key, which limit ==== */
@@ -997,8 +1022,8 @@ static void test_classic_duplicates(void **state)
 	t_create_classic("(1, 10, 1.50, 'N'), (1, 11, 2.00, 'N'), (2, 20, 2.25, 'Y')");
 	fx->s->errmsg[0] = '\0';
 	r = fx->ops->migrate(fx->s);
-	if (r >= 0)
-		fail_msg("migrate of a fee table with duplicate tickets = %d, want an error", r);
+	/* the error contract (store.h): the same errno on every backend */
+	t_expect_fail(fx->s, r, -EINVAL, "migrate of a fee table with duplicate tickets");
 	if (!strstr(fx->s->errmsg, "SELECT ticket FROM fee GROUP BY ticket HAVING COUNT(*) > 1"))
 		fail_msg("errmsg does not say how to find the duplicates: %s", fx->s->errmsg);
 	t_sql_expect_dec("SELECT ticket, login, volume FROM fee ORDER BY ticket, login",
@@ -1006,6 +1031,37 @@ static void test_classic_duplicates(void **state)
 	/* Still refused on a second attempt, still nothing lost. */
 	assert_true(fx->ops->migrate(fx->s) < 0);
 	t_sql_expect("SELECT count(*) FROM fee", "3\n");
+}
+
+/* A fee table that is neither feed's nor a classic one is refused (-EINVAL), unchanged. */
+static void test_foreign_fee_table(void **state)
+{
+	struct t_fix *fx = *state;
+	int r;
+
+	t_sql("CREATE TABLE fee (ticket BIGINT, login BIGINT)", NULL, 0);
+	fx->s->errmsg[0] = '\0';
+	r = fx->ops->migrate(fx->s);
+	t_expect_fail(fx->s, r, -EINVAL, "migrate of a fee table without a volume column");
+	if (!strstr(fx->s->errmsg, "no column volume"))
+		fail_msg("errmsg does not name the missing column: %s", fx->s->errmsg);
+	t_sql_expect("SELECT count(*) FROM fee", "0\n");
+}
+
+/* A schema written by a newer feed is refused, the same way on every backend, and left alone. */
+static void test_schema_newer(void **state)
+{
+	struct t_fix *fx = *state;
+	int r;
+
+	t_migrate(fx);
+	t_sql("UPDATE feed_schema SET version = 99", NULL, 0);
+	fx->s->errmsg[0] = '\0';
+	r = fx->ops->migrate(fx->s);
+	t_expect_fail(fx->s, r, -EPROTO, "migrate of a schema of version 99");
+	if (!strstr(fx->s->errmsg, "99") || !strstr(fx->s->errmsg, "newer"))
+		fail_msg("errmsg does not name the newer version: %s", fx->s->errmsg);
+	t_sql_expect("SELECT version FROM feed_schema", "99\n");
 }
 
 /* ==== Connections ==== */
@@ -1191,11 +1247,14 @@ int main(void)
 		T(test_rollback_discards),
 		T(test_rollback_keeps_the_cause),
 		T(test_rejects_verbatim),
+		T(test_reject_reason_broken_utf8),
 		T(test_fetch_unsettled),
 		T(test_settle),
 		T(test_reads_naturally),
 		T(test_classic_adoption),
 		T(test_classic_duplicates),
+		T(test_schema_newer),
+		T(test_foreign_fee_table),
 		T(test_classic_own_ticket_key),
 		T(test_reconnect_healthy),
 		T(test_unique_other_key),
