@@ -10,7 +10,7 @@ set -euo pipefail
 
 build_pkgs="build-essential cmake pkg-config libzmq3-dev libsqlite3-dev libpq-dev
 	libmariadb-dev libinih-dev libbsd-dev libcmocka-dev"
-test_pkgs="sqlite3 python3 python3-zmq postgresql mariadb-server mariadb-client
+test_pkgs="sqlite3 python3 python3-zmq postgresql mariadb-server mariadb-client openssl
 	clang libclang-rt-14-dev"
 
 pkgs=$build_pkgs

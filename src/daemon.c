@@ -250,6 +250,18 @@ static int resolve_user(struct ctx *c)
 		fail(c, "[daemon] user \"%s\" is root: choose an unprivileged user", cfg->user);
 		return -EPERM;
 	}
+	/*
+	 * Libraries look in $HOME for the user's files: with TLS on, libpq
+	 * opens ~/.postgresql/postgresql.crt and fails every connect when it
+	 * cannot even look (EACCES under root's HOME once feed runs as the
+	 * user). HOME becomes the user's, as su sets it; no thread exists yet.
+	 */
+	if (setenv("HOME", pw->pw_dir && pw->pw_dir[0] ? pw->pw_dir : "/", 1) < 0) {
+		int r = -errno;
+
+		fail(c, "[daemon] user \"%s\": cannot set HOME: %s", cfg->user, strerror(-r));
+		return r;
+	}
 	c->drop = true;
 	return 0;
 }

@@ -733,6 +733,25 @@ static int my_check_durability(struct store_mysql *m)
 	return -EIO;
 }
 
+/*
+ * Connector/C reports a certificate that does not name the host only as
+ * "Validation of SSL server certificate failed" (its X509_check_host /
+ * X509_check_ip_asc step; a chain that does not verify carries OpenSSL's
+ * own reason instead): say why, or the message names no cause.
+ */
+static void my_explain_tls(struct store_mysql *m, const char *host)
+{
+	size_t len = strlen(m->base.errmsg);
+
+	if (mysql_errno(m->conn) != 2026 /* CR_SSL_CONNECTION_ERROR */ ||
+	    !strstr(mysql_error(m->conn), "Validation of SSL server certificate failed"))
+		return;
+	snprintf(m->base.errmsg + len, sizeof(m->base.errmsg) - len,
+		 " (the server's certificate does not name the host %.100s: neither a "
+		 "subjectAltName nor the common name matches it, which ssl-mode VERIFY_CA "
+		 "and VERIFY_IDENTITY both require)", host);
+}
+
 static int my_connect(struct store_mysql *m)
 {
 	const struct my_conninfo *ci = &m->ci;
@@ -760,6 +779,7 @@ static int my_connect(struct store_mysql *m)
 			 ci->socket ? "socket " : "",
 			 ci->socket ? "" : host, ci->socket ? ci->socket : "");
 		r = my_fail(m, what);
+		my_explain_tls(m, host);
 		/* unreachable server: retry later; refused (access, database): -EIO */
 		if (r != -ENOTCONN)
 			r = -EIO;

@@ -12,6 +12,18 @@
 # synced at every commit like the InnoDB log (feed's durability = full
 # refuses anything less).
 # Must run as root (mariadbd drops to the mysql user).
+#
+# With FEED_TEST_TLS=1 the server also speaks TLS (plain connections stay
+# allowed, FEED_TEST_URL is unchanged): tests/lib/mkcert.sh makes a CA and a
+# server certificate for IP:127.0.0.1 and DNS:localhost in a second
+# temporary directory (readable by feed's user, removed as well), mariadbd
+# gets --ssl-ca/--ssl-cert/--ssl-key (FLUSH SSL re-reads those files) and
+# performance_schema (status_by_thread shows each session's Ssl_cipher), and
+# these are exported too:
+#   FEED_TEST_TLS_DIR   that directory: ca.crt, ca.key (root's), the
+#                       server's server.crt and server.key (mysql's); a test
+#                       may add certificates
+#   FEED_TEST_TLS_CA    the CA certificate: ssl-ca=
 set -eu
 
 if [ $# -lt 1 ]; then
@@ -20,6 +32,7 @@ if [ $# -lt 1 ]; then
 fi
 
 wait_secs=30
+tls=
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/feed-mariadb.XXXXXX")
 # mariadbd runs as mysql: it needs to reach the temp dir and own run/.
 chmod 0755 "$tmp"
@@ -33,6 +46,9 @@ cleanup() {
 		sh "$tmp/stop.sh" >/dev/null 2>&1 || :
 	fi
 	rm -rf "$tmp"
+	if [ -n "$tls" ]; then
+		rm -rf "$tls"
+	fi
 	exit "$rc"
 }
 trap cleanup EXIT
@@ -56,6 +72,22 @@ if ! mariadb-install-db --no-defaults --datadir="$tmp/data" --user=mysql \
 	exit 1
 fi
 
+# TLS: the certificates live outside $tmp so that a test may replace the
+# server's files and feed (another user) can read the CA file.
+tls_opts=
+if [ "${FEED_TEST_TLS:-0}" = 1 ]; then
+	tls=$(mktemp -d "${TMPDIR:-/tmp}/feed-mariadb-tls.XXXXXX")
+	chmod 0755 "$tls"
+	mkcert=$(dirname "$0")/mkcert.sh
+	if ! sh "$mkcert" ca "$tls" ca ||
+	   ! sh "$mkcert" server "$tls" server ca IP:127.0.0.1,DNS:localhost; then
+		echo "with-mariadb.sh: cannot make the test certificates" >&2
+		exit 1
+	fi
+	chown mysql:mysql "$tls/server.key" "$tls/server.crt"
+	tls_opts="--ssl-ca='$tls/ca.crt' --ssl-cert='$tls/server.crt' --ssl-key='$tls/server.key' --performance-schema=ON"
+fi
+
 # The start/stop scripts are also what FEED_TEST_DB_START/STOP run, so the
 # test restarts the server exactly as it was first started.
 write_scripts() {
@@ -68,7 +100,7 @@ mariadbd --no-defaults --datadir='$tmp/data' --socket='$tmp/run/sock' \\
 	--innodb-flush-log-at-trx-commit=1 --skip-name-resolve \\
 	--log-bin='$tmp/data/binlog' --sync-binlog=1 --server-id=1 \\
 	--innodb-buffer-pool-size=64M --max-connections=200 \\
-	--max-allowed-packet=128M \\
+	--max-allowed-packet=128M $tls_opts \\
 	</dev/null >>'$tmp/run/stdout.log' 2>&1 &
 pid=\$!
 i=0
@@ -152,6 +184,10 @@ export FEED_TEST_DB_STOP="sh $tmp/stop.sh"
 export FEED_TEST_DB_START="sh $tmp/start.sh"
 # mariadbd's pidfile: tests stop the server process (SIGSTOP)
 export FEED_TEST_DB_PIDFILE="$tmp/run/mariadbd.pid"
+if [ -n "$tls" ]; then
+	export FEED_TEST_TLS_DIR="$tls"
+	export FEED_TEST_TLS_CA="$tls/ca.crt"
+fi
 
 set +e
 "$@"

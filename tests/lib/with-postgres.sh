@@ -25,6 +25,16 @@
 #   FEED_TEST_DB_PIDFILE     the postmaster's pidfile (its pid on line 1):
 #                            tests stop the server's processes (SIGSTOP)
 #
+# With FEED_TEST_TLS=1 the server also speaks TLS (ssl = on; plain
+# connections stay allowed, FEED_TEST_URL is unchanged): tests/lib/mkcert.sh
+# makes a CA and a server certificate for IP:127.0.0.1 and DNS:localhost in
+# a second temporary directory (readable by feed's user, removed as well),
+# and these are exported too:
+#   FEED_TEST_TLS_DIR        that directory: ca.crt, ca.key (root's), the
+#                            server's server.crt and server.key (the
+#                            postgres user's); a test may add certificates
+#   FEED_TEST_TLS_CA         the CA certificate: sslrootcert=
+#
 set -euo pipefail
 
 if [ $# -lt 1 ]; then
@@ -53,6 +63,7 @@ data=$tmp/data
 log=$tmp/server.log
 started=0
 child=
+tls=
 
 cleanup() {
 	status=$?
@@ -66,6 +77,9 @@ cleanup() {
 			stop >/dev/null 2>&1 || true
 	fi
 	rm -rf -- "$tmp"
+	if [ -n "$tls" ]; then
+		rm -rf -- "$tls"
+	fi
 	exit "$status"
 }
 trap cleanup EXIT
@@ -92,6 +106,24 @@ as_pg "$PGBIN/initdb" -D "$data" -U postgres -A trust -E UTF8 --locale=C \
 	--no-sync >"$tmp/initdb.log" 2>&1 \
 	|| { cat "$tmp/initdb.log" >&2; fail "initdb failed"; }
 
+# TLS: the certificates live outside $tmp (0700, the server's) so that
+# feed, running as another user, can read the CA file.
+ssl_conf=
+if [ "${FEED_TEST_TLS:-0}" = 1 ]; then
+	tls=$(mktemp -d "${TMPDIR:-/tmp}/feed-pg-tls.XXXXXX")
+	chmod 0755 "$tls"
+	mkcert=$(dirname "$0")/mkcert.sh
+	sh "$mkcert" ca "$tls" ca || fail "cannot make the test CA"
+	sh "$mkcert" server "$tls" server ca IP:127.0.0.1,DNS:localhost \
+		|| fail "cannot make the server certificate"
+	if [ "$(id -u)" -eq 0 ]; then
+		chown postgres: "$tls/server.key" "$tls/server.crt"
+	fi
+	ssl_conf="ssl = on
+ssl_cert_file = '$tls/server.crt'
+ssl_key_file = '$tls/server.key'"
+fi
+
 free_port() {
 	python3 -c 'import socket
 s = socket.socket()
@@ -115,6 +147,7 @@ for attempt in 1 2 3 4 5; do
 		shared_buffers = 32MB
 		max_connections = 100
 		logging_collector = off
+		$ssl_conf
 	EOF
 	if as_pg "$PGBIN/pg_ctl" -D "$data" -l "$log" -w -t "$TIMEOUT" \
 		start >/dev/null 2>&1; then
@@ -163,6 +196,10 @@ export FEED_TEST_SQL="$tmp/sql"
 export FEED_TEST_DB_STOP="$tmp/stop"
 export FEED_TEST_DB_START="$tmp/start"
 export FEED_TEST_DB_PIDFILE="$data/postmaster.pid"
+if [ -n "$tls" ]; then
+	export FEED_TEST_TLS_DIR="$tls"
+	export FEED_TEST_TLS_CA="$tls/ca.crt"
+fi
 
 # In the background so that a signal to this script is handled at once
 # (bash runs traps only between foreground commands); stdin stays ours.
