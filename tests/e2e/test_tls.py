@@ -23,7 +23,7 @@ import sys
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from feedtest import FeedTestCase, backend, wait_until  # noqa: E402
+from feedtest import FeedTestCase, backend, feed_procs, wait_until  # noqa: E402
 
 MKCERT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib", "mkcert.sh")
 
@@ -62,7 +62,6 @@ class TlsCase(FeedTestCase):
         cls.wrong_ca = os.path.join(cls.tls, "wrongca.crt")
         if not os.path.exists(cls.wrong_ca):
             mkcert("ca", cls.tls, "wrongca")
-        os.chmod(cls.tls, 0o755)
 
     def tls_feed(self, url):
         conf = {}
@@ -72,13 +71,15 @@ class TlsCase(FeedTestCase):
         return self.feed(url=url, conf=conf)
 
     def assert_refused(self, f, reason):
-        """check and start both fail, saying what, where and the library's why."""
-        r = f.cmd("check")
-        self.assertNotEqual(r.returncode, 0, f"check passed: {r.stdout}{r.stderr}")
-        self.assertIn(reason, r.stderr, f"check: {r.stderr}")
-        r = f.start()
-        self.assertNotEqual(r.returncode, 0, f"start passed: {r.stdout}{r.stderr}")
-        self.assertIn(reason, r.stderr + f.log(), f"start: {r.stderr}\nlog:\n{f.log()}")
+        """check and start both fail, saying what (the database), where (its
+        address) and why (the library's reason); nothing keeps running."""
+        for command in ("check", "start"):
+            r = f.cmd(command)
+            self.assertNotEqual(r.returncode, 0, f"{command} passed: {r.stdout}{r.stderr}")
+            for part in (f"database {f.url}", "127.0.0.1", reason):
+                self.assertIn(part, r.stderr, f"{command}: {r.stderr}\nlog:\n{f.log()}")
+        # the refused daemon may still be tearing down when start returns
+        wait_until(lambda: feed_procs(f.conf) == [], 20, what="the refused feed to exit")
         return r
 
     def serve_one(self, f, ticket):
