@@ -4,7 +4,8 @@
 # 1. build/ with -Wall -Wextra -Werror, all tests (unit, store conformance on
 #    SQLite, PostgreSQL and MariaDB, end-to-end on all three);
 # 2. build-asan/ with AddressSanitizer + UndefinedBehaviorSanitizer, all tests again;
-# 3. build-tsan/ with ThreadSanitizer, the end-to-end ingest tests again;
+# 3. build-tsan/ with ThreadSanitizer, the end-to-end ingest and stall tests again
+#    (the writer, watchdog, settle and main threads under load and in outages);
 # 4. the fuzzers (body parser, framing) for FUZZ_SECONDS each (default 60).
 # Database servers are throwaway ones the tests start themselves.
 set -euo pipefail
@@ -41,7 +42,7 @@ cmake --build build-tsan -j"$(nproc)"
 reports=$(mktemp -d "${TMPDIR:-/tmp}/feed-tsan.XXXXXX")
 chmod 1777 "$reports"
 TSAN_OPTIONS="suppressions=$PWD/tests/tsan.supp:log_path=$reports/tsan:second_deadlock_stack=1" \
-	ctest --test-dir build-tsan --output-on-failure -j"$jobs" -R '^e2e_ingest_'
+	ctest --test-dir build-tsan --output-on-failure -j"$jobs" -R '^e2e_(ingest|stall)_'
 if [ -n "$(ls -A "$reports")" ]; then
 	echo "test.sh: ThreadSanitizer reports:" >&2
 	cat "$reports"/* >&2
