@@ -667,7 +667,7 @@ static void client_summary(struct client *c)
 
 /* ==== Options ==== */
 
-static void client_usage(FILE *f)
+void client_usage(FILE *f)
 {
 	fprintf(f,
 		"usage: feed send [-e ENDPOINT] [-w WINDOW] [-n RECORDS_PER_REQUEST]\n"
