@@ -764,7 +764,7 @@ static int serve(struct ctx *c, bool background)
 		goto out;
 	}
 	if (server_check_auth(srv, err, sizeof(err)) < 0) {
-		fail(c, "%s", err);
+		fail_config(c, "%s", err);   /* as `check` reports it */
 		goto out;
 	}
 	if (server_open_db(srv, &sp, err, sizeof(err)) < 0) {
@@ -775,8 +775,8 @@ static int serve(struct ctx *c, bool background)
 		goto out;
 
 	log_info("feed %s serving %s, database %s, pid %d", FEED_VERSION, c->endpoints, c->url, (int)getpid());
-	/* ps shows what runs, not the command that started it (libbsd moves environ out of the way) */
-	setproctitle("serving %s", c->endpoints);
+	/* ps shows what runs and which configuration, not the command that started it */
+	setproctitle("serving %s (-c %s)", c->endpoints, c->cfgpath ? c->cfgpath : "-");
 	if (c->notify_fd >= 0) {
 		dprintf(c->notify_fd, "READY %d\n", (int)getpid());
 		close(c->notify_fd);

@@ -366,7 +366,7 @@ class FirstHourTest(FeedTestCase):
         f.start_ok()
         with open(f"/proc/{f.pid()}/cmdline", "rb") as fh:
             title = fh.read().split(b"\0")[0].decode()
-        self.assertEqual(title, f"feed: serving {f.endpoint}")
+        self.assertEqual(title, f"feed: serving {f.endpoint} (-c {f.conf})")
         # SIGHUP re-reads the configuration through its path, which the title overwrote
         self.assertEqual(f.cmd("reload").returncode, 0)
         wait_until(lambda: "SIGHUP: log reopened" in f.log(), 10, what="the reload")
