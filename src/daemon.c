@@ -228,26 +228,56 @@ static void on_reload(void *arg)
 
 /* ==== Privileges ==== */
 
+/*
+ * What keeps the current process from taking the configured identity, or
+ * NULL: `check` asks too, so that it finds what `start` would refuse.
+ */
+static const char *identity_problem(const struct feed_config *cfg, char *buf, size_t size)
+{
+	struct passwd *pw;
+
+	if (geteuid() != 0) {
+		pw = cfg->user[0] ? getpwnam(cfg->user) : NULL;
+		if (cfg->user[0] && (!pw || pw->pw_uid != geteuid())) {
+			snprintf(buf, size, "cannot switch to user \"%s\": not running as root (running as uid %d); start feed as root or remove [daemon] user",
+				 cfg->user, (int)geteuid());
+			return buf;
+		}
+		return NULL;
+	}
+	if (!cfg->user[0])
+		return "refusing to run as root: set [daemon] user in the configuration (e.g. user = feed) or pass --user NAME";
+	pw = getpwnam(cfg->user);
+	if (pw && pw->pw_uid == 0) {
+		snprintf(buf, size, "[daemon] user \"%s\" is root: choose an unprivileged user", cfg->user);
+		return buf;
+	}
+	return NULL;
+}
+
+int daemon_check_identity(const struct feed_config *cfg)
+{
+	char buf[512];
+	const char *why = identity_problem(cfg, buf, sizeof(buf));
+
+	if (why)
+		fprintf(stderr, "feed: %s\n", why);
+	return why ? EXIT_CONFIG : EXIT_OK;
+}
+
 static int resolve_user(struct ctx *c)
 {
 	const struct feed_config *cfg = c->cfg;
 	struct passwd *pw;
+	char buf[512];
+	const char *why = identity_problem(cfg, buf, sizeof(buf));
 
-	if (geteuid() != 0) {
-		if (!cfg->user[0])
-			return 0;
-		pw = getpwnam(cfg->user);
-		if (!pw || pw->pw_uid != geteuid()) {
-			fail_config(c, "cannot switch to user \"%s\": not running as root (running as uid %d); start feed as root or remove [daemon] user",
-			     cfg->user, (int)geteuid());
-			return -EPERM;
-		}
-		return 0;
-	}
-	if (!cfg->user[0]) {
-		fail_config(c, "refusing to run as root: set [daemon] user in the configuration (e.g. user = feed) or pass --user NAME");
+	if (why) {
+		fail_config(c, "%s", why);
 		return -EPERM;
 	}
+	if (geteuid() != 0)
+		return 0;
 	errno = 0;
 	pw = getpwnam(cfg->user);
 	if (!pw) {
@@ -263,10 +293,6 @@ static int resolve_user(struct ctx *c)
 			return -ENOENT;
 		}
 		c->gid = gr->gr_gid;
-	}
-	if (c->uid == 0) {
-		fail_config(c, "[daemon] user \"%s\" is root: choose an unprivileged user", cfg->user);
-		return -EPERM;
 	}
 	c->drop = true;
 	return 0;

@@ -34,6 +34,11 @@ enum {
  */
 int daemon_serve(const struct feed_config *cfg, const char *cfgpath, bool keep_log_level,
 		 bool background);
+/*
+ * For `check`: can this process take [daemon] user the way `start` would?
+ * Prints why not. Returns EXIT_OK or EXIT_CONFIG.
+ */
+int daemon_check_identity(const struct feed_config *cfg);
 /* Stops the instance holding the pidfile lock; SIGKILL after timeout seconds. */
 int daemon_stop(const struct feed_config *cfg, int timeout);
 /*

@@ -286,7 +286,10 @@ static int check_curve(struct feed_config *cfg)
 
 static int cmd_check(struct opts *o, struct feed_config *cfg, int argc, char **argv)
 {
-	int r = check_curve(cfg);
+	int r = daemon_check_identity(cfg);
+
+	if (r == EXIT_OK)
+		r = check_curve(cfg);
 
 	if (r != EXIT_OK)
 		return r;

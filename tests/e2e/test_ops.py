@@ -430,6 +430,20 @@ class CheckTest(FeedTestCase):
     def test_user_that_does_not_exist(self):
         self.assert_config_error({"daemon": {"user": "nobdy"}}, r'no such user "nobdy"')
 
+    def test_identity_start_would_refuse(self):
+        # as root: no user at all; otherwise: a user this process cannot switch to
+        if IS_ROOT:
+            f = self.feed(user=False)
+            pattern = r"refusing to run as root"
+        else:
+            f = self.feed(conf={"daemon": {"user": "root"}})
+            pattern = r'cannot switch to user "root"'
+        for command in ("check", "start"):
+            r = f.cmd(command)
+            self.assertEqual(r.returncode, EXIT_CONFIG, f"{command}: {r.stdout}{r.stderr}")
+            self.assertRegex(r.stderr, pattern)
+            self.assertNotIn("configuration OK", r.stdout)
+
 
 # ==== The operators' queries (docs/operations.md) ================================
 
