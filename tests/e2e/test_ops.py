@@ -264,9 +264,20 @@ class UnitTest(unittest.TestCase):
             subprocess.run(["rm", "-rf", root])
 
     def test_install_ships_logrotate_sysusers_and_docs(self):
-        cm = read_text("CMakeLists.txt")
-        for needle in ("logrotate.d/feed", "systemd/feed.sysusers", "CMAKE_INSTALL_DOCDIR", "docs/operations.md"):
-            self.assertIn(needle, cm)
+        build = os.path.dirname(os.path.abspath(FEED))
+        dest = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"feed-install.{os.getpid()}")
+        try:
+            r = subprocess.run(["cmake", "--install", build], env=dict(os.environ, DESTDIR=dest),
+                               capture_output=True, text=True, timeout=120)
+            self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+            for path in ("etc/logrotate.d/feed", "usr/lib/sysusers.d/feed.conf",
+                         "usr/lib/systemd/system/feed.service", "usr/share/doc/feed/operations.md",
+                         "usr/share/doc/feed/README.md", "usr/share/doc/feed/configuration.md"):
+                self.assertTrue(os.path.isfile(os.path.join(dest, path)), f"{path} not installed")
+            with open(os.path.join(dest, "etc/logrotate.d/feed")) as fh:
+                self.assertEqual(fh.read(), read_text("logrotate.d/feed"))
+        finally:
+            subprocess.run(["rm", "-rf", dest])
 
 
 # ==== The first hour ===========================================================
