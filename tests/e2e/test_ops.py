@@ -241,6 +241,21 @@ class UnitTest(unittest.TestCase):
         self.assertLess(float(m.group(1)), 5.0, r.stdout)
         self.assertIn(m.group(2), ("OK", "SAFE", "PERFECT"))
 
+    def test_unit_verifies_cleanly(self):
+        # every directive known to this systemd (a typo is only a warning at runtime)
+        d = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"feed-unit.{os.getpid()}")
+        os.makedirs(d, exist_ok=True)
+        try:
+            unit = read_text("systemd/feed.service").replace("/usr/sbin/feed", os.path.abspath(FEED))
+            unit = re.sub(r"(?m)^Documentation=.*\n", "", unit)   # man feed(8) is not installed here
+            with open(os.path.join(d, "feed.service"), "w") as fh:
+                fh.write(unit)
+            r = subprocess.run(["systemd-analyze", "verify", os.path.join(d, "feed.service")],
+                               capture_output=True, text=True, timeout=120)
+            self.assertEqual((r.returncode, r.stdout + r.stderr), (0, ""))
+        finally:
+            subprocess.run(["rm", "-rf", d])
+
     def test_exec_reload_is_feed_reload(self):
         unit = read_text("systemd/feed.service")
         self.assertRegex(unit, r"(?m)^ExecReload=/usr/sbin/feed -c /etc/feed/feed.conf reload$")
