@@ -11,7 +11,8 @@ set -euo pipefail
 build_pkgs="build-essential cmake pkg-config libzmq3-dev libsqlite3-dev libpq-dev
 	libmariadb-dev libinih-dev libbsd-dev libcmocka-dev"
 test_pkgs="sqlite3 python3 python3-zmq postgresql mariadb-server mariadb-client openssl
-	clang libclang-rt-14-dev"
+	clang libclang-rt-14-dev
+	logrotate systemd"
 
 pkgs=$build_pkgs
 [ "${1:-}" = "--test" ] && pkgs="$pkgs $test_pkgs"

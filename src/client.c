@@ -21,7 +21,9 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <stdarg.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -39,6 +41,9 @@
 #define CLIENT_REASONS      10
 #define CLIENT_REASON_LEN   256
 #define CLIENT_PROGRESS_NS  250000000LL
+#define CLIENT_CONNECT_NS   3000000000LL  /* no connection by then: say nothing answers */
+#define CLIENT_NOTES_MAX    5             /* notes about what the input probably is */
+#define CLIENT_MONITOR      "inproc://feed-send-monitor"
 
 /* ==== Input ==== */
 
@@ -51,6 +56,8 @@ struct client_input {
 	char buf[CLIENT_READBUF];
 	size_t pos, len;
 	bool eof;
+	uint64_t bytes_read;          /* from all files, for the progress line */
+	uint64_t bytes_total;         /* their sizes; 0 if one is not a regular file */
 };
 
 /* Where an input line came from. */
@@ -111,6 +118,7 @@ static int client_input_fill(struct client_input *in)
 	if (n == 0)
 		in->eof = true;
 	in->len += (size_t)n;
+	in->bytes_read += (uint64_t)n;
 	return 0;
 }
 
@@ -204,6 +212,8 @@ struct client {
 	bool quiet, progress;
 
 	void *ctx, *sock;
+	void *mon;                         /* PAIR receiving sock's connection events */
+	bool connected;                    /* a connection was made at least once */
 	struct client_input in;
 	struct client_slot *slots;
 	size_t *freelist, nfree;
@@ -216,6 +226,7 @@ struct client {
 
 	/* tallies, in records except requests */
 	uint64_t sent, requests, ok, bad, resent, noreply, unsent, stray;
+	uint64_t skipped, notes;           /* header lines not sent; notes printed */
 	struct client_reason reasons[CLIENT_REASONS];
 	size_t nreasons;
 	uint64_t other_reasons;
@@ -527,6 +538,62 @@ static int client_slot_add_line(struct client *c, struct client_slot *s,
 	return 0;
 }
 
+/* ==== What the input probably is ==== */
+
+static void __attribute__((format(printf, 2, 3))) client_note(struct client *c, const char *fmt, ...)
+{
+	va_list ap;
+
+	if (++c->notes > CLIENT_NOTES_MAX) {
+		if (c->notes == CLIENT_NOTES_MAX + 1)
+			fprintf(stderr, "feed send: (no more notes about the input)\n");
+		return;
+	}
+	fprintf(stderr, "%sfeed send: %s:%" PRIu64 ": ", c->progress ? "\r\033[K" : "",
+		client_fname(&c->in, (uint32_t)c->in.cur), c->in.lineno);
+	va_start(ap, fmt);
+	vfprintf(stderr, fmt, ap);
+	va_end(ap);
+	fputc('\n', stderr);
+}
+
+/*
+ * The traps of a file made by hand or exported from a spreadsheet: a byte
+ * order mark (removed), a header line (skipped), a signed volume (sent, but
+ * said why feed will answer FALSE). Returns true if the line is to be sent;
+ * may shorten it.
+ */
+static bool client_lint(struct client *c, char *line, size_t *n)
+{
+	const char *vol;
+	size_t f1;
+
+	if (c->in.lineno == 1 && *n >= 3 && memcmp(line, "\xEF\xBB\xBF", 3) == 0) {
+		client_note(c, "the file starts with a UTF-8 byte order mark (saved by a Windows editor?): ignored it");
+		memmove(line, line + 3, *n - 3);
+		*n -= 3;
+		if (*n == 0)
+			return false;
+	}
+	f1 = strcspn(line, ",");
+	if (f1 > *n)
+		f1 = *n;
+	if (c->in.lineno == 1 && memchr(line, ',', *n) && strspn(line, "0123456789") < f1 &&
+	    (line[0] | 0x20) >= 'a' && (line[0] | 0x20) <= 'z') {
+		client_note(c, "\"%.*s\" looks like a header line: not sent (feed takes ticket,login,volume lines only)",
+			    (int)(*n > 80 ? 80 : *n), line);
+		c->skipped++;
+		return false;
+	}
+	line[*n] = '\0';
+	vol = strchr(line, ',');
+	vol = vol ? strchr(vol + 1, ',') : NULL;
+	if (vol && vol[1] == '-')
+		client_note(c, "volume \"%.40s\" is negative: feed takes volumes >= 0 (a sell or a reversal written with a sign?); sent as is, feed will answer FALSE",
+			    vol + 1);
+	return true;
+}
+
 /* Builds requests from input into free slots. Returns 0 or a negative errno. */
 static int client_fill(struct client *c, char *line)
 {
@@ -572,6 +639,8 @@ static int client_fill(struct client *c, char *line)
 				c->in.fd = -1;
 				continue;
 			}
+			if (!client_lint(c, line, &n))
+				continue;
 			r = client_slot_add_line(c, s, line, n);
 			if (r < 0)
 				return r;
@@ -634,8 +703,19 @@ static void client_progress(struct client *c, int64_t now, bool force)
 	c->last_progress = now;
 	client_rate(c, now, &rate, &ms);
 	fprintf(stderr, "\rsent %" PRIu64 "  TRUE %" PRIu64 "  FALSE %" PRIu64
-		"  re-sent %" PRIu64 "  %" PRIu64 " rec/s\033[K",
+		"  re-sent %" PRIu64 "  %" PRIu64 " rec/s",
 		c->sent, c->ok, c->bad, c->resent, rate);
+	if (c->in.bytes_total > 0) {
+		uint64_t done = c->in.bytes_read < c->in.bytes_total ? c->in.bytes_read : c->in.bytes_total;
+		/* the rate so far, in bytes of input, for what is left */
+		int64_t eta = done > 0 ? (int64_t)((double)ms / 1000 * (double)(c->in.bytes_total - done) / (double)done) : -1;
+
+		fprintf(stderr, "  %3d%% of %.1f MB", (int)(done * 100 / c->in.bytes_total),
+			(double)c->in.bytes_total / 1e6);
+		if (eta >= 0)
+			fprintf(stderr, "  ETA %" PRId64 ":%02d:%02d", eta / 3600, (int)(eta / 60 % 60), (int)(eta % 60));
+	}
+	fputs("\033[K", stderr);
 }
 
 static void client_summary(struct client *c)
@@ -667,7 +747,7 @@ static void client_summary(struct client *c)
 
 /* ==== Options ==== */
 
-static void client_usage(FILE *f)
+void client_usage(FILE *f)
 {
 	fprintf(f,
 		"usage: feed send [-e ENDPOINT] [-w WINDOW] [-n RECORDS_PER_REQUEST]\n"
@@ -689,6 +769,22 @@ static void client_usage(FILE *f)
 		"\n"
 		"Exit status: 0 if every record got TRUE, 1 otherwise, 2 on bad usage.\n",
 		CLIENT_WINDOW_MAX, CLIENT_BATCH_MAX);
+}
+
+/* The input's size for the progress line, when every file is a regular file. */
+static void client_input_size(struct client_input *in)
+{
+	struct stat st;
+
+	in->bytes_total = 0;
+	for (int i = 0; i < in->nfiles; i++) {
+		int r = strcmp(in->files[i], "-") == 0 ? fstat(STDIN_FILENO, &st) : stat(in->files[i], &st);
+		if (r < 0 || !S_ISREG(st.st_mode)) {
+			in->bytes_total = 0;
+			return;
+		}
+		in->bytes_total += (uint64_t)st.st_size;
+	}
 }
 
 static int client_num(const char *opt, const char *s, long min, long max, long *ret)
@@ -777,6 +873,11 @@ static int client_parse(struct client *c, int argc, char **argv)
 		fprintf(stderr, "feed send: no endpoint: give -e or [listen] endpoint in the configuration\n");
 		return -EINVAL;
 	}
+	if (!strstr(c->endpoint, "://")) {
+		fprintf(stderr, "feed send: endpoint \"%.200s\" names no transport: did you mean tcp://%.200s ?\n",
+			c->endpoint, c->endpoint);
+		return -EINVAL;
+	}
 	if (!c->server_key != !c->cert) {
 		fprintf(stderr, "feed send: CURVE needs both --server-key (the server's NAME.key) and --cert (this client's NAME.key_secret)\n");
 		return -EINVAL;
@@ -847,6 +948,12 @@ static int client_setup(struct client *c)
 		goto zmq_fail;
 	if (client_curve(c) < 0)
 		return -EINVAL;
+	/* connection events: to say soon that nothing listens, not after all the re-sends */
+	if (zmq_socket_monitor(c->sock, CLIENT_MONITOR, ZMQ_EVENT_CONNECTED) < 0 ||
+	    !(c->mon = zmq_socket(c->ctx, ZMQ_PAIR)) ||
+	    zmq_setsockopt(c->mon, ZMQ_LINGER, &(int){ 0 }, sizeof(int)) < 0 ||
+	    zmq_connect(c->mon, CLIENT_MONITOR) < 0)
+		goto zmq_fail;
 	if (zmq_connect(c->sock, c->endpoint) < 0) {
 		int r = -errno;
 
@@ -858,6 +965,26 @@ static int client_setup(struct client *c)
 zmq_fail:
 	fprintf(stderr, "feed send: ZeroMQ socket: %s\n", zmq_strerror(errno));
 	return -errno;
+}
+
+/* Reads the monitor's events (2 frames each): any CONNECTED means something listens. */
+static void client_monitor(struct client *c)
+{
+	zmq_msg_t m;
+	bool first = true;   /* frames: event (u16 id, u32 value), then the address */
+
+	zmq_msg_init(&m);
+	while (zmq_msg_recv(&m, c->mon, ZMQ_DONTWAIT) >= 0) {
+		uint16_t ev;
+
+		if (first && zmq_msg_size(&m) >= sizeof(ev)) {
+			memcpy(&ev, zmq_msg_data(&m), sizeof(ev));
+			if (ev == ZMQ_EVENT_CONNECTED)
+				c->connected = true;
+		}
+		first = !zmq_msg_more(&m);
+	}
+	zmq_msg_close(&m);
 }
 
 static int client_loop(struct client *c)
@@ -879,7 +1006,9 @@ static int client_loop(struct client *c)
 	c->start = c->last_reply = c->last_progress = client_now();
 	next_check = c->start + check_ns;
 	for (;;) {
-		zmq_pollitem_t item = { .socket = c->sock, .events = ZMQ_POLLIN };
+		zmq_pollitem_t items[2] = { { .socket = c->sock, .events = ZMQ_POLLIN },
+					    { .socket = c->mon, .events = ZMQ_POLLIN } };
+		zmq_pollitem_t *item = &items[0];
 		int64_t now;
 		long wait_ms;
 
@@ -892,16 +1021,18 @@ static int client_loop(struct client *c)
 		if (c->input_done && c->nfree == c->window)
 			break;
 		if (c->sq_len > 0)
-			item.events |= ZMQ_POLLOUT;
+			item->events |= ZMQ_POLLOUT;
 		now = client_now();
 		wait_ms = (long)((next_check - now) / 1000000) + 1;
 		if (wait_ms < 0)
 			wait_ms = 0;
-		if (zmq_poll(&item, 1, wait_ms) < 0 && errno != EINTR) {
+		if (zmq_poll(items, c->connected ? 1 : 2, wait_ms) < 0 && errno != EINTR) {
 			r = -errno;
 			goto out;
 		}
-		if (item.revents & ZMQ_POLLIN) {
+		if (!c->connected && (items[1].revents & ZMQ_POLLIN))
+			client_monitor(c);
+		if (item->revents & ZMQ_POLLIN) {
 			r = client_recv_all(c);
 			if (r < 0)
 				goto out;
@@ -911,9 +1042,14 @@ static int client_loop(struct client *c)
 			client_expire(c, now);
 			next_check = now + check_ns;
 		}
-		if (c->nfree < c->window && now - c->last_reply > idle) {
-			fprintf(stderr, "%sfeed send: no reply from %s for %" PRId64 " ms, giving up\n",
-				c->progress ? "\r\033[K" : "", c->endpoint, idle / 1000000);
+		bool unreachable = !c->connected && now - c->start > CLIENT_CONNECT_NS;
+		if (c->nfree < c->window && (unreachable || now - c->last_reply > idle)) {
+			if (unreachable)
+				fprintf(stderr, "%sfeed send: nothing answers at %s: no connection within %lld s (is feed running there? `feed status` tells; is the address right?)\n",
+					c->progress ? "\r\033[K" : "", c->endpoint, CLIENT_CONNECT_NS / 1000000000);
+			else
+				fprintf(stderr, "%sfeed send: no reply from %s for %" PRId64 " ms, giving up\n",
+					c->progress ? "\r\033[K" : "", c->endpoint, idle / 1000000);
 			for (size_t i = 0; i < c->window; i++) {
 				if (c->slots[i].state != SLOT_FREE) {
 					c->noreply += c->slots[i].nrec;
@@ -944,6 +1080,8 @@ static void client_cleanup(struct client *c)
 	free(c->sendq);
 	free(c->hkeys);
 	free(c->hvals);
+	if (c->mon)
+		zmq_close(c->mon);
 	if (c->sock)
 		zmq_close(c->sock);
 	if (c->ctx)
@@ -997,6 +1135,7 @@ int client_send(const struct client_defaults *d, int argc, char **argv)
 	c->in.files = optind < argc + 1 ? av + optind : stdin_files;
 	c->in.nfiles = optind < argc + 1 ? argc + 1 - optind : 1;
 	c->progress = !c->quiet && isatty(STDERR_FILENO);
+	client_input_size(&c->in);
 
 	ret = 1;
 	if (client_setup(c) < 0)
@@ -1004,6 +1143,13 @@ int client_send(const struct client_defaults *d, int argc, char **argv)
 	r = client_loop(c);
 	if (r < 0)
 		fprintf(stderr, "%sfeed send: %s\n", c->progress ? "\r\033[K" : "", zmq_strerror(-r));
+	if (r == 0 && c->sent == 0 && c->unsent == 0) {
+		if (c->progress)
+			fputs("\r\033[K", stderr);
+		fprintf(stderr, "feed send: no records in the input%s: nothing sent\n",
+			c->skipped ? " (only a header line)" : "");
+		goto out;
+	}
 	client_summary(c);
 	if (r == 0 && c->ok == c->sent && c->unsent == 0 && !c->gave_up)
 		ret = 0;

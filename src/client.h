@@ -4,6 +4,8 @@
 #ifndef FEED_CLIENT_H
 #define FEED_CLIENT_H
 
+#include <stdio.h>
+
 /* Defaults from the configuration; options override them. */
 struct client_defaults {
 	char endpoint[512];     /* [listen] endpoint, first one, wildcard host replaced by 127.0.0.1 */
@@ -19,5 +21,7 @@ struct client_defaults {
  * only if every record got TRUE, 1 otherwise, 2 on bad usage.
  */
 int client_send(const struct client_defaults *d, int argc, char **argv);
+/* The text of `feed send --help` (and of `feed help send`). */
+void client_usage(FILE *f);
 
 #endif

@@ -18,7 +18,9 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <ini.h>
+#include <grp.h>
 #include <limits.h>
+#include <pwd.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -51,6 +53,7 @@ struct key {
 
 static const char *const log_levels[] = { "error", "warning", "info", "debug", NULL };
 static const char *const durabilities[] = { "full", "normal", NULL };
+static const char *const log_formats[] = { "text", "json", NULL };
 
 #define OFF(f) offsetof(struct feed_config, f)
 
@@ -75,10 +78,47 @@ static const char *check_log(const char *v)
 	return "must be stderr, syslog, auto or an absolute path";
 }
 
+/* What is wrong with the one endpoint ep[0..len), or NULL: tcp://HOST:PORT or ipc://PATH. */
+static const char *endpoint_error(const char *ep, size_t len)
+{
+	if (len > 6 && strncmp(ep, "ipc://", 6) == 0)
+		return NULL;
+	if (len > 6 && strncmp(ep, "tcp://", 6) == 0) {
+		const char *colon = memrchr(ep + 6, ':', len - 6);
+		size_t digits = colon ? len - (size_t)(colon + 1 - ep) : 0;
+
+		if (!colon || colon == ep + 6)
+			return "a tcp:// endpoint needs HOST:PORT (e.g. tcp://127.0.0.1:5555)";
+		if (!(digits == 1 && colon[1] == '*') &&
+		    (digits == 0 || digits > 5 || strspn(colon + 1, "0123456789") < digits ||
+		     atoi(colon + 1) < 1 || atoi(colon + 1) > 65535))
+			return "the port of a tcp:// endpoint must be 1..65535 (or * for any)";
+		return NULL;
+	}
+	if (memmem(ep, len, ":/", 2) || memchr(ep, ':', len))
+		return "an endpoint must start with tcp:// or ipc:// (e.g. tcp://127.0.0.1:5555)";
+	return "an endpoint is tcp://HOST:PORT or ipc:///path";
+}
+
 static const char *check_endpoint(const char *v)
 {
-	v += strspn(v, " \t,");
-	return *v ? NULL : "at least one ZeroMQ endpoint is needed (e.g. tcp://127.0.0.1:5555)";
+	const char *why = NULL;
+	bool any = false;
+
+	for (const char *p = v; *p && !why; ) {
+		p += strspn(p, " \t,");
+		size_t len = strcspn(p, ",");
+		while (len && (p[len - 1] == ' ' || p[len - 1] == '\t'))
+			len--;
+		if (len) {
+			any = true;
+			why = endpoint_error(p, len);
+		}
+		p += strcspn(p, ",");
+	}
+	if (why)
+		return why;
+	return any ? NULL : "at least one ZeroMQ endpoint is needed (e.g. tcp://127.0.0.1:5555)";
 }
 
 static const char *check_url(const char *v)
@@ -100,6 +140,8 @@ static const struct key keys[] = {
 	  "stderr | syslog | /absolute/path | auto (stderr for `run`, syslog for `start`).", check_log },
 	{ "daemon", "log_level", K_ENUM, OFF(log_level), "info", 0, 0, log_levels,
 	  "error | warning | info | debug.", NULL },
+	{ "daemon", "log_format", K_ENUM, OFF(log_format), "text", 0, 0, log_formats,
+	  "text | json (one JSON object per line, for log shippers; files and stderr, not syslog).", NULL },
 	{ "daemon", "umask", K_OCTAL, OFF(umask), "027", 01, 0777, NULL,
 	  "File creation mask of the daemon, octal, 001..777 (never 0).", NULL },
 	{ "daemon", "shutdown_timeout", K_INT, OFF(shutdown_timeout), "25", 1, 3600, NULL,
@@ -665,6 +707,19 @@ int config_validate(const struct feed_config *c, FILE *errs)
 	if (c->stall_timeout >= c->shutdown_timeout) {
 		fprintf(errs, "[database] stall_timeout (%d) must be below [daemon] shutdown_timeout (%d)\n",
 			c->stall_timeout, c->shutdown_timeout);
+		nerr++;
+	}
+	/* what `start` resolves before it can drop privileges: check finds it too */
+	errno = 0;
+	if (c->user[0] && !getpwnam(c->user)) {
+		fprintf(errs, "[daemon] user: no such user \"%s\"%s%s\n", c->user,
+			errno ? ": " : "", errno ? strerror(errno) : "");
+		nerr++;
+	}
+	errno = 0;
+	if (c->group[0] && !getgrnam(c->group)) {
+		fprintf(errs, "[daemon] group: no such group \"%s\"%s%s\n", c->group,
+			errno ? ": " : "", errno ? strerror(errno) : "");
 		nerr++;
 	}
 	if (!c->curve_server_cert[0] != !c->curve_clients[0]) {

@@ -21,6 +21,7 @@ struct feed_config {
 	char *group;
 	char *log;              /* "auto", "stderr", "syslog" or an absolute path */
 	int log_level;          /* enum log_level */
+	int log_format;         /* enum log_format */
 	int umask;
 	int shutdown_timeout;   /* seconds to finish in-flight work on stop */
 	/* [listen] */

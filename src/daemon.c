@@ -63,26 +63,44 @@ struct ctx {
 	uid_t uid;
 	gid_t gid;
 	bool drop;                 /* switch user after binding */
+	bool config_error;         /* the start-up failure is the configuration's: exit 6 */
 	time_t started;
 	char endpoints[1024];
 	char url[512];
 };
 
-/* Reports a start-up failure: logged, and sent to the waiting `start`. */
-static void __attribute__((format(printf, 2, 3))) fail(struct ctx *c, const char *fmt, ...)
+static void __attribute__((format(printf, 2, 0))) vfail(struct ctx *c, const char *fmt, va_list ap)
 {
 	char msg[1024];
-	va_list ap;
 
-	va_start(ap, fmt);
 	vsnprintf(msg, sizeof(msg), fmt, ap);
-	va_end(ap);
 	log_err("%s", msg);
 	if (c->notify_fd >= 0) {
-		dprintf(c->notify_fd, "ERROR %s\n", msg);
+		dprintf(c->notify_fd, "%s %s\n", c->config_error ? "CONFIG" : "ERROR", msg);
 		close(c->notify_fd);
 		c->notify_fd = -1;
 	}
+}
+
+/* Reports a start-up failure: logged, and sent to the waiting `start`. */
+static void __attribute__((format(printf, 2, 3))) fail(struct ctx *c, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	vfail(c, fmt, ap);
+	va_end(ap);
+}
+
+/* A start-up failure that a change of the configuration fixes (exit 6). */
+static void __attribute__((format(printf, 2, 3))) fail_config(struct ctx *c, const char *fmt, ...)
+{
+	va_list ap;
+
+	c->config_error = true;
+	va_start(ap, fmt);
+	vfail(c, fmt, ap);
+	va_end(ap);
 }
 
 /* ==== systemd notification (sd_notify(3) protocol: one datagram) ==== */
@@ -192,14 +210,14 @@ static void on_reload(void *arg)
 	if (c->cfgpath && mem && config_load(&fresh, c->cfgpath, mem) == 0) {
 		if (!c->keep_log_level)
 			log_set_level((enum log_level)fresh.log_level);
-		log_info("SIGHUP: log reopened, log_level = %d; other changes need a restart",
-			 (int)log_get_level());
+		log_info("SIGHUP: %s, log_level = %s; other changes need a restart",
+			 r < 0 ? "log NOT reopened" : "log reopened", log_level_name(log_get_level()));
 	} else if (c->cfgpath) {
 		if (mem)
 			fflush(mem);
 		log_err("SIGHUP: configuration not reloaded: %s", errs ? errs : "out of memory");
 	} else {
-		log_info("SIGHUP: log reopened");
+		log_info("SIGHUP: %s", r < 0 ? "log NOT reopened" : "log reopened");
 	}
 	if (mem)
 		fclose(mem);
@@ -210,30 +228,60 @@ static void on_reload(void *arg)
 
 /* ==== Privileges ==== */
 
+/*
+ * What keeps the current process from taking the configured identity, or
+ * NULL: `check` asks too, so that it finds what `start` would refuse.
+ */
+static const char *identity_problem(const struct feed_config *cfg, char *buf, size_t size)
+{
+	struct passwd *pw;
+
+	if (geteuid() != 0) {
+		pw = cfg->user[0] ? getpwnam(cfg->user) : NULL;
+		if (cfg->user[0] && (!pw || pw->pw_uid != geteuid())) {
+			snprintf(buf, size, "cannot switch to user \"%s\": not running as root (running as uid %d); start feed as root or remove [daemon] user",
+				 cfg->user, (int)geteuid());
+			return buf;
+		}
+		return NULL;
+	}
+	if (!cfg->user[0])
+		return "refusing to run as root: set [daemon] user in the configuration (e.g. user = feed) or pass --user NAME";
+	pw = getpwnam(cfg->user);
+	if (pw && pw->pw_uid == 0) {
+		snprintf(buf, size, "[daemon] user \"%s\" is root: choose an unprivileged user", cfg->user);
+		return buf;
+	}
+	return NULL;
+}
+
+int daemon_check_identity(const struct feed_config *cfg)
+{
+	char buf[512];
+	const char *why = identity_problem(cfg, buf, sizeof(buf));
+
+	if (why)
+		fprintf(stderr, "feed: %s\n", why);
+	return why ? EXIT_CONFIG : EXIT_OK;
+}
+
 static int resolve_user(struct ctx *c)
 {
 	const struct feed_config *cfg = c->cfg;
 	struct passwd *pw;
+	char buf[512];
+	const char *why = identity_problem(cfg, buf, sizeof(buf));
 
-	if (geteuid() != 0) {
-		if (!cfg->user[0])
-			return 0;
-		pw = getpwnam(cfg->user);
-		if (!pw || pw->pw_uid != geteuid()) {
-			fail(c, "cannot switch to user \"%s\": not running as root (running as uid %d); start feed as root or remove [daemon] user",
-			     cfg->user, (int)geteuid());
-			return -EPERM;
-		}
-		return 0;
-	}
-	if (!cfg->user[0]) {
-		fail(c, "refusing to run as root: set [daemon] user in the configuration (e.g. user = feed) or pass --user NAME");
+	if (why) {
+		fail_config(c, "%s", why);
 		return -EPERM;
 	}
+	if (geteuid() != 0)
+		return 0;
 	errno = 0;
 	pw = getpwnam(cfg->user);
 	if (!pw) {
-		fail(c, "[daemon] user: no such user \"%s\"%s%s", cfg->user, errno ? ": " : "", errno ? strerror(errno) : "");
+		fail_config(c, "[daemon] user: no such user \"%s\"%s%s", cfg->user, errno ? ": " : "", errno ? strerror(errno) : "");
 		return -ENOENT;
 	}
 	c->uid = pw->pw_uid;
@@ -241,14 +289,10 @@ static int resolve_user(struct ctx *c)
 	if (cfg->group[0]) {
 		struct group *gr = getgrnam(cfg->group);
 		if (!gr) {
-			fail(c, "[daemon] group: no such group \"%s\"", cfg->group);
+			fail_config(c, "[daemon] group: no such group \"%s\"", cfg->group);
 			return -ENOENT;
 		}
 		c->gid = gr->gr_gid;
-	}
-	if (c->uid == 0) {
-		fail(c, "[daemon] user \"%s\" is root: choose an unprivileged user", cfg->user);
-		return -EPERM;
 	}
 	/*
 	 * Libraries look in $HOME for the user's files: with TLS on, libpq
@@ -608,12 +652,18 @@ static int open_log(struct ctx *c, bool background)
 	bool created;
 	int dirfd = -1, fd = -1, r;
 
-	if (strcmp(dest, "auto") == 0)
+	bool detached_stderr = background && strcmp(dest, "stderr") == 0;
+
+	log_set_format((enum log_format)c->cfg->log_format);
+	if (strcmp(dest, "auto") == 0 || detached_stderr)
 		dest = background ? "syslog" : "stderr";
 	if (dest[0] != '/') {
 		r = log_open(dest, (enum log_level)c->cfg->log_level);
 		if (r < 0)
 			fail(c, "%s: cannot open %s: %s", what, dest, strerror(-r));
+		else if (detached_stderr)   /* stderr is /dev/null once detached: say where the lines go */
+			log_warn("%s = stderr, but `start` detaches from the terminal: logging to syslog instead (use `run` to log to stderr, or log = /path)",
+				 what);
 		return r;
 	}
 	/* a file: its owner must be the run-as user, so it can be reopened on SIGHUP */
@@ -752,7 +802,7 @@ static int serve(struct ctx *c, bool background)
 		goto out;
 	}
 	if (server_check_auth(srv, err, sizeof(err)) < 0) {
-		fail(c, "%s", err);
+		fail_config(c, "%s", err);   /* as `check` reports it */
 		goto out;
 	}
 	if (server_open_db(srv, &sp, err, sizeof(err)) < 0) {
@@ -763,6 +813,8 @@ static int serve(struct ctx *c, bool background)
 		goto out;
 
 	log_info("feed %s serving %s, database %s, pid %d", FEED_VERSION, c->endpoints, c->url, (int)getpid());
+	/* ps shows what runs and which configuration, not the command that started it */
+	setproctitle("serving %s (-c %s)", c->endpoints, c->cfgpath ? c->cfgpath : "-");
 	if (c->notify_fd >= 0) {
 		dprintf(c->notify_fd, "READY %d\n", (int)getpid());
 		close(c->notify_fd);
@@ -794,6 +846,8 @@ out:
 		close(c->pid_dirfd);
 	if (rc == EXIT_OK)
 		log_info("stopped");
+	if (c->config_error)
+		rc = EXIT_CONFIG;
 	free(c->pidfile_dir);
 	if (c->notify_fd >= 0)
 		close(c->notify_fd); /* EOF tells `start` that start-up failed */
@@ -849,6 +903,10 @@ static int wait_ready(int fd, pid_t child, int timeout_s)
 	if (strncmp(buf, "READY ", 6) == 0) {
 		printf("feed started (pid %s)\n", buf + 6);
 		return EXIT_OK;
+	}
+	if (strncmp(buf, "CONFIG ", 7) == 0) {
+		fprintf(stderr, "feed: %s\n", buf + 7);
+		return EXIT_CONFIG;
 	}
 	if (strncmp(buf, "ERROR ", 6) == 0)
 		fprintf(stderr, "feed: %s\n", buf + 6);
@@ -908,7 +966,10 @@ int daemon_serve(const struct feed_config *cfg, const char *cfgpath, bool keep_l
 	_exit(serve(&c, true));
 }
 
-/* ==== stop and status ==== */
+/* ==== stop, reload and status ==== */
+
+/* How long `reload` waits for the daemon to reopen its log file. */
+#define RELOAD_WAIT_MS 5000
 
 /*
  * Opens a file of feed's for reading, as `stop` and `status` do (maybe as
@@ -1023,40 +1084,56 @@ static int take_unanswered(const struct feed_config *cfg)
 	return n;
 }
 
-int daemon_stop(const struct feed_config *cfg, int timeout)
+/*
+ * Finds the running daemon through its pidfile and pins it: a pidfd of the
+ * process proven to hold the pidfile. Every signal sent through the pidfd
+ * goes to this very process, even if it exits and its pid is reused
+ * meanwhile. Returns 0 (pinned), 1 (not running; said so on stdout), or
+ * -errno (said why on stderr).
+ */
+static int pin_daemon(const struct feed_config *cfg, pid_t *ret_pid, int *ret_pidfd,
+		      struct stat *ret_st)
 {
-	struct stat st;
 	bool held;
 	pid_t pid;
-	int r = probe_pidfile(cfg->pidfile, &held, &pid, &st);
+	int r = probe_pidfile(cfg->pidfile, &held, &pid, ret_st);
 
 	if (r == -ENOENT) {
 		printf("feed is not running (no pidfile %s)\n", cfg->pidfile);
-		return EXIT_OK;
+		return 1;
 	}
 	if (r < 0) {
 		fprintf(stderr, "feed: cannot read pidfile %s: %s\n", cfg->pidfile, strerror(-r));
-		return EXIT_FAIL;
+		return r;
 	}
 	if (!held) {
 		printf("feed is not running (stale pidfile %s names pid %d, which was not signalled)\n",
 		       cfg->pidfile, (int)pid);
-		return EXIT_OK;
+		return 1;
 	}
-	/*
-	 * Pin the process first (pidfd), then prove it holds the pidfile: every
-	 * signal after that goes to this very process, even if it exits and its
-	 * pid is reused meanwhile.
-	 */
+	/* pin the process first, then prove it holds the pidfile */
 	int pfd = pid > 0 ? pidfd_open(pid, 0) : -1;
-	r = pfd >= 0 ? holds_file(pid, &st) : 0;
+	r = pfd >= 0 ? holds_file(pid, ret_st) : 0;
 	if (r <= 0) {
 		fprintf(stderr, "feed: pidfile %s is locked but pid %d %s; not signalling it\n", cfg->pidfile,
 			(int)pid, r == 0 ? "does not hold it" : "cannot be checked (permission?)");
 		if (pfd >= 0)
 			close(pfd);
-		return EXIT_FAIL;
+		return -ESRCH;
 	}
+	*ret_pid = pid;
+	*ret_pidfd = pfd;
+	return 0;
+}
+
+int daemon_stop(const struct feed_config *cfg, int timeout)
+{
+	struct stat st;
+	pid_t pid;
+	int pfd, r = pin_daemon(cfg, &pid, &pfd, &st);
+
+	if (r != 0)
+		return r > 0 ? EXIT_OK : EXIT_FAIL;
 	if (pidfd_send_signal(pfd, SIGTERM, NULL, 0) < 0) {
 		fprintf(stderr, "feed: cannot signal pid %d: %s\n", (int)pid, strerror(errno));
 		close(pfd);
@@ -1081,6 +1158,59 @@ int daemon_stop(const struct feed_config *cfg, int timeout)
 	close(pfd);
 	remove_stale_pidfile(cfg, pid);
 	return EXIT_FAIL;
+}
+
+/*
+ * Is the daemon writing to the file its log path names now? After a
+ * rotation that is the proof that it reopened the log. Returns 1, 0, or
+ * -errno.
+ */
+static int writes_log(const struct feed_config *cfg, pid_t pid)
+{
+	struct stat st;
+
+	if (lstat(cfg->log, &st) < 0)
+		return errno == ENOENT ? 0 : -errno;
+	return S_ISREG(st.st_mode) ? holds_file(pid, &st) : 0;
+}
+
+int daemon_reload(const struct feed_config *cfg)
+{
+	struct stat st;
+	pid_t pid;
+	int pfd, r = pin_daemon(cfg, &pid, &pfd, &st);
+
+	if (r != 0)
+		return EXIT_FAIL; /* not running is a failure here: nothing was reloaded */
+	if (pidfd_send_signal(pfd, SIGHUP, NULL, 0) < 0) {
+		fprintf(stderr, "feed: cannot signal pid %d: %s\n", (int)pid, strerror(errno));
+		close(pfd);
+		return EXIT_FAIL;
+	}
+	if (cfg->log[0] != '/') {
+		close(pfd);
+		printf("feed reloaded (pid %d)\n", (int)pid);
+		return EXIT_OK;
+	}
+	/* logrotate compresses the old file next: return only once nothing is written to it */
+	for (int ms = 0; ms < RELOAD_WAIT_MS; ms += 20) {
+		if (wait_exit(pfd, 20)) {
+			fprintf(stderr, "feed: pid %d exited after SIGHUP; see its log %s\n", (int)pid, cfg->log);
+			close(pfd);
+			return EXIT_FAIL;
+		}
+		r = writes_log(cfg, pid);
+		if (r != 0)
+			break;
+	}
+	close(pfd);
+	if (r <= 0) {
+		fprintf(stderr, "feed: pid %d did not reopen its log %s within %d s%s%s; it still writes to the old file\n",
+			(int)pid, cfg->log, RELOAD_WAIT_MS / 1000, r < 0 ? ": " : "", r < 0 ? strerror(-r) : "");
+		return EXIT_FAIL;
+	}
+	printf("feed reloaded (pid %d), log %s reopened\n", (int)pid, cfg->log);
+	return EXIT_OK;
 }
 
 static void print_uptime(long long secs)

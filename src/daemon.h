@@ -34,8 +34,19 @@ enum {
  */
 int daemon_serve(const struct feed_config *cfg, const char *cfgpath, bool keep_log_level,
 		 bool background);
+/*
+ * For `check`: can this process take [daemon] user the way `start` would?
+ * Prints why not. Returns EXIT_OK or EXIT_CONFIG.
+ */
+int daemon_check_identity(const struct feed_config *cfg);
 /* Stops the instance holding the pidfile lock; SIGKILL after timeout seconds. */
 int daemon_stop(const struct feed_config *cfg, int timeout);
+/*
+ * Sends SIGHUP to the instance holding the pidfile lock; with a log file,
+ * returns once the daemon writes to the file the log path names (after a
+ * rotation: the new one). Returns the exit code.
+ */
+int daemon_reload(const struct feed_config *cfg);
 /* Prints the state; returns an LSB status code. */
 int daemon_status(const struct feed_config *cfg);
 

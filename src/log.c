@@ -25,6 +25,7 @@ static int fd = STDERR_FILENO;
 static char path[4096];
 /* Relaxed is enough: a thread may log one more or one fewer line around a change. */
 static _Atomic(enum log_level) cur_level = LOG_LVL_INFO;
+static enum log_format format = LOG_FMT_TEXT;   /* set before any thread exists */
 
 static const char *const level_names[] = { "error", "warning", "info", "debug" };
 
@@ -108,6 +109,69 @@ void log_close(void)
 	pthread_mutex_unlock(&lock);
 }
 
+const char *log_level_name(enum log_level level)
+{
+	return (unsigned)level < sizeof(level_names) / sizeof(level_names[0]) ? level_names[level] : "?";
+}
+
+void log_set_format(enum log_format f)
+{
+	format = f;
+}
+
+/* Length of the valid UTF-8 sequence at s (at most n bytes), or 0 if invalid. */
+static size_t utf8_len(const unsigned char *s, size_t n)
+{
+	size_t len = s[0] < 0xC2 ? 0 : s[0] < 0xE0 ? 2 : s[0] < 0xF0 ? 3 : s[0] < 0xF5 ? 4 : 0;
+
+	if (len == 0 || len > n)
+		return 0;
+	for (size_t i = 1; i < len; i++)
+		if ((s[i] & 0xC0) != 0x80)
+			return 0;
+	/* overlong 3- and 4-byte forms, surrogates, past U+10FFFF */
+	if ((s[0] == 0xE0 && s[1] < 0xA0) || (s[0] == 0xED && s[1] >= 0xA0) ||
+	    (s[0] == 0xF0 && s[1] < 0x90) || (s[0] == 0xF4 && s[1] >= 0x90))
+		return 0;
+	return len;
+}
+
+/*
+ * Appends msg to out[*n..size) as the body of a JSON string: quotes,
+ * backslashes and control bytes escaped, invalid UTF-8 replaced by U+FFFD,
+ * so that a shipper always gets one valid object per line. Stops, whole
+ * characters only, before leaving fewer than `keep` bytes.
+ */
+static void json_escape(char *out, size_t *n, size_t size, size_t keep, const char *msg)
+{
+	const unsigned char *p = (const unsigned char *)msg;
+	size_t left = strlen(msg);
+
+	while (left) {
+		char esc[8];
+		const char *add = esc;
+		size_t len, used = 1;
+
+		if (*p == '"' || *p == '\\') {
+			esc[0] = '\\', esc[1] = (char)*p, len = 2;
+		} else if (*p < 0x20 || *p == 0x7F) {
+			len = (size_t)snprintf(esc, sizeof(esc), "\\u%04x", *p);
+		} else if (*p < 0x80) {
+			add = (const char *)p, len = 1;
+		} else if ((used = utf8_len(p, left)) > 0) {
+			add = (const char *)p, len = used;
+		} else {
+			add = "\xEF\xBF\xBD", len = 3, used = 1;
+		}
+		if (*n + len + keep > size)
+			break;
+		memcpy(out + *n, add, len);
+		*n += len;
+		p += used;
+		left -= used;
+	}
+}
+
 void log_set_level(enum log_level level)
 {
 	atomic_store_explicit(&cur_level, level, memory_order_relaxed);
@@ -134,16 +198,26 @@ void log_vmsg(enum log_level level, const char *fmt, va_list ap)
 	} else {
 		struct timespec ts;
 		struct tm tm;
+		char stamp[40], msg[1800];
 
 		clock_gettime(CLOCK_REALTIME, &ts);
 		gmtime_r(&ts.tv_sec, &tm);
-		n = strftime(line, sizeof(line), "%Y-%m-%dT%H:%M:%S", &tm);
-		n += (size_t)snprintf(line + n, sizeof(line) - n, ".%03ldZ feed[%d] %s: ",
-				      ts.tv_nsec / 1000000, (int)getpid(), level_names[level]);
-		int m = vsnprintf(line + n, sizeof(line) - n - 1, fmt, ap);
-		if (m < 0)
-			m = 0;
-		n += (size_t)m < sizeof(line) - n - 1 ? (size_t)m : sizeof(line) - n - 2;
+		n = strftime(stamp, sizeof(stamp), "%Y-%m-%dT%H:%M:%S", &tm);
+		snprintf(stamp + n, sizeof(stamp) - n, ".%03ldZ", ts.tv_nsec / 1000000);
+		vsnprintf(msg, sizeof(msg), fmt, ap);
+		if (format == LOG_FMT_JSON) {
+			n = (size_t)snprintf(line, sizeof(line),
+					     "{\"time\":\"%s\",\"level\":\"%s\",\"pid\":%d,\"msg\":\"",
+					     stamp, level_names[level], (int)getpid());
+			json_escape(line, &n, sizeof(line), 3, msg);
+			line[n++] = '"';
+			line[n++] = '}';
+		} else {
+			n = (size_t)snprintf(line, sizeof(line), "%s feed[%d] %s: %s", stamp, (int)getpid(),
+					     level_names[level], msg);
+			if (n > sizeof(line) - 2)
+				n = sizeof(line) - 2;
+		}
 		line[n++] = '\n';
 		ssize_t w = write(fd, line, n);
 		(void)w; /* nowhere left to report a failed log write */

@@ -11,6 +11,8 @@
 #include <stdarg.h>
 
 enum log_level { LOG_LVL_ERR = 0, LOG_LVL_WARN, LOG_LVL_INFO, LOG_LVL_DEBUG };
+/* Lines in files and on stderr: text, or one JSON object per line for log shippers. */
+enum log_format { LOG_FMT_TEXT = 0, LOG_FMT_JSON };
 
 /*
  * dest: "stderr", "syslog" or an absolute file path (a symlink there is not
@@ -25,6 +27,10 @@ int log_open_fd(int fd, const char *path, enum log_level level);
 /* Reopens a file destination (no-op otherwise), not following a symlink. Returns 0 or -errno. */
 int log_reopen(void);
 void log_set_level(enum log_level level);
+/* "error", "warning", "info", "debug". */
+const char *log_level_name(enum log_level level);
+/* Call before any thread logs (not synchronized). Syslog lines stay plain text. */
+void log_set_format(enum log_format f);
 enum log_level log_get_level(void);
 void log_close(void);
 

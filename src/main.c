@@ -16,6 +16,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <bsd/unistd.h>
+
 #include "auth.h"
 #include "client.h"
 #include "config.h"
@@ -42,6 +44,7 @@ static int cmd_start(struct opts *o, struct feed_config *cfg, int argc, char **a
 static int cmd_run(struct opts *o, struct feed_config *cfg, int argc, char **argv);
 static int cmd_stop(struct opts *o, struct feed_config *cfg, int argc, char **argv);
 static int cmd_restart(struct opts *o, struct feed_config *cfg, int argc, char **argv);
+static int cmd_reload(struct opts *o, struct feed_config *cfg, int argc, char **argv);
 static int cmd_status(struct opts *o, struct feed_config *cfg, int argc, char **argv);
 static int cmd_check(struct opts *o, struct feed_config *cfg, int argc, char **argv);
 static int cmd_migrate(struct opts *o, struct feed_config *cfg, int argc, char **argv);
@@ -56,10 +59,11 @@ static const struct command commands[] = {
 	{ "run", cmd_run, "", "Serve in the foreground, logging to stderr (systemd Type=notify, containers)." },
 	{ "stop", cmd_stop, "[--timeout SECONDS]", "Stop the running daemon gracefully: SIGTERM, wait (default shutdown_timeout + 5 s = 30 s), then SIGKILL." },
 	{ "restart", cmd_restart, "[--timeout SECONDS]", "stop, then start." },
+	{ "reload", cmd_reload, "", "Make the running daemon reopen its log and re-read log_level (SIGHUP); with a log file, returns once it writes to the new one (logrotate's postrotate)." },
 	{ "status", cmd_status, "", "Show whether feed runs (LSB exit codes: 0 running, 1 dead with pidfile, 3 stopped, 4 unknown)." },
 	{ "check", cmd_check, "", "Validate the configuration and open the database; print \"configuration OK\" or every error." },
 	{ "migrate", cmd_migrate, "", "Create or upgrade the database schema (also done at every start)." },
-	{ "send", cmd_send, "[-e ENDPOINT] [-w WINDOW] [-n PER_REQUEST] [-t TIMEOUT_MS] [-r RESENDS] [-q] [--server-key FILE --cert FILE] [FILE...]",
+	{ "send", cmd_send, "[-e ENDPOINT] [-w WINDOW] [-n RECORDS_PER_REQUEST] [-t TIMEOUT_MS] [-r MAX_RESENDS] [-q] [--server-key FILE --cert FILE] [FILE...]",
 	  "Send records (ticket,login,volume lines) from FILEs or stdin; exit 0 only if all got TRUE." },
 	{ "keygen", cmd_keygen, "NAME [-d DIR]",
 	  "Make a CURVE key pair: DIR/NAME.key (public, 0644) and DIR/NAME.key_secret (0600); DIR defaults to \".\"." },
@@ -111,12 +115,13 @@ static const struct option global_long[] = {
 	{ "log", required_argument, NULL, 'l' },
 	{ "user", required_argument, NULL, 'u' },
 	{ "verbose", no_argument, NULL, 'v' },
+	{ "version", no_argument, NULL, 'V' },
 	{ "timeout", required_argument, NULL, 'T' },
 	{ "help", no_argument, NULL, 'h' },
 	{ NULL, 0, NULL, 0 },
 };
 
-/* Returns 0, 1 for --help, or -EINVAL (message printed). */
+/* Returns 0, 1 for --help, 2 for --version, or -EINVAL (message printed). */
 static int parse_opt(struct opts *o, int c, const struct command *cmd)
 {
 	switch (c) {
@@ -128,6 +133,7 @@ static int parse_opt(struct opts *o, int c, const struct command *cmd)
 	case 'u': o->user = optarg; return 0;
 	case 'v': o->verbose++; return 0;
 	case 'h': return 1;
+	case 'V': return 2;
 	case 'T': {
 		char *end;
 		long t = strtol(optarg, &end, 10);
@@ -182,6 +188,8 @@ static int load_config(struct opts *o, struct feed_config *cfg)
 
 static int cmd_start(struct opts *o, struct feed_config *cfg, int argc, char **argv)
 {
+	if (strcmp(cfg->log, "stderr") == 0)
+		fprintf(stderr, "feed: warning: [daemon] log = stderr, but `start` detaches from the terminal: logging to syslog instead (use `run` to log to stderr, or log = /path)\n");
 	return daemon_serve(cfg, o->config, o->verbose > 0, true);
 }
 
@@ -208,6 +216,11 @@ static int cmd_restart(struct opts *o, struct feed_config *cfg, int argc, char *
 	if (r != EXIT_OK)
 		return r;
 	return daemon_serve(cfg, o->config, o->verbose > 0, true);
+}
+
+static int cmd_reload(struct opts *o, struct feed_config *cfg, int argc, char **argv)
+{
+	return daemon_reload(cfg);
 }
 
 static int cmd_status(struct opts *o, struct feed_config *cfg, int argc, char **argv)
@@ -273,7 +286,10 @@ static int check_curve(struct feed_config *cfg)
 
 static int cmd_check(struct opts *o, struct feed_config *cfg, int argc, char **argv)
 {
-	int r = check_curve(cfg);
+	int r = daemon_check_identity(cfg);
+
+	if (r == EXIT_OK)
+		r = check_curve(cfg);
 
 	if (r != EXIT_OK)
 		return r;
@@ -407,7 +423,10 @@ static int cmd_help(struct opts *o, struct feed_config *cfg, int argc, char **ar
 			usage(stderr);
 			return EXIT_USAGE;
 		}
-		command_usage(stdout, c);
+		if (c->fn == cmd_send)
+			client_usage(stdout);    /* the very text of `feed send --help` */
+		else
+			command_usage(stdout, c);
 		return EXIT_OK;
 	}
 	usage(stdout);
@@ -425,7 +444,11 @@ int main(int argc, char **argv)
 	struct opts o = { .config = CONFIG_DEFAULT_PATH };
 	struct feed_config cfg;
 	const struct command *cmd;
+	char abs_config[PATH_MAX];
 	int c, r;
+
+	/* before anything points into argv: the daemon's title overwrites it (environ is moved) */
+	setproctitle_init(argc, argv, environ);
 
 	/* global options, up to the command */
 	while ((c = getopt_long(argc, argv, "+c:e:d:p:l:u:vh", global_long, NULL)) != -1) {
@@ -434,6 +457,8 @@ int main(int argc, char **argv)
 			usage(stdout);
 			return EXIT_OK;
 		}
+		if (r == 2)
+			return cmd_version(&o, NULL, 0, NULL);
 		if (r < 0) {
 			usage(stderr);
 			return EXIT_USAGE;
@@ -463,6 +488,8 @@ int main(int argc, char **argv)
 	/* command options: the global ones are accepted here too */
 	while ((c = getopt_long(argc, argv, "c:e:d:p:l:u:vh", global_long, NULL)) != -1) {
 		r = parse_opt(&o, c, cmd);
+		if (r == 2)
+			return cmd_version(&o, NULL, 0, NULL);
 		if (r == 1) {
 			command_usage(stdout, cmd);
 			return EXIT_OK;
@@ -482,10 +509,10 @@ int main(int argc, char **argv)
 	if (cmd->fn == cmd_help)
 		return cmd_help(&o, NULL, argc - optind + 1, argv + optind - 1);
 
-	/* the daemon re-reads the file on SIGHUP from / */
-	char abs_config[PATH_MAX];
-	if (o.config[0] != '/' && realpath(o.config, abs_config))
-		o.config = abs_config;
+	/* the daemon re-reads the file on SIGHUP from /, after its title has overwritten argv */
+	if (o.config[0] == '/' || !realpath(o.config, abs_config))
+		snprintf(abs_config, sizeof(abs_config), "%s", o.config);
+	o.config = abs_config;
 	config_defaults(&cfg);
 	if (needs_config(cmd)) {
 		r = load_config(&o, &cfg);

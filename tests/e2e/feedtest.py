@@ -219,7 +219,8 @@ def _zombie(pid):
 
 
 def feed_procs(conf):
-    """Pids of live (non-zombie) processes whose command line names conf."""
+    """Pids of live (non-zombie) processes whose command line names conf (a serving daemon's
+    title, "feed: serving ENDPOINTS (-c CONF)", is one string)."""
     pids = []
     for d in os.listdir("/proc"):
         if not d.isdigit():
@@ -229,7 +230,8 @@ def feed_procs(conf):
                 args = f.read().split(b"\0")
         except OSError:
             continue
-        if conf.encode() in args and not _zombie(int(d)):
+        title = b"(-c " + conf.encode() + b")"
+        if (conf.encode() in args or args[0].endswith(title)) and not _zombie(int(d)):
             pids.append(int(d))
     return pids
 

@@ -13,7 +13,7 @@ import sys
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from feedtest import FEED, FeedTestCase, feed_procs, wait_until  # noqa: E402
+from feedtest import FEED, IS_ROOT, RUN_USER, FeedTestCase, feed_procs, wait_until  # noqa: E402
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 EXIT_USAGE = 2
@@ -533,7 +533,9 @@ class ConfigTest(FeedTestCase):
         r = feed_cmd("example-config")
         text = re.sub(r"(?m)^;(\w+ = )", r"\1", r.stdout)
         self.f.write_conf(text)
-        r = feed_cmd("-c", self.f.conf, "-d", self.f.url, "-p", self.f.pidfile, "check")
+        # as root, check (like start) wants a user to run as: the default has none
+        user = ["-u", RUN_USER] if IS_ROOT else []
+        r = feed_cmd("-c", self.f.conf, "-d", self.f.url, "-p", self.f.pidfile, *user, "check")
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertIn("configuration OK", r.stdout)
 

@@ -472,13 +472,13 @@ class DaemonTest(FeedTestCase):
         f = self.feed(user=False)
         self.assertNotIn("user", f.sections["daemon"])
         r = f.cmd("start", timeout=20)
-        self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
+        self.assertEqual(r.returncode, 6, r.stdout + r.stderr)   # a configuration error
         self.assertIn("[daemon] user", r.stderr)
         self.assertIn("root", r.stderr)
         self.assert_no_daemon(f, "root without user")
         r = subprocess.run([FEED, "-c", f.conf, "run"], capture_output=True, text=True, timeout=20,
                            stdin=subprocess.DEVNULL)
-        self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
+        self.assertEqual(r.returncode, 6, r.stdout + r.stderr)
         self.assertIn("[daemon] user", f.log() + r.stderr)
         self.assert_no_daemon(f, "run as root without user")
 
