@@ -178,6 +178,18 @@ static void watchdog_ping(struct ctx *c, const struct server_status *st)
 	}
 }
 
+/*
+ * key=value on one line: a database's error text may hold line breaks
+ * (PostgreSQL's do), which would end the value and start a key of its own.
+ */
+static void put_line(FILE *f, const char *key, const char *v)
+{
+	fprintf(f, "%s=", key);
+	for (; *v; v++)
+		fputc((unsigned char)*v < 0x20 ? ' ' : *v, f);
+	fputc('\n', f);
+}
+
 static void write_status(struct ctx *c, const struct server_status *st)
 {
 	char tmp[NAME_MAX + 8];
@@ -192,10 +204,12 @@ static void write_status(struct ctx *c, const struct server_status *st)
 			close(fd);
 		return;
 	}
-	fprintf(f, "pid=%d\nstarted=%lld\nendpoint=%s\ndatabase=%s\nstate=%s\n", (int)getpid(),
-		(long long)c->started, c->endpoints, c->url, st->line);
-	fprintf(f, "written=%lld\ndb_up=%d\ndb_since=%lld\ndb_error=%s\n", (long long)time(NULL),
-		st->db_up, (long long)st->db_since, st->db_up ? "" : st->db_error);
+	fprintf(f, "pid=%d\nstarted=%lld\nendpoint=%s\ndatabase=%s\n", (int)getpid(),
+		(long long)c->started, c->endpoints, c->url);
+	put_line(f, "state", st->line);
+	fprintf(f, "written=%lld\ndb_up=%d\ndb_since=%lld\n", (long long)time(NULL), st->db_up,
+		(long long)st->db_since);
+	put_line(f, "db_error", st->db_up ? "" : st->db_error);
 	fprintf(f, "committed=%llu\nduplicate=%llu\nrejected=%llu\ncommitted_rate=%.1f\nrejected_rate=%.2f\n",
 		(unsigned long long)st->committed, (unsigned long long)st->duplicate,
 		(unsigned long long)st->rejected, st->committed_rate, st->rejected_rate);

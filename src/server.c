@@ -427,6 +427,9 @@ static bool health(void *arg, char *why, size_t size)
 			strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%SZ", &tm);
 		snprintf(why, size, "database down since %s (%lld s): %s", when,
 			 (long long)(time(NULL) - ps.db_since), ps.db_error);
+		for (char *p = why; *p; p++)   /* one line, whatever the database said */
+			if ((unsigned char)*p < 0x20)
+				*p = ' ';
 		return false;
 	}
 	return true;
