@@ -199,7 +199,7 @@ const char *metrics_parse_listen(const char *v, struct sockaddr_storage *ret, so
 struct metrics_http {
 	struct MHD_Daemon *d;
 	struct metrics_handlers h;
-	int fd;
+	int fd;                     /* ours until MHD_start_daemon succeeds, then MHD's */
 };
 
 static enum MHD_Result reply(struct MHD_Connection *conn, unsigned status, const char *type,
@@ -309,8 +309,7 @@ void metrics_http_stop(struct metrics_http **pp)
 
 	if (!m)
 		return;
-	MHD_stop_daemon(m->d); /* joins its thread; the listening socket stays ours */
-	close(m->fd);
+	MHD_stop_daemon(m->d); /* joins its thread and closes the listening socket */
 	free(m);
 	*pp = NULL;
 }
