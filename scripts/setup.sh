@@ -3,16 +3,17 @@
 #
 #   scripts/setup.sh          build and run dependencies
 #   scripts/setup.sh --test   also what the test suite needs (database servers, cmocka,
-#                             pyzmq, clang for the fuzzer and the sanitizers)
+#                             pyzmq, clang for the fuzzer and the sanitizers,
+#                             prometheus and promtool for the metrics tests)
 #
 # Only missing packages are installed; nothing happens when all are present.
 set -euo pipefail
 
 build_pkgs="build-essential cmake pkg-config libzmq3-dev libsqlite3-dev libpq-dev
-	libmariadb-dev libinih-dev libbsd-dev libcmocka-dev"
+	libmariadb-dev libinih-dev libbsd-dev libcmocka-dev libmicrohttpd-dev"
 test_pkgs="sqlite3 python3 python3-zmq postgresql mariadb-server mariadb-client openssl
 	clang libclang-rt-14-dev
-	logrotate systemd"
+	logrotate systemd prometheus"
 
 pkgs=$build_pkgs
 [ "${1:-}" = "--test" ] && pkgs="$pkgs $test_pkgs"

@@ -32,6 +32,7 @@
 #include "auth.h"
 #include "decimal.h"
 #include "log.h"
+#include "metrics.h"
 #include "store.h"
 
 enum key_type { K_STR, K_INT, K_ENUM, K_RATE, K_OCTAL };
@@ -127,6 +128,14 @@ static const char *check_url(const char *v)
 	       "unsupported scheme (accepted: sqlite:///abs/path, postgresql://..., postgres://..., mysql://..., mariadb://...)";
 }
 
+static const char *check_metrics_listen(const char *v)
+{
+	struct sockaddr_storage sa;
+	socklen_t len;
+
+	return v[0] ? metrics_parse_listen(v, &sa, &len) : NULL;
+}
+
 /* The table. Order is the order of `feed example-config` and the docs. */
 static const struct key keys[] = {
 	{ "daemon", "pidfile", K_STR, OFF(pidfile), "/run/feed/feed.pid", 0, 0, NULL,
@@ -193,6 +202,12 @@ static const struct key keys[] = {
 	  "Milliseconds between settle passes when nothing new arrives.", NULL },
 	{ "fee", "settle_batch", K_INT, OFF(settle_batch), "1000", 1, 1000000, NULL,
 	  "Rows settled per transaction.", NULL },
+
+	{ "metrics", "listen", K_STR, OFF(metrics_listen), "", 0, 0, NULL,
+	  "HOST:PORT (numeric: 127.0.0.1:9187, [::1]:9187) serving GET /metrics (Prometheus) and /healthz; empty = off.",
+	  check_metrics_listen },
+	{ "metrics", "summary_interval", K_INT, OFF(summary_interval), "60", 0, 86400, NULL,
+	  "Seconds between the one-line summaries logged at info level (rates, queue, backlog); 0 = none.", NULL },
 
 	{ "send", "server_key", K_STR, OFF(send_server_key), "", 0, 0, NULL,
 	  "`feed send`: the server's public certificate (NAME.key); set: speak CURVE (also --server-key).",

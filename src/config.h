@@ -47,6 +47,9 @@ struct feed_config {
 	int64_t default_rate;   /* DEC_SCALE units */
 	int settle_interval;    /* milliseconds between settle passes when idle */
 	int settle_batch;       /* rows per settle transaction */
+	/* [metrics] */
+	char *metrics_listen;   /* HOST:PORT for /metrics and /healthz; "" = off */
+	int summary_interval;   /* seconds between summary log lines; 0 = none */
 	/* [send] */
 	char *send_server_key;  /* `feed send`: the server's public certificate */
 	char *send_cert;        /* `feed send`: the client's secret certificate */

@@ -45,6 +45,7 @@
 
 #include "log.h"
 #include "server.h"
+#include "timeutil.h"
 #include "store.h"
 
 /* ==== Start-up context ==== */
@@ -67,6 +68,9 @@ struct ctx {
 	time_t started;
 	char endpoints[1024];
 	char url[512];
+	uint64_t watchdog_ms;      /* systemd WatchdogSec= (WATCHDOG_USEC), 0 = none */
+	uint64_t watchdog_last;    /* mono ms of the last WATCHDOG=1 */
+	bool watchdog_held;        /* pings withheld: a database call is stuck */
 };
 
 static void __attribute__((format(printf, 2, 0))) vfail(struct ctx *c, const char *fmt, va_list ap)
@@ -139,7 +143,72 @@ static void status_path_for(const struct feed_config *cfg, char *buf, size_t siz
 		snprintf(buf, size, "%s.status", cfg->pidfile);
 }
 
-static void write_status(struct ctx *c, const char *state)
+/*
+ * sd_watchdog_enabled(3): WATCHDOG_USEC, for this very process when
+ * WATCHDOG_PID is set (a `start`ed daemon is not the process systemd ran).
+ */
+static uint64_t watchdog_ms_from_env(void)
+{
+	const char *usec = getenv("WATCHDOG_USEC"), *pid = getenv("WATCHDOG_PID");
+	char *end;
+	unsigned long long v;
+
+	if (!usec || !usec[0])
+		return 0;
+	if (pid && pid[0] && strtol(pid, NULL, 10) != (long)getpid())
+		return 0;
+	errno = 0;
+	v = strtoull(usec, &end, 10);
+	if (errno || *end || v < 1000) {
+		log_warn("WATCHDOG_USEC=\"%.32s\" is not a number of microseconds: the systemd watchdog is not served", usec);
+		return 0;
+	}
+	return v / 1000u;
+}
+
+/*
+ * WATCHDOG=1 while the pipeline makes progress or is idle: called every
+ * second by the main loop (a stuck loop pings no more), withheld while a
+ * database call has run for the whole watchdog interval, so that systemd
+ * restarts a feed whose writer is stuck. A call that [database]
+ * stall_timeout cancels first ends the silence.
+ */
+static void watchdog_ping(struct ctx *c, const struct server_status *st)
+{
+	uint64_t now = mono_ms();
+
+	if (!c->watchdog_ms)
+		return;
+	if (st->busy_ms >= c->watchdog_ms) {
+		if (!c->watchdog_held)
+			log_err("a database call has not returned for %llu s (WatchdogSec is %llu s): no longer telling systemd that feed is alive",
+				(unsigned long long)(st->busy_ms / 1000), (unsigned long long)(c->watchdog_ms / 1000));
+		c->watchdog_held = true;
+		return;
+	}
+	if (c->watchdog_held)
+		log_info("the stuck database call returned: telling systemd that feed is alive again");
+	c->watchdog_held = false;
+	/* a quarter of the interval: the loop reports once a second, not on the dot */
+	if (now - c->watchdog_last >= c->watchdog_ms / 4) {
+		sd_notify_msg("WATCHDOG=1");
+		c->watchdog_last = now;
+	}
+}
+
+/*
+ * key=value on one line: a database's error text may hold line breaks
+ * (PostgreSQL's do), which would end the value and start a key of its own.
+ */
+static void put_line(FILE *f, const char *key, const char *v)
+{
+	fprintf(f, "%s=", key);
+	for (; *v; v++)
+		fputc((unsigned char)*v < 0x20 ? ' ' : *v, f);
+	fputc('\n', f);
+}
+
+static void write_status(struct ctx *c, const struct server_status *st)
 {
 	char tmp[NAME_MAX + 8];
 	FILE *f = NULL;
@@ -153,8 +222,18 @@ static void write_status(struct ctx *c, const char *state)
 			close(fd);
 		return;
 	}
-	fprintf(f, "pid=%d\nstarted=%lld\nendpoint=%s\ndatabase=%s\nstate=%s\n", (int)getpid(),
-		(long long)c->started, c->endpoints, c->url, state);
+	fprintf(f, "pid=%d\nstarted=%lld\nendpoint=%s\ndatabase=%s\n", (int)getpid(),
+		(long long)c->started, c->endpoints, c->url);
+	put_line(f, "state", st->line);
+	fprintf(f, "written=%lld\ndb_up=%d\ndb_since=%lld\n", (long long)time(NULL), st->db_up,
+		(long long)st->db_since);
+	put_line(f, "db_error", st->db_up ? "" : st->db_error);
+	fprintf(f, "committed=%llu\nduplicate=%llu\nrejected=%llu\ncommitted_rate=%.1f\nrejected_rate=%.2f\n",
+		(unsigned long long)st->committed, (unsigned long long)st->duplicate,
+		(unsigned long long)st->rejected, st->committed_rate, st->rejected_rate);
+	fprintf(f, "queue_records=%llu\nqueue_bytes=%llu\nunsettled=%llu\ncommit_ms=%.2f\nbusy_ms=%llu\n",
+		(unsigned long long)st->queue_records, (unsigned long long)st->queue_bytes,
+		(unsigned long long)st->unsettled, st->commit_ms, (unsigned long long)st->busy_ms);
 	if (fclose(f) != 0 || renameat(c->pid_dirfd, tmp, c->pid_dirfd, c->status_name) != 0)
 		log_debug("status file %s: %s", c->status_path, strerror(errno));
 }
@@ -181,14 +260,15 @@ static int write_unanswered(struct ctx *c, int n)
 	return r;
 }
 
-static void on_state(void *arg, const char *line, bool db_up)
+static void on_state(void *arg, const struct server_status *st)
 {
 	struct ctx *c = arg;
-	char msg[1100];
+	char msg[1300];
 
-	write_status(c, line);
-	snprintf(msg, sizeof(msg), "STATUS=%s", line);
+	write_status(c, st);
+	snprintf(msg, sizeof(msg), "STATUS=%s", st->line);
 	sd_notify_msg(msg);
+	watchdog_ping(c, st);
 }
 
 static void on_reload(void *arg)
@@ -745,6 +825,7 @@ static int serve(struct ctx *c, bool background)
 	size_t errs_len = 0;
 
 	c->started = time(NULL);
+	c->watchdog_ms = watchdog_ms_from_env();
 	umask((mode_t)cfg->umask);
 	/*
 	 * Requests are allocated and freed at a high rate: keep the heap's top
@@ -807,6 +888,10 @@ static int serve(struct ctx *c, bool background)
 	}
 	if (server_open_db(srv, &sp, err, sizeof(err)) < 0) {
 		fail(c, "database %s: %s", c->url, err);
+		goto out;
+	}
+	if (server_start_metrics(srv, err, sizeof(err)) < 0) {
+		fail(c, "%s", err);
 		goto out;
 	}
 	if (write_pidfile(c) < 0)
@@ -1213,12 +1298,116 @@ int daemon_reload(const struct feed_config *cfg)
 	return EXIT_OK;
 }
 
-static void print_uptime(long long secs)
+/* "3d 04:05:06" or "04:05:06" */
+static void format_duration(long long secs, char *buf, size_t size)
 {
-	printf("  uptime:   ");
+	if (secs < 0)
+		secs = 0;
 	if (secs >= 86400)
-		printf("%lldd ", secs / 86400);
-	printf("%02lld:%02lld:%02lld\n", secs % 86400 / 3600, secs % 3600 / 60, secs % 60);
+		snprintf(buf, size, "%lldd %02lld:%02lld:%02lld", secs / 86400, secs % 86400 / 3600,
+			 secs % 3600 / 60, secs % 60);
+	else
+		snprintf(buf, size, "%02lld:%02lld:%02lld", secs / 3600, secs % 3600 / 60, secs % 60);
+}
+
+static void format_time(long long t, char *buf, size_t size)
+{
+	time_t tt = (time_t)t;
+	struct tm tm;
+
+	if (!localtime_r(&tt, &tm) || !strftime(buf, size, "%Y-%m-%d %H:%M:%S %Z", &tm))
+		snprintf(buf, size, "%lld", t);
+}
+
+/* The status file's key=value lines, as written by write_status(). */
+struct status_file {
+	long long started, written, db_since;
+	int db_up;                    /* -1: not in the file (an older feed) */
+	char endpoint[1024], database[512], state[1300], db_error[512];
+	unsigned long long committed, duplicate, rejected, queue_records, queue_bytes, unsettled, busy_ms;
+	double committed_rate, rejected_rate, commit_ms;
+};
+
+static void parse_status_line(struct status_file *sf, const char *line)
+{
+	const char *eq = strchr(line, '=');
+	const char *v = eq ? eq + 1 : "";
+	size_t k = eq ? (size_t)(eq - line) : 0;
+
+#define KEY(name) (k == sizeof(name) - 1 && strncmp(line, name, k) == 0)
+	if (KEY("started"))
+		sf->started = strtoll(v, NULL, 10);
+	else if (KEY("written"))
+		sf->written = strtoll(v, NULL, 10);
+	else if (KEY("endpoint"))
+		snprintf(sf->endpoint, sizeof(sf->endpoint), "%s", v);
+	else if (KEY("database"))
+		snprintf(sf->database, sizeof(sf->database), "%s", v);
+	else if (KEY("state"))
+		snprintf(sf->state, sizeof(sf->state), "%s", v);
+	else if (KEY("db_up"))
+		sf->db_up = atoi(v);
+	else if (KEY("db_since"))
+		sf->db_since = strtoll(v, NULL, 10);
+	else if (KEY("db_error"))
+		snprintf(sf->db_error, sizeof(sf->db_error), "%s", v);
+	else if (KEY("committed"))
+		sf->committed = strtoull(v, NULL, 10);
+	else if (KEY("duplicate"))
+		sf->duplicate = strtoull(v, NULL, 10);
+	else if (KEY("rejected"))
+		sf->rejected = strtoull(v, NULL, 10);
+	else if (KEY("committed_rate"))
+		sf->committed_rate = strtod(v, NULL);
+	else if (KEY("rejected_rate"))
+		sf->rejected_rate = strtod(v, NULL);
+	else if (KEY("queue_records"))
+		sf->queue_records = strtoull(v, NULL, 10);
+	else if (KEY("queue_bytes"))
+		sf->queue_bytes = strtoull(v, NULL, 10);
+	else if (KEY("unsettled"))
+		sf->unsettled = strtoull(v, NULL, 10);
+	else if (KEY("commit_ms"))
+		sf->commit_ms = strtod(v, NULL);
+	else if (KEY("busy_ms"))
+		sf->busy_ms = strtoull(v, NULL, 10);
+#undef KEY
+}
+
+static void print_status(const struct status_file *sf)
+{
+	long long now = (long long)time(NULL);
+	char dur[48], when[64];
+
+	format_duration(now - sf->started, dur, sizeof(dur));
+	printf("  uptime:    %s\n", dur);
+	printf("  endpoint:  %s\n", sf->endpoint);
+	if (sf->db_up < 0) {
+		printf("  database:  %s\n", sf->database);
+	} else {
+		format_time(sf->db_since, when, sizeof(when));
+		format_duration(now - sf->db_since, dur, sizeof(dur));
+		if (sf->db_up)
+			printf("  database:  %s up (since %s, %s)\n", sf->database, when, dur);
+		else
+			printf("  database:  %s DOWN since %s (for %s): %s\n", sf->database, when, dur,
+			       sf->db_error);
+		printf("  committed: %llu records (%.1f/s over the last minute), %llu duplicates accepted\n",
+		       sf->committed, sf->committed_rate, sf->duplicate);
+		printf("  rejected:  %llu requests (%.2f/s over the last minute)\n", sf->rejected, sf->rejected_rate);
+		printf("  queue:     %llu records, %llu bytes in flight\n", sf->queue_records, sf->queue_bytes);
+		printf("  unsettled: %llu records\n", sf->unsettled);
+		if (sf->commit_ms >= 0)
+			printf("  commit:    %.1f ms on average over the last minute\n", sf->commit_ms);
+		else
+			printf("  commit:    none in the last minute\n");
+		if (sf->busy_ms >= 1000)
+			printf("  stuck:     a database call has been running for %llu s\n", sf->busy_ms / 1000);
+		if (sf->written && now - sf->written > 5)
+			printf("  warning:   this was written %lld s ago: the daemon's main loop may be stuck\n",
+			       now - sf->written);
+	}
+	printf("  state:     %s\n", sf->state);
 }
 
 int daemon_status(const struct feed_config *cfg)
@@ -1251,16 +1440,16 @@ int daemon_status(const struct feed_config *cfg)
 			close(r);
 		return STATUS_RUNNING;
 	}
-	while (fgets(line, sizeof(line), f)) {
-		line[strcspn(line, "\n")] = '\0';
-		if (strncmp(line, "started=", 8) == 0)
-			print_uptime((long long)(time(NULL) - strtoll(line + 8, NULL, 10)));
-		else if (strncmp(line, "endpoint=", 9) == 0)
-			printf("  endpoint: %s\n", line + 9);
-		else if (strncmp(line, "database=", 9) == 0)
-			printf("  database: %s\n", line + 9);
-		else if (strncmp(line, "state=", 6) == 0)
-			printf("  state:    %s\n", line + 6);
+	struct status_file *sf = calloc(1, sizeof(*sf));
+	if (sf) {
+		sf->db_up = -1;
+		sf->commit_ms = -1;
+		while (fgets(line, sizeof(line), f)) {
+			line[strcspn(line, "\n")] = '\0';
+			parse_status_line(sf, line);
+		}
+		print_status(sf);
+		free(sf);
 	}
 	fclose(f);
 	return STATUS_RUNNING;

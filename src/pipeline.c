@@ -50,6 +50,12 @@ struct writer {
 	pthread_mutex_t call_mu;
 	uint64_t call_since;        /* mono ms the database call in progress began; 0: none */
 	uint64_t stalled_ms;        /* set by the watchdog when it cancelled that call */
+	/* counters this writer alone adds to (metrics.h), per batch, not per record */
+	struct {
+		_Atomic uint64_t requests_true, requests_false, committed, duplicate;
+		_Atomic uint64_t rejected[REJECT_NREASONS];
+		struct metric_hist commit_us, batch_records;
+	} m;
 };
 
 struct pipeline {
@@ -107,6 +113,7 @@ static void db_down(struct pipeline *p, struct writer *w, int r)
 	if (p->st.db_up) {
 		p->st.db_up = false;
 		p->st.db_since = time(NULL);
+		p->st.outages++;
 		log_err("database unavailable: %s; records are kept and retried, senders wait", p->st.db_error);
 	}
 	pthread_mutex_unlock(&p->mu);
@@ -189,6 +196,7 @@ static void stall(struct pipeline *p, struct writer *w, uint64_t ms)
 	if (p->st.db_up) {
 		p->st.db_up = false;
 		p->st.db_since = time(NULL);
+		p->st.outages++;
 		log_err("database unavailable: %s (writer %d); the call is cancelled and retried, records are kept, senders wait",
 			p->st.db_error, w->idx);
 	} else {
@@ -226,6 +234,20 @@ static void *watchdog_main(void *arg)
 	return NULL;
 }
 
+/* Which of the fixed reasons (metrics.h) a rejected request counts under. */
+static enum reject_reason reject_reason(const struct store_req *r)
+{
+	if (r->bad_input) {
+		if (strncmp(r->reason, "malformed", 9) == 0)
+			return REJECT_MALFORMED;
+		if (strncmp(r->reason, "request too large", 17) == 0 ||
+		    strncmp(r->reason, "too many records", 16) == 0)
+			return REJECT_TOO_LARGE;
+		return REJECT_PARSE;
+	}
+	return r->refused ? REJECT_REFUSED : REJECT_CONFLICT;
+}
+
 /* Commits one batch, retrying until it is committed or the pipeline is abandoned. */
 static int commit_batch(struct writer *w, size_t n)
 {
@@ -235,9 +257,11 @@ static int commit_batch(struct writer *w, size_t n)
 	bool fresh = false;           /* reconnected once already in this call */
 
 	for (;;) {
+		uint64_t t0 = mono_us();
 		int r = watched_write(w, n);
 
 		if (r == 0) {
+			metric_observe(&w->m.commit_us, &hist_duration_us, mono_us() - t0);
 			db_up(p);
 			return 0;
 		}
@@ -341,15 +365,17 @@ static void *writer_main(void *arg)
 			continue; /* abandoned: the loop ends at the next check */
 		}
 
-		uint64_t committed = 0, acc = 0, rej = 0;
+		uint64_t committed = 0, acc = 0, rej = 0, dup = 0;
 		pthread_mutex_lock(&p->done_mu);
 		for (size_t i = 0; i < n; i++) {
 			struct request *r = w->held[i];
 			if (r->sr.rejected) {
 				rej++;
+				metric_add(&w->m.rejected[reject_reason(&r->sr)], 1);
 			} else {
 				acc++;
 				committed += r->sr.n;
+				dup += r->sr.dup;
 			}
 			*p->dtail = r;
 			p->dtail = &r->next;
@@ -358,6 +384,12 @@ static void *writer_main(void *arg)
 		uint64_t one = 1;
 		ssize_t wr = write(p->efd, &one, sizeof(one));
 		(void)wr; /* eventfd counter cannot overflow at this rate */
+
+		metric_add(&w->m.requests_true, acc);
+		metric_add(&w->m.requests_false, rej);
+		metric_add(&w->m.committed, committed - dup);
+		metric_add(&w->m.duplicate, dup);
+		metric_observe(&w->m.batch_records, &hist_batch_records, records);
 
 		pthread_mutex_lock(&p->mu);
 		p->st.committed_records += committed;
@@ -531,12 +563,44 @@ void pipeline_on_commit(struct pipeline *p, void (*fn)(void *), void *arg)
 
 int pipeline_fd(const struct pipeline *p) { return p->efd; }
 size_t pipeline_inflight(const struct pipeline *p) { return p->inflight; }
+size_t pipeline_inflight_records(const struct pipeline *p) { return p->inflight_records; }
+size_t pipeline_inflight_bytes(const struct pipeline *p) { return p->inflight_bytes; }
 
 void pipeline_stats(struct pipeline *p, struct pipeline_stats *ret)
 {
 	pthread_mutex_lock(&p->mu);
 	*ret = p->st;
 	pthread_mutex_unlock(&p->mu);
+}
+
+void pipeline_counters(const struct pipeline *p, struct pipeline_counters *ret)
+{
+	memset(ret, 0, sizeof(*ret));
+	for (int i = 0; i < p->nw; i++) {
+		const struct writer *w = &p->w[i];
+		ret->requests_true += metric_get(&w->m.requests_true);
+		ret->requests_false += metric_get(&w->m.requests_false);
+		ret->committed_records += metric_get(&w->m.committed);
+		ret->duplicate_records += metric_get(&w->m.duplicate);
+		for (int k = 0; k < REJECT_NREASONS; k++)
+			ret->rejected[k] += metric_get(&w->m.rejected[k]);
+		hist_snap_add(&ret->commit_us, &w->m.commit_us);
+		hist_snap_add(&ret->batch_records, &w->m.batch_records);
+	}
+}
+
+uint64_t pipeline_busy_ms(struct pipeline *p)
+{
+	uint64_t now = mono_ms(), oldest = 0;
+
+	for (int i = 0; i < p->nw; i++) {
+		struct writer *w = &p->w[i];
+		pthread_mutex_lock(&w->call_mu);
+		if (w->call_since && now - w->call_since > oldest)
+			oldest = now - w->call_since;
+		pthread_mutex_unlock(&w->call_mu);
+	}
+	return oldest;
 }
 
 /*

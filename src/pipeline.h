@@ -15,6 +15,7 @@
 #include <stdint.h>
 
 #include "config.h"
+#include "metrics.h"
 #include "request.h"
 #include "store.h"
 
@@ -27,6 +28,17 @@ struct pipeline_stats {
 	bool db_up;
 	char db_error[256];           /* last database error while down */
 	int64_t db_since;             /* unix time of the last up/down change */
+	uint64_t outages;             /* up -> down changes since start */
+};
+
+/* The writers' counters, summed (any thread; each value whole, maybe a moment old). */
+struct pipeline_counters {
+	uint64_t requests_true, requests_false;
+	uint64_t committed_records;   /* inserted (new) records */
+	uint64_t duplicate_records;   /* accepted re-sends of records already stored */
+	uint64_t rejected[REJECT_NREASONS];
+	struct hist_snap commit_us;   /* duration of each committing store_write() */
+	struct hist_snap batch_records;
 };
 
 /*
@@ -55,7 +67,17 @@ void pipeline_on_commit(struct pipeline *p, void (*fn)(void *), void *arg);
 /* A descriptor that becomes readable when pipeline_take_done() has work. */
 int pipeline_fd(const struct pipeline *p);
 size_t pipeline_inflight(const struct pipeline *p);
+/* Main thread: records and bytes in flight (what admission counts). */
+size_t pipeline_inflight_records(const struct pipeline *p);
+size_t pipeline_inflight_bytes(const struct pipeline *p);
 void pipeline_stats(struct pipeline *p, struct pipeline_stats *ret);
+/* Any thread. */
+void pipeline_counters(const struct pipeline *p, struct pipeline_counters *ret);
+/*
+ * Any thread: how long (ms) the oldest database call in progress has been
+ * running; 0 when no writer is in a call. A stuck writer shows here.
+ */
+uint64_t pipeline_busy_ms(struct pipeline *p);
 
 /*
  * Stops the writers: they finish what is queued first, unless `abandon`

@@ -33,6 +33,7 @@ struct request {
 	size_t id_len;
 	size_t cost;                  /* bytes of the allocation, as admission counts them */
 	uint64_t parked_ms;           /* mono ms its reply first found the peer full; 0 if not */
+	uint64_t recv_us;             /* mono us it was received (set by the main loop) */
 };
 
 /* One received frame, borrowed. */

@@ -13,12 +13,29 @@
 
 struct server;
 
+/* The state as the main loop sees it, once a second (and at each database up/down). */
+struct server_status {
+	const char *line;             /* one line, for systemd STATUS= */
+	bool db_up;
+	int64_t db_since;             /* unix time of the last up/down change */
+	const char *db_error;         /* while down */
+	uint64_t committed;           /* records inserted since start */
+	uint64_t duplicate;           /* records accepted again (re-sends) */
+	uint64_t rejected;            /* requests answered FALSE */
+	double committed_rate;        /* records/s over the last minute (or since start) */
+	double rejected_rate;         /* requests/s, same window */
+	uint64_t queue_records, queue_bytes;   /* in flight: admitted, not answered */
+	uint64_t unsettled;           /* records waiting for the settler (see operations.md) */
+	double commit_ms;             /* mean commit duration over that window; < 0: none */
+	uint64_t busy_ms;             /* the oldest database call in progress; 0: none */
+};
+
 struct server_hooks {
 	void *arg;
 	/* SIGHUP: reopen logs, reload what can be reloaded. */
 	void (*reload)(void *arg);
-	/* A new one-line state (also at start): for the status file and systemd STATUS=. */
-	void (*state)(void *arg, const char *line, bool db_up);
+	/* The state, at start, then every second: for the status file, systemd STATUS= and WATCHDOG=. */
+	void (*state)(void *arg, const struct server_status *st);
 };
 
 /* Binds the endpoints (as root if needed: before dropping privileges). */
@@ -32,6 +49,11 @@ int server_bind(const struct feed_config *cfg, struct server **ret, char *err, s
 int server_check_auth(struct server *s, char *err, size_t errsz);
 int server_open_db(struct server *s, const struct store_params *sp, char *err, size_t errsz);
 const char *server_endpoints(const struct server *s);
+/*
+ * After server_open_db, as the run-as user: serves [metrics] listen (if set)
+ * on its own thread. 0 or -errno (err says why: a port in use, ...).
+ */
+int server_start_metrics(struct server *s, char *err, size_t errsz);
 /*
  * Serves until SIGTERM/SIGINT arrives on sigfd (a signalfd), then stops
  * reading, commits and answers what is in flight (bounded by

@@ -15,6 +15,7 @@
 
 #include <errno.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -23,6 +24,7 @@
 
 #include "decimal.h"
 #include "log.h"
+#include "metrics.h"
 #include "timeutil.h"
 
 #define SETTLE_MIN_GAP_MS 200
@@ -45,6 +47,8 @@ struct settler {
 	bool failing;         /* an error was logged; log the recovery once */
 	int64_t resume;       /* ticket the next pass starts after */
 	uint64_t last_sweep;  /* mono ms of the last pass from the first ticket */
+	/* metrics.h counters: this thread adds, any thread reads */
+	_Atomic uint64_t settled, adopted, unsettleable;
 };
 
 /* Settles one chunk after `after`. Returns rows fetched (0 = done) or -errno. */
@@ -81,6 +85,7 @@ static int settle_chunk(struct settler *st, int64_t *after, size_t *ret_skipped)
 		store_rollback(st->s);
 		return r;
 	}
+	metric_add(&st->settled, k);
 	return (int)n;
 }
 
@@ -115,6 +120,7 @@ static void *settle_main(void *arg)
 {
 	struct settler *st = arg;
 	int backoff = 0;
+	bool first = true;    /* the first pass settles what an earlier run left */
 
 	do {
 		/*
@@ -125,7 +131,8 @@ static void *settle_main(void *arg)
 		 * instance's) are picked up by a full sweep every SETTLE_SWEEP_MS.
 		 */
 		uint64_t now = mono_ms();
-		if (now - st->last_sweep >= SETTLE_SWEEP_MS) {
+		bool sweep = now - st->last_sweep >= SETTLE_SWEEP_MS;
+		if (sweep) {
 			st->resume = 0;
 			st->last_sweep = now;
 		}
@@ -151,6 +158,11 @@ static void *settle_main(void *arg)
 		}
 		if (r == 0)
 			st->resume = after;
+		if (r == 0 && sweep)
+			metric_set(&st->unsettleable, skipped);
+		if (first)
+			metric_set(&st->adopted, metric_get(&st->settled));
+		first = false;
 		if (r < 0) {
 			/* an outage is reported by the writers; say other trouble once */
 			if (!st->failing && r != -ENOTCONN && r != -EAGAIN)
@@ -232,6 +244,13 @@ void settle_kick(void *arg)
 	st->kicked = true;
 	pthread_cond_signal(&st->cv);
 	pthread_mutex_unlock(&st->mu);
+}
+
+void settle_counters(const struct settler *st, struct settle_counters *ret)
+{
+	ret->settled = metric_get(&st->settled);
+	ret->adopted = metric_get(&st->adopted);
+	ret->unsettleable = metric_get(&st->unsettleable);
 }
 
 void settle_stop(struct settler **ps)

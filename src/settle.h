@@ -16,6 +16,15 @@ int settle_start(const struct feed_config *cfg, const struct store_params *sp,
 		 struct settler **ret, char *err, size_t errsz);
 /* Asks for a pass soon (new records were committed). Any thread; never blocks long. */
 void settle_kick(void *settler);
+/*
+ * Any thread: rows settled since start; of those, rows found 'N' at start
+ * (left by an earlier run, settled by the first pass); rows the last full
+ * pass found but could not settle (volume or rate unreadable).
+ */
+struct settle_counters {
+	uint64_t settled, adopted, unsettleable;
+};
+void settle_counters(const struct settler *st, struct settle_counters *ret);
 /* Stops the thread after its current transaction. NULL-safe; sets *ps = NULL. */
 void settle_stop(struct settler **ps);
 

@@ -309,6 +309,7 @@ static size_t classify(struct store_batch *b, struct store_req **reqs, size_t n,
 		struct store_req *r = reqs[i];
 		size_t start = nfresh;
 
+		r->dup = 0;
 		if (r->rejected)
 			continue;
 		for (size_t j = 0; j < r->n; j++) {
@@ -321,6 +322,8 @@ static size_t classify(struct store_batch *b, struct store_req **reqs, size_t n,
 			} else if (sl->login != rec->login || sl->volume != rec->volume) {
 				format_conflict(r, rec->ticket, sl, sl->owner, (int)i);
 				break;
+			} else {
+				r->dup++;
 			}
 		}
 		if (r->rejected) {

@@ -220,6 +220,8 @@ struct store_req {
 	bool rejected;                /* answered FALSE */
 	bool unstored;                /* rejected, and the database would not store it even
 					 truncated: the caller logs it instead */
+	size_t dup;                   /* accepted: how many of its records were stored already
+					 (identical re-sends), not inserted again */
 	char reason[256];             /* why (without "FALSE: "); in for bad_input */
 };
 

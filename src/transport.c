@@ -27,6 +27,7 @@
 
 #include "auth.h"
 #include "log.h"
+#include "metrics.h"
 #include "protocol.h"
 #include "ratelimit.h"
 #include "timeutil.h"
@@ -50,6 +51,7 @@ struct transport {
 	char endpoints[MAX_SOCKETS * ENDPOINT_MAX];
 	struct ratelimit rl_drop;  /* log lines about dropped messages and peers */
 	struct ratelimit rl_auth;  /* log lines about requests refused as not authorized */
+	_Atomic uint64_t unauthorized; /* requests refused so (metrics.h: main thread adds) */
 };
 
 static int set_int(void *s, int opt, int v) { return zmq_setsockopt(s, opt, &v, sizeof(v)); }
@@ -308,10 +310,16 @@ static const char *source_of(struct transport *t, unsigned sock, zmq_msg_t *m, b
  * handshake: answered "FALSE: not authorized" at once, not stored (its
  * sender is no longer one feed accepts records from).
  */
+uint64_t transport_unauthorized(const struct transport *t)
+{
+	return metric_get(&t->unauthorized);
+}
+
 static void refuse(struct transport *t, struct request *r)
 {
 	r->sr.rejected = true;
 	snprintf(r->sr.reason, sizeof(r->sr.reason), "%s", NOT_AUTHORIZED);
+	metric_add(&t->unauthorized, 1);
 	if (ratelimit_ok(&t->rl_auth, mono_ms()))
 		log_warn("%s: refused a request from client %s: its certificate is no longer in [listen] curve_clients",
 			 r->sr.endpoint, r->sr.source[0] ? r->sr.source : "(unnamed)");

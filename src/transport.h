@@ -25,6 +25,9 @@ void transport_close(struct transport **pt);
  */
 int transport_auth_rescan(struct transport *t, char *err, size_t errsz);
 
+/* Any thread: requests refused as not authorized since start. */
+uint64_t transport_unauthorized(const struct transport *t);
+
 /* The endpoints as bound (wildcard ports resolved), comma separated. */
 const char *transport_endpoints(const struct transport *t);
 

@@ -118,7 +118,7 @@ class ConfigTest(FeedTestCase):
         # reported once, on the line of its header, with the known sections
         line = self.write("[bogus]\nkey = 1\nother = 2\n")
         self.assert_config_error(patterns=[re.escape(
-            f"{self.f.conf}:{line}: unknown section [bogus] (known: daemon, listen, database, fee, send)")], count=1)
+            f"{self.f.conf}:{line}: unknown section [bogus] (known: daemon, listen, database, fee, metrics, send)")], count=1)
 
     def test_unknown_empty_section(self):
         for extra, shown in (("[bogus]\n", "[bogus]"), ("[bogus]\n[daemon]\nlog_level = info\n", "[bogus]"),
@@ -127,7 +127,7 @@ class ConfigTest(FeedTestCase):
             with self.subTest(extra=extra):
                 line = self.write(extra)
                 self.assert_config_error(patterns=[re.escape(
-                    f"{self.f.conf}:{line}: unknown section {shown} (known: daemon, listen, database, fee, send)")],
+                    f"{self.f.conf}:{line}: unknown section {shown} (known: daemon, listen, database, fee, metrics, send)")],
                     count=1)
 
     def test_unknown_key_lists_the_accepted_keys(self):
