@@ -50,6 +50,7 @@ struct writer {
 	pthread_mutex_t call_mu;
 	uint64_t call_since;        /* mono ms the database call in progress began; 0: none */
 	uint64_t stalled_ms;        /* set by the watchdog when it cancelled that call */
+	uint64_t last_call_since;   /* when the last call that ended began (writer only) */
 	/* counters this writer alone adds to (metrics.h), per batch, not per record */
 	struct {
 		_Atomic uint64_t requests_true, requests_false, committed, duplicate;
@@ -75,6 +76,7 @@ struct pipeline {
 	struct request *qhead, **qtail;
 	bool stopping, abandon;
 	struct pipeline_stats st;
+	uint64_t up_ms;              /* mono ms the database was last found up again */
 	int idle;                    /* writers waiting for work */
 
 	pthread_mutex_t done_mu;
@@ -109,6 +111,16 @@ static void sleep_ms_unless_abandoned(struct pipeline *p, int ms)
 static void db_down(struct pipeline *p, struct writer *w, int r)
 {
 	pthread_mutex_lock(&p->mu);
+	/*
+	 * A call that began before the database came back belongs to the outage
+	 * that just ended (another writer recovered first; this one's cancelled
+	 * call is only now returning): not a new outage. The caller reconnects
+	 * and retries either way.
+	 */
+	if (p->st.db_up && w->last_call_since && w->last_call_since < p->up_ms) {
+		pthread_mutex_unlock(&p->mu);
+		return;
+	}
 	snprintf(p->st.db_error, sizeof(p->st.db_error), "%.255s", w->s->errmsg[0] ? w->s->errmsg : strerror(-r));
 	if (p->st.db_up) {
 		p->st.db_up = false;
@@ -125,6 +137,7 @@ static void db_up(struct pipeline *p)
 	if (!p->st.db_up) {
 		time_t now = time(NULL);
 		log_info("database available again after %lld s", (long long)(now - p->st.db_since));
+		p->up_ms = mono_ms();
 		p->st.db_up = true;
 		p->st.db_since = now;
 		p->st.db_error[0] = '\0';
@@ -162,6 +175,7 @@ static int call_end(struct writer *w, int r)
 	uint64_t stalled;
 
 	pthread_mutex_lock(&w->call_mu);
+	w->last_call_since = w->call_since;
 	w->call_since = 0;
 	stalled = w->stalled_ms;
 	w->stalled_ms = 0;
@@ -191,16 +205,20 @@ static int watched_reconnect(struct writer *w)
 static void stall(struct pipeline *p, struct writer *w, uint64_t ms)
 {
 	pthread_mutex_lock(&p->mu);
-	snprintf(p->st.db_error, sizeof(p->st.db_error), "stalled: no answer for %llu s",
-		 (unsigned long long)(ms / 1000));
-	if (p->st.db_up) {
+	/* a call begun during an outage another writer saw end is cancelled, not a new outage */
+	bool stale = p->st.db_up && w->call_since < p->up_ms;
+	if (!stale)
+		snprintf(p->st.db_error, sizeof(p->st.db_error), "stalled: no answer for %llu s",
+			 (unsigned long long)(ms / 1000));
+	if (p->st.db_up && !stale) {
 		p->st.db_up = false;
 		p->st.db_since = time(NULL);
 		p->st.outages++;
 		log_err("database unavailable: %s (writer %d); the call is cancelled and retried, records are kept, senders wait",
 			p->st.db_error, w->idx);
 	} else {
-		log_debug("writer %d: %s; cancelling the call", w->idx, p->st.db_error);
+		log_debug("writer %d: no answer for %llu s; cancelling the call", w->idx,
+			  (unsigned long long)(ms / 1000));
 	}
 	pthread_mutex_unlock(&p->mu);
 	w->s->ops->cancel(w->s);

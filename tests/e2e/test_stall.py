@@ -165,7 +165,8 @@ class TestStall(StallCase):
         wait_until(lambda: "DOWN" not in f.status().stdout, 30, what="status to show the database up")
         log = f.log()
         self.assertEqual(len(re.findall(r"database unavailable: stalled: no answer for \d+ s", log)), 1,
-                         "stall not logged once")
+                         "stall not logged once:\n" + "\n".join(
+                             ln for ln in log.splitlines() if "database" in ln or "writer" in ln)[-4000:])
         self.assertEqual(len(re.findall(r"database unavailable", log)), 1, "outage logged more than once")
         self.assertEqual(len(re.findall(r"database available again", log)), 1, "recovery not logged once")
 
