@@ -658,7 +658,7 @@ static int lock_pidfile(struct ctx *c)
 	for (int tries = 0; tries < 8; tries++) {
 		struct stat held, named;
 		bool created;
-		int fd, r = open_file_checked(c, what, path, c->pid_dirfd, c->pidfile_name, O_RDWR, 0644,
+		int fd = -1, r = open_file_checked(c, what, path, c->pid_dirfd, c->pidfile_name, O_RDWR, 0644,
 					      &fd, &created);
 		if (r < 0)
 			return r;
@@ -1179,8 +1179,8 @@ static int take_unanswered(const struct feed_config *cfg)
 static int pin_daemon(const struct feed_config *cfg, pid_t *ret_pid, int *ret_pidfd,
 		      struct stat *ret_st)
 {
-	bool held;
-	pid_t pid;
+	bool held = false;
+	pid_t pid = 0;
 	int r = probe_pidfile(cfg->pidfile, &held, &pid, ret_st);
 
 	if (r == -ENOENT) {
@@ -1413,8 +1413,8 @@ static void print_status(const struct status_file *sf)
 int daemon_status(const struct feed_config *cfg)
 {
 	struct stat st;
-	bool held;
-	pid_t pid;
+	bool held = false;
+	pid_t pid = 0;
 	char path[PATH_MAX], line[2048];
 	int r = probe_pidfile(cfg->pidfile, &held, &pid, &st);
 	FILE *f;
