@@ -1301,11 +1301,11 @@ static int my_insert_bulk(struct store_mysql *m, const struct record *recs,
 
 		for (unsigned int j = 0; j < cnt; j++) {
 			struct my_bulkrow *b = &m->bulk[j];
+			const char *src = srcs ? srcs[i + j] : NULL;
 
 			b->ticket = recs[i + j].ticket;
 			b->login = recs[i + j].login;
 			b->vol_len = dec_format(recs[i + j].volume, DEC_SCALE, 0, b->vol);
-			const char *src = srcs ? srcs[i + j] : NULL;
 			b->src_ind = src ? STMT_INDICATOR_NONE : STMT_INDICATOR_NULL;
 			b->src_len = src ? strnlen(src, STORE_SOURCE_MAX) : 0;
 			memcpy(b->src, src ? src : "", b->src_len);
