@@ -211,6 +211,7 @@ struct store_batch {
 	int64_t *tickets;
 	struct store_row *rows;
 	struct record *fresh;     /* records to insert */
+	const char **fresh_src;   /* their senders (NULL: unknown), borrowed from the requests */
 	struct store_reject *rejects;
 	size_t rejects_cap;
 };
@@ -229,9 +230,10 @@ struct store_batch *store_batch_new(size_t cap)
 	b->tickets = calloc(cap, sizeof(*b->tickets));
 	b->rows = calloc(cap, sizeof(*b->rows));
 	b->fresh = calloc(cap, sizeof(*b->fresh));
+	b->fresh_src = calloc(cap, sizeof(*b->fresh_src));
 	b->rejects_cap = 1024;
 	b->rejects = calloc(b->rejects_cap, sizeof(*b->rejects));
-	if (!b->slots || !b->tickets || !b->rows || !b->fresh || !b->rejects)
+	if (!b->slots || !b->tickets || !b->rows || !b->fresh || !b->fresh_src || !b->rejects)
 		store_batch_free(&b);
 	return b;
 }
@@ -246,6 +248,7 @@ void store_batch_free(struct store_batch **pb)
 	free(b->tickets);
 	free(b->rows);
 	free(b->fresh);
+	free(b->fresh_src);
 	free(b->rejects);
 	free(b);
 	*pb = NULL;
@@ -285,9 +288,15 @@ static void format_conflict(struct store_req *r, int64_t ticket, const struct sl
 	r->rejected = 1;
 }
 
+/* The sender as stored: "" (unknown) is SQL NULL, not an empty name. */
+static const char *source_of(const struct store_req *r)
+{
+	return r->source && r->source[0] ? r->source : NULL;
+}
+
 /*
  * Decides each request's fate against the stored rows and the requests
- * before it; fills b->fresh. A request that conflicts leaves no trace in the map.
+ * before it; fills b->fresh and b->fresh_src. A request that conflicts leaves no trace in the map.
  */
 static size_t classify(struct store_batch *b, struct store_req **reqs, size_t n,
 		       const struct store_row *rows, size_t nrows)
@@ -308,6 +317,7 @@ static size_t classify(struct store_batch *b, struct store_req **reqs, size_t n,
 	for (size_t i = 0; i < n; i++) {
 		struct store_req *r = reqs[i];
 		size_t start = nfresh;
+		const char *src = source_of(r);
 
 		r->dup = 0;
 		if (r->rejected)
@@ -318,6 +328,7 @@ static size_t classify(struct store_batch *b, struct store_req **reqs, size_t n,
 
 			if (!sl->used || sl->owner == SLOT_FREED) {
 				*sl = (struct slot){ rec->ticket, rec->login, rec->volume, (int)i, true };
+				b->fresh_src[nfresh] = src;
 				b->fresh[nfresh++] = *rec;
 			} else if (sl->login != rec->login || sl->volume != rec->volume) {
 				format_conflict(r, rec->ticket, sl, sl->owner, (int)i);
@@ -378,7 +389,8 @@ static int store_rejects(struct store *s, struct store_batch *b, struct store_re
 			snprintf(note, sizeof(note), " [stored truncated: %d of %zu bytes]", REJECT_KEEP, q->len);
 			annotate(q, note);
 		}
-		b->rejects[k++] = (struct store_reject){ q->endpoint, q->reason, q->body, len };
+		b->rejects[k++] = (struct store_reject){ q->endpoint, q->reason, q->body, len,
+							source_of(q) };
 		if (k == b->rejects_cap) {
 			r = s->ops->insert_rejects(s, b->rejects, k);
 			if (r < 0)
@@ -451,7 +463,7 @@ static int write_once(struct store *s, struct store_batch *b, struct store_req *
 	}
 	nfresh = classify(b, reqs, n, b->rows, nrows);
 	if (nfresh > 0) {
-		r = s->ops->insert(s, b->fresh, nfresh);
+		r = s->ops->insert(s, b->fresh, b->fresh_src, nfresh);
 		if (r < 0)
 			goto fail;
 	}

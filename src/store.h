@@ -66,8 +66,14 @@
 
 #include "protocol.h"
 
-#define STORE_OPS_VERSION 1
-#define STORE_SCHEMA_VERSION 1
+#define STORE_OPS_VERSION 2       /* 2: insert() takes the senders, store_reject.source */
+#define STORE_SCHEMA_VERSION 2    /* 2: fee.source, fee_reject.source */
+
+/*
+ * Bytes of a sender kept (store_req.source, store_reject.source): a
+ * certificate name or a peer address, ASCII; MariaDB's column is VARCHAR(255).
+ */
+#define STORE_SOURCE_MAX 255
 
 enum store_durability { STORE_DURABLE_FULL = 0, STORE_DURABLE_NORMAL = 1 };
 
@@ -94,6 +100,7 @@ struct store_reject {
 	const char *reason;           /* the text sent back after "FALSE: " */
 	const void *body;             /* the request bytes, verbatim (may hold NULs) */
 	size_t len;
+	const char *source;           /* the sender, or NULL if unknown (SQL NULL) */
 };
 
 /* A row to settle: fetched with the login's rate, written back with its fee. */
@@ -160,8 +167,14 @@ struct store_ops {
 	/* Rows of fee whose ticket is in tickets[0..n): at most n into rows, count in *ret_n. */
 	int (*lookup)(struct store *s, const int64_t *tickets, size_t n,
 		      struct store_row *rows, size_t *ret_n);
-	/* Inserts recs[0..n) with status 'N' and received_at = now. All or error. */
-	int (*insert)(struct store *s, const struct record *recs, size_t n);
+	/*
+	 * Inserts recs[0..n) with status 'N' and received_at = now, and
+	 * source = srcs[i] (the sender; NULL: unknown, SQL NULL). srcs may be
+	 * NULL (every sender unknown); neighbours mostly share one pointer (one
+	 * request's records), which backends may use to bind it once. All or error.
+	 */
+	int (*insert)(struct store *s, const struct record *recs, const char *const *srcs,
+		      size_t n);
 	/* Inserts rejected requests into fee_reject with received_at = now. */
 	int (*insert_rejects)(struct store *s, const struct store_reject *r, size_t n);
 
@@ -208,7 +221,10 @@ struct store_req {
 	const struct record *recs;    /* parsed records; n = 0 if rejected before */
 	size_t n;
 	const char *endpoint;
-	const char *source;           /* the sender: client certificate name (CURVE) or peer address; "" if unknown */
+	const char *source;           /* the sender: client certificate name (CURVE) or peer
+					 address, at most STORE_SOURCE_MAX bytes; "" or NULL if
+					 unknown, stored as SQL NULL in fee.source and
+					 fee_reject.source */
 	const void *body;             /* verbatim request bytes, for fee_reject */
 	size_t len;
 	bool bad_input;               /* in: rejected by the parser, reason set; never changes */

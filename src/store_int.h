@@ -93,8 +93,11 @@ struct store_qrow {
 	char val[STORE_QROW_COLS][STORE_QROW_LEN];
 };
 
-/* The columns a classic fee(ticket, login, volume, status) table may lack. */
-enum { STORE_ADD_COLS = 4 };
+/*
+ * The columns an existing fee table may lack: a classic fee(ticket, login,
+ * volume, status) table all of them, feed's schema 1 source.
+ */
+enum { STORE_ADD_COLS = 5 };
 
 /*
  * What a backend gives the migration driver: a few driver calls and the SQL
@@ -139,6 +142,7 @@ struct store_migrate_ops {
 		const char *add;              /* adds the missing column */
 		const char *set_default;      /* sets its default where it has none, or NULL */
 	} add_cols[STORE_ADD_COLS];
+	const char *add_reject_source; /* adds fee_reject.source to an existing fee_reject */
 	const char *add_key;          /* a unique key on fee(ticket) */
 	const char *primary_index;    /* if fee has no index of this name (its primary key), */
 	const char *add_primary_key;  /* ... this statement instead of add_key */

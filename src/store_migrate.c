@@ -156,7 +156,10 @@ static int mig_check_duplicates(struct store *s, const struct store_migrate_ops 
 	return -EINVAL;
 }
 
-/* Adds the columns a classic table lacks, and the defaults feed relies on. */
+/*
+ * Adds the columns an existing fee table lacks (a classic table all of them,
+ * schema 1 source), and the defaults feed relies on.
+ */
 static int mig_add_columns(struct store *s, const struct store_migrate_ops *m)
 {
 	char what[96];
@@ -325,6 +328,22 @@ static int mig_create(struct store *s, const struct store_migrate_ops *m, const 
 	return mig_ddl(s, m, what, table, sql);
 }
 
+/* Adds table.col where the catalog says it is missing; existing rows keep NULL. */
+static int mig_add_column(struct store *s, const struct store_migrate_ops *m, const char *table,
+			  const char *col, const char *sql)
+{
+	struct store_qrow row;
+	char what[96];
+	int r;
+
+	snprintf(what, sizeof(what), "reading the columns of %s", table);
+	r = mig_query(s, m, what, m->q_column, table, col, NULL, &row);
+	if (r < 0 || row.found)
+		return r;
+	snprintf(what, sizeof(what), "adding column %s.%s", table, col);
+	return mig_ddl(s, m, what, table, sql);
+}
+
 static int mig_run(struct store *s, const struct store_migrate_ops *m)
 {
 	struct store_qrow idx;
@@ -349,6 +368,8 @@ static int mig_run(struct store *s, const struct store_migrate_ops *m)
 		r = mig_create(s, m, "fee_rate", m->create_rate);
 	if (r == 0)
 		r = mig_create(s, m, "fee_reject", m->create_reject);
+	if (r == 0)     /* a fee_reject of schema 1 */
+		r = mig_add_column(s, m, "fee_reject", "source", m->add_reject_source);
 	if (r == 0)
 		r = mig_create(s, m, "feed_schema", m->create_schema);
 	if (r < 0 || (version == STORE_SCHEMA_VERSION && rows == 1))

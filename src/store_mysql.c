@@ -92,12 +92,19 @@ struct my_conninfo {
 	enum my_ssl_mode ssl_mode;
 };
 
-/* One row of the bulk INSERT, bound row-wise (STMT_ATTR_ROW_SIZE). */
+/*
+ * One row of the bulk INSERT, bound row-wise (STMT_ATTR_ROW_SIZE): the
+ * connector reads every column at the same offset in each row, so the
+ * sender is copied in (a few bytes; the array is allocated once).
+ */
 struct my_bulkrow {
 	int64_t ticket;
 	int64_t login;
 	unsigned long vol_len;
+	unsigned long src_len;
+	char src_ind;                 /* STMT_INDICATOR_NULL: unknown sender */
 	char vol[DEC_STRMAX];
+	char src[STORE_SOURCE_MAX];
 };
 
 struct store_mysql {
@@ -1113,6 +1120,7 @@ static const struct store_migrate_ops my_migrate_ops = {
 		      " fee DECIMAL(20,2) NULL,"
 		      " received_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),"
 		      " settled_at DATETIME(6) NULL,"
+		      " source VARCHAR(255) NULL,"
 		      " CONSTRAINT fee_volume_nonneg CHECK (volume >= 0),"
 		      " KEY fee_status_ticket (status, ticket)"
 		      ") ENGINE=InnoDB DEFAULT CHARSET=utf8mb4",
@@ -1125,7 +1133,8 @@ static const struct store_migrate_ops my_migrate_ops = {
 			 " received_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),"
 			 " endpoint TEXT NOT NULL,"
 			 " reason TEXT NOT NULL,"
-			 " body LONGBLOB NOT NULL"
+			 " body LONGBLOB NOT NULL,"
+			 " source VARCHAR(255) NULL"
 			 ") ENGINE=InnoDB DEFAULT CHARSET=utf8mb4",
 	.create_schema = "CREATE TABLE IF NOT EXISTS feed_schema ("
 			 " version INT NOT NULL"
@@ -1136,7 +1145,10 @@ static const struct store_migrate_ops my_migrate_ops = {
 		{ "received_at", "ALTER TABLE fee ADD COLUMN received_at DATETIME(6) NOT NULL "
 				 "DEFAULT CURRENT_TIMESTAMP(6)", NULL },
 		{ "settled_at", "ALTER TABLE fee ADD COLUMN settled_at DATETIME(6) NULL", NULL },
+		/* a nullable last column: instant on MariaDB 10.3+, existing rows read NULL */
+		{ "source", "ALTER TABLE fee ADD COLUMN source VARCHAR(255) NULL", NULL },
 	},
+	.add_reject_source = "ALTER TABLE fee_reject ADD COLUMN source VARCHAR(255) NULL",
 	.add_key = "ALTER TABLE fee ADD UNIQUE KEY fee_ticket (ticket)",
 	.primary_index = "PRIMARY",
 	.add_primary_key = "ALTER TABLE fee ADD PRIMARY KEY (ticket)",
@@ -1220,21 +1232,41 @@ static int my_lookup(struct store *s, const int64_t *tickets, size_t n,
 	return 0;
 }
 
-/* Portable path: INSERT ... VALUES (...),(...) of at most MY_INSERT_CHUNK rows. */
-static int my_insert_multi(struct store_mysql *m, const struct record *recs, size_t n)
+/* src as an SQL literal into buf (2 * STORE_SOURCE_MAX + 3 bytes): NULL, or quoted and escaped. */
+static void my_sql_text(struct store_mysql *m, const char *src, char *buf)
 {
-	char vol[DEC_STRMAX];
+	unsigned long len;
+
+	if (!src) {
+		memcpy(buf, "NULL", 5);
+		return;
+	}
+	len = (unsigned long)strnlen(src, STORE_SOURCE_MAX);
+	buf[0] = '\'';
+	/* the connection's escaping: it knows NO_BACKSLASH_ESCAPES and the charset */
+	len = mysql_real_escape_string(m->conn, buf + 1, src, len);
+	memcpy(buf + 1 + len, "'", 2);
+}
+
+/* Portable path: INSERT ... VALUES (...),(...) of at most MY_INSERT_CHUNK rows. */
+static int my_insert_multi(struct store_mysql *m, const struct record *recs,
+			   const char *const *srcs, size_t n)
+{
+	char vol[DEC_STRMAX], src[2 * STORE_SOURCE_MAX + 3];
 	int r;
 
 	for (size_t i = 0; i < n; i += MY_INSERT_CHUNK) {
 		size_t end = n - i < MY_INSERT_CHUNK ? n : i + MY_INSERT_CHUNK;
 
 		my_sql_reset(m);
-		my_sql_add(m, "INSERT INTO fee (ticket, login, volume, status) VALUES ");
+		my_sql_add(m, "INSERT INTO fee (ticket, login, volume, status, source) VALUES ");
 		for (size_t j = i; j < end; j++) {
+			/* escaped once per run of rows from one sender */
+			if (j == i || (srcs && srcs[j] != srcs[j - 1]))
+				my_sql_text(m, srcs ? srcs[j] : NULL, src);
 			dec_format(recs[j].volume, DEC_SCALE, 0, vol);
-			my_sql_add(m, "%s(%" PRId64 ",%" PRId64 ",%s,'N')", j > i ? "," : "",
-				   recs[j].ticket, recs[j].login, vol);
+			my_sql_add(m, "%s(%" PRId64 ",%" PRId64 ",%s,'N',%s)", j > i ? "," : "",
+				   recs[j].ticket, recs[j].login, vol, src);
 		}
 		r = my_query_buf(m, "INSERT into fee");
 		if (r < 0)
@@ -1244,11 +1276,12 @@ static int my_insert_multi(struct store_mysql *m, const struct record *recs, siz
 }
 
 /* MariaDB path: one prepared INSERT executed over arrays of MY_BULK_CHUNK rows. */
-static int my_insert_bulk(struct store_mysql *m, const struct record *recs, size_t n)
+static int my_insert_bulk(struct store_mysql *m, const struct record *recs,
+			  const char *const *srcs, size_t n)
 {
 	static const char sql[] =
-		"INSERT INTO fee (ticket, login, volume, status) VALUES (?, ?, ?, 'N')";
-	MYSQL_BIND bind[3];
+		"INSERT INTO fee (ticket, login, volume, status, source) VALUES (?, ?, ?, 'N', ?)";
+	MYSQL_BIND bind[4];
 	size_t rowsize = sizeof(struct my_bulkrow);
 	int r;
 
@@ -1278,16 +1311,24 @@ static int my_insert_bulk(struct store_mysql *m, const struct record *recs, size
 	bind[2].buffer_type = MYSQL_TYPE_NEWDECIMAL;
 	bind[2].buffer = m->bulk[0].vol;
 	bind[2].length = &m->bulk[0].vol_len;
+	bind[3].buffer_type = MYSQL_TYPE_STRING;
+	bind[3].buffer = m->bulk[0].src;
+	bind[3].length = &m->bulk[0].src_len;
+	bind[3].u.indicator = &m->bulk[0].src_ind;
 
 	for (size_t i = 0; i < n; i += MY_BULK_CHUNK) {
 		unsigned int cnt = (unsigned int)(n - i < MY_BULK_CHUNK ? n - i : MY_BULK_CHUNK);
 
 		for (unsigned int j = 0; j < cnt; j++) {
 			struct my_bulkrow *b = &m->bulk[j];
+			const char *src = srcs ? srcs[i + j] : NULL;
 
 			b->ticket = recs[i + j].ticket;
 			b->login = recs[i + j].login;
 			b->vol_len = dec_format(recs[i + j].volume, DEC_SCALE, 0, b->vol);
+			b->src_ind = src ? STMT_INDICATOR_NONE : STMT_INDICATOR_NULL;
+			b->src_len = src ? strnlen(src, STORE_SOURCE_MAX) : 0;
+			memcpy(b->src, src ? src : "", b->src_len);
 		}
 		if (mysql_stmt_attr_set(m->ins_stmt, STMT_ATTR_ARRAY_SIZE, &cnt) != 0 ||
 		    mysql_stmt_attr_set(m->ins_stmt, STMT_ATTR_ROW_SIZE, &rowsize) != 0 ||
@@ -1323,7 +1364,8 @@ static int my_load_ticket_keys(struct store_mysql *m)
 	return 0;
 }
 
-static int my_insert(struct store *s, const struct record *recs, size_t n)
+static int my_insert(struct store *s, const struct record *recs, const char *const *srcs,
+		     size_t n)
 {
 	struct store_mysql *m = my_of(s);
 	int r;
@@ -1335,7 +1377,7 @@ static int my_insert(struct store *s, const struct record *recs, size_t n)
 		return r;
 	m->ins_recs = recs;
 	m->ins_n = n;
-	r = m->can_bulk ? my_insert_bulk(m, recs, n) : my_insert_multi(m, recs, n);
+	r = m->can_bulk ? my_insert_bulk(m, recs, srcs, n) : my_insert_multi(m, recs, srcs, n);
 	m->ins_recs = NULL;
 	return r;
 }
@@ -1365,8 +1407,10 @@ static int my_insert_one_reject(struct store_mysql *m, MYSQL_STMT *st,
 				const struct store_reject *rj)
 {
 	static const char empty[1];
-	MYSQL_BIND bind[3];
+	MYSQL_BIND bind[4];
 	unsigned long elen = strlen(rj->endpoint), rlen = strlen(rj->reason);
+	unsigned long slen = rj->source ? (unsigned long)strnlen(rj->source, STORE_SOURCE_MAX) : 0;
+	my_bool snull = !rj->source;
 	unsigned long blen = (unsigned long)rj->len;
 	bool longdata = rj->len > MY_LONGDATA_CHUNK;
 
@@ -1393,6 +1437,10 @@ static int my_insert_one_reject(struct store_mysql *m, MYSQL_STMT *st,
 	bind[2].buffer_type = MYSQL_TYPE_LONG_BLOB;
 	bind[2].buffer = rj->len ? (void *)rj->body : (void *)empty;
 	bind[2].length = &blen;
+	bind[3].buffer_type = MYSQL_TYPE_STRING;
+	bind[3].buffer = rj->source ? (void *)rj->source : (void *)empty;
+	bind[3].length = &slen;
+	bind[3].is_null = &snull;
 	if (mysql_stmt_bind_param(st, bind) != 0)
 		return my_stmt_fail(m, st, "bind INSERT into fee_reject");
 	if (longdata) {
@@ -1426,7 +1474,7 @@ static int my_insert_one_reject(struct store_mysql *m, MYSQL_STMT *st,
 static int my_insert_rejects(struct store *s, const struct store_reject *rj, size_t n)
 {
 	static const char sql[] =
-		"INSERT INTO fee_reject (endpoint, reason, body) VALUES (?, ?, ?)";
+		"INSERT INTO fee_reject (endpoint, reason, body, source) VALUES (?, ?, ?, ?)";
 	struct store_mysql *m = my_of(s);
 	MYSQL_STMT *st = NULL;
 	int r;
@@ -1445,12 +1493,13 @@ static int my_insert_rejects(struct store *s, const struct store_reject *rj, siz
 	}
 	for (size_t i = 0; i < n; i++) {
 		struct store_reject x = rj[i];
-		char *ce = NULL, *cr = NULL;
+		char *ce = NULL, *cr = NULL, *cs = NULL;
 
 		/* strict mode refuses invalid UTF-8 (1366): the reject would be lost */
 		x.endpoint = store_clean_text(rj[i].endpoint, &ce);
 		x.reason = store_clean_text(rj[i].reason, &cr);
-		if (!x.endpoint || !x.reason) {
+		x.source = rj[i].source ? store_clean_text(rj[i].source, &cs) : NULL;
+		if (!x.endpoint || !x.reason || (rj[i].source && !x.source)) {
 			my_seterr(m, "insert_rejects: out of memory");
 			r = -ENOMEM;
 		} else {
@@ -1458,6 +1507,7 @@ static int my_insert_rejects(struct store *s, const struct store_reject *rj, siz
 		}
 		free(ce);
 		free(cr);
+		free(cs);
 		if (r < 0)
 			goto out;
 	}

@@ -38,8 +38,9 @@
 #define STR_(x) #x
 #define STR(x) STR_(x)
 
-/* Rows of fee_reject per INSERT statement (3 parameters each, limit 65535). */
+/* Rows of fee_reject per INSERT statement (PG_REJECT_PARAMS each, limit 65535). */
 #define PG_REJECT_CHUNK 1000
+#define PG_REJECT_PARAMS 4     /* endpoint, reason, body, source */
 
 /* COPY data is sent in pieces of this size. */
 #define PG_COPY_BUF (256 * 1024)
@@ -743,7 +744,8 @@ static const struct store_migrate_ops pg_migrate_ops = {
 		      " status char(1) NOT NULL DEFAULT 'N',"
 		      " fee numeric(20,2),"
 		      " received_at timestamptz NOT NULL DEFAULT now(),"
-		      " settled_at timestamptz)",
+		      " settled_at timestamptz,"
+		      " source text)",
 	.create_rate = "CREATE TABLE IF NOT EXISTS fee_rate ("
 		       " login bigint PRIMARY KEY,"
 		       " rate numeric(38,8) NOT NULL)",
@@ -752,7 +754,8 @@ static const struct store_migrate_ops pg_migrate_ops = {
 			 " received_at timestamptz NOT NULL DEFAULT now(),"
 			 " endpoint text NOT NULL,"
 			 " reason text NOT NULL,"
-			 " body bytea NOT NULL)",
+			 " body bytea NOT NULL,"
+			 " source text)",
 	.create_schema = "CREATE TABLE IF NOT EXISTS feed_schema (version integer NOT NULL)",
 	.add_cols = {
 		{ "status", "ALTER TABLE fee ADD COLUMN status char(1)",
@@ -762,7 +765,10 @@ static const struct store_migrate_ops pg_migrate_ops = {
 		{ "received_at", "ALTER TABLE fee ADD COLUMN received_at timestamptz",
 		  "ALTER TABLE fee ALTER COLUMN received_at SET DEFAULT now()" },
 		{ "settled_at", "ALTER TABLE fee ADD COLUMN settled_at timestamptz", NULL },
+		/* nullable, no default: metadata only, existing rows read NULL */
+		{ "source", "ALTER TABLE fee ADD COLUMN source text", NULL },
 	},
+	.add_reject_source = "ALTER TABLE fee_reject ADD COLUMN source text",
 	.add_key = "CREATE UNIQUE INDEX fee_ticket_key ON fee (ticket)",
 	.index_name = "fee_unsettled_idx",
 	.create_index = "CREATE INDEX fee_unsettled_idx ON fee (ticket) WHERE status = 'N'",
@@ -933,28 +939,75 @@ static int pg_copy_end(struct store_pg *p, const char *abort_reason)
  * statement) ~50 ms. A ticket inserted meanwhile by another writer makes
  * the COPY fail with 23505 (-EEXIST), after waiting for that writer.
  */
-/* A few rows: one multi-row INSERT, one round trip (COPY takes two). */
-static int pg_insert_values(struct store_pg *p, const struct record *recs, size_t n)
+/*
+ * A few rows: one multi-row INSERT, one round trip (COPY takes two). The
+ * senders go as parameters, one per run of rows that share one.
+ */
+static int pg_insert_values(struct store_pg *p, const struct record *recs,
+			    const char *const *srcs, size_t n)
 {
-	char sql[64 + PG_VALUES_MAX * 96], vol[DEC_STRMAX];
+	char sql[96 + PG_VALUES_MAX * 112], vol[DEC_STRMAX], src[24];
+	const char *vals[PG_VALUES_MAX];
+	int nvals = 0;
 	size_t len = (size_t)snprintf(sql, sizeof(sql),
-				      "INSERT INTO fee (ticket, login, volume, status) VALUES ");
+				      "INSERT INTO fee (ticket, login, volume, status, source) VALUES ");
+	PGresult *res;
+	int r = 0;
 
 	for (size_t i = 0; i < n; i++) {
+		const char *sr = srcs ? srcs[i] : NULL;
+
+		if (!sr)
+			snprintf(src, sizeof(src), "NULL");
+		else if (nvals > 0 && sr == vals[nvals - 1])
+			snprintf(src, sizeof(src), "$%d", nvals);
+		else {
+			vals[nvals++] = sr;
+			snprintf(src, sizeof(src), "$%d", nvals);
+		}
 		dec_format(recs[i].volume, DEC_SCALE, 0, vol);
 		/* integers and a decimal feed formatted itself: nothing to quote */
-		len += (size_t)snprintf(sql + len, sizeof(sql) - len, "%s(%lld,%lld,'%s','N')",
+		len += (size_t)snprintf(sql + len, sizeof(sql) - len, "%s(%lld,%lld,'%s','N',%s)",
 					i ? "," : "", (long long)recs[i].ticket,
-					(long long)recs[i].login, vol);
+					(long long)recs[i].login, vol, src);
 	}
-	return pg_cmd(p, sql, "INSERT into fee");
+	res = PQexecParams(p->conn, sql, nvals, NULL, vals, NULL, NULL, 0);
+	if (!res || PQresultStatus(res) != PGRES_COMMAND_OK)
+		r = pg_fail(p, res, "INSERT into fee");
+	PQclear(res);
+	return r;
 }
 
-static int pg_insert(struct store *s, const struct record *recs, size_t n)
+/*
+ * src as a COPY text field into buf (at least 2 * STORE_SOURCE_MAX + 3
+ * bytes): \N for NULL, the characters COPY reads specially escaped.
+ */
+static void pg_copy_text(const char *src, char *buf)
+{
+	size_t k = 0;
+
+	if (!src) {
+		memcpy(buf, "\\N", 3);
+		return;
+	}
+	for (size_t i = 0; src[i] && i < STORE_SOURCE_MAX; i++) {
+		char c = src[i];
+
+		if (c == '\\' || c == '\t' || c == '\n' || c == '\r') {
+			buf[k++] = '\\';
+			c = c == '\t' ? 't' : c == '\n' ? 'n' : c == '\r' ? 'r' : c;
+		}
+		buf[k++] = c;
+	}
+	buf[k] = '\0';
+}
+
+static int pg_insert(struct store *s, const struct record *recs, const char *const *srcs,
+		     size_t n)
 {
 	struct store_pg *p = pg_of(s);
 	PGresult *res = NULL;
-	char *buf = NULL, vol[DEC_STRMAX];
+	char *buf = NULL, vol[DEC_STRMAX], src[2 * STORE_SOURCE_MAX + 3];
 	size_t len = 0;
 	int r = 0;
 
@@ -966,21 +1019,24 @@ static int pg_insert(struct store *s, const struct record *recs, size_t n)
 	if (r < 0)
 		return r;
 	if (n <= PG_VALUES_MAX)
-		return pg_insert_values(p, recs, n);
+		return pg_insert_values(p, recs, srcs, n);
 	buf = malloc(PG_COPY_BUF);
 	if (!buf) {
 		pg_setmsg(p, "insert: out of memory");
 		return -ENOMEM;
 	}
-	res = PQexec(p->conn, "COPY fee (ticket, login, volume, status) FROM STDIN");
+	res = PQexec(p->conn, "COPY fee (ticket, login, volume, status, source) FROM STDIN");
 	if (!res || PQresultStatus(res) != PGRES_COPY_IN) {
 		r = pg_fail(p, res, "COPY into fee");
 		goto out;
 	}
 	for (size_t i = 0; i < n; i++) {
+		/* escaped once per run of rows from one sender */
+		if (i == 0 || (srcs && srcs[i] != srcs[i - 1]))
+			pg_copy_text(srcs ? srcs[i] : NULL, src);
 		dec_format(recs[i].volume, DEC_SCALE, 0, vol);
-		/* One line is at most 20 + 1 + 20 + 1 + 31 + 3 bytes. */
-		if (PG_COPY_BUF - len < 128) {
+		/* One line is at most 20 + 1 + 20 + 1 + 31 + 3 + 1 + sizeof(src) bytes. */
+		if (PG_COPY_BUF - len < 128 + sizeof(src)) {
 			if (PQputCopyData(p->conn, buf, (int)len) != 1) {
 				r = pg_fail(p, NULL, "COPY into fee");
 				pg_copy_end(p, "send failed");
@@ -988,9 +1044,9 @@ static int pg_insert(struct store *s, const struct record *recs, size_t n)
 			}
 			len = 0;
 		}
-		len += (size_t)snprintf(buf + len, PG_COPY_BUF - len, "%lld\t%lld\t%s\tN\n",
+		len += (size_t)snprintf(buf + len, PG_COPY_BUF - len, "%lld\t%lld\t%s\tN\t%s\n",
 					(long long)recs[i].ticket, (long long)recs[i].login,
-					vol);
+					vol, src);
 	}
 	if (len > 0 && PQputCopyData(p->conn, buf, (int)len) != 1) {
 		r = pg_fail(p, NULL, "COPY into fee");
@@ -1018,12 +1074,12 @@ static int pg_insert_rejects(struct store *s, const struct store_reject *rj, siz
 	r = pg_flush_begin(p);
 	if (r < 0)
 		return r;
-	cap = 64 + PG_REJECT_CHUNK * 32;
+	cap = 64 + PG_REJECT_CHUNK * 40;
 	sql = malloc(cap);
-	vals = calloc(3 * PG_REJECT_CHUNK, sizeof(*vals));
-	lens = calloc(3 * PG_REJECT_CHUNK, sizeof(*lens));
-	fmts = calloc(3 * PG_REJECT_CHUNK, sizeof(*fmts));
-	copies = calloc(2 * PG_REJECT_CHUNK, sizeof(*copies));
+	vals = calloc(PG_REJECT_PARAMS * PG_REJECT_CHUNK, sizeof(*vals));
+	lens = calloc(PG_REJECT_PARAMS * PG_REJECT_CHUNK, sizeof(*lens));
+	fmts = calloc(PG_REJECT_PARAMS * PG_REJECT_CHUNK, sizeof(*fmts));
+	copies = calloc(3 * PG_REJECT_CHUNK, sizeof(*copies));
 	if (!sql || !vals || !lens || !fmts || !copies) {
 		pg_setmsg(p, "insert_rejects: out of memory");
 		r = -ENOMEM;
@@ -1032,7 +1088,7 @@ static int pg_insert_rejects(struct store *s, const struct store_reject *rj, siz
 	for (size_t done = 0; done < n; ) {
 		size_t m = n - done < PG_REJECT_CHUNK ? n - done : PG_REJECT_CHUNK;
 		size_t len = (size_t)snprintf(sql, cap, "INSERT INTO fee_reject"
-					      " (endpoint, reason, body) VALUES ");
+					      " (endpoint, reason, body, source) VALUES ");
 		PGresult *res;
 
 		for (size_t i = 0; i < m; i++) {
@@ -1044,25 +1100,30 @@ static int pg_insert_rejects(struct store *s, const struct store_reject *rj, siz
 				r = -EINVAL;
 				goto out;
 			}
-			vals[3 * i] = store_clean_text(x->endpoint, &copies[2 * i]);
-			vals[3 * i + 1] = store_clean_text(x->reason, &copies[2 * i + 1]);
-			if (!vals[3 * i] || !vals[3 * i + 1]) {
+			const char **v = &vals[PG_REJECT_PARAMS * i];
+
+			v[0] = store_clean_text(x->endpoint, &copies[3 * i]);
+			v[1] = store_clean_text(x->reason, &copies[3 * i + 1]);
+			/* a NULL parameter is SQL NULL: an unknown sender */
+			v[3] = x->source ? store_clean_text(x->source, &copies[3 * i + 2]) : NULL;
+			if (!v[0] || !v[1] || (x->source && !v[3])) {
 				pg_setmsg(p, "insert_rejects: out of memory");
 				r = -ENOMEM;
 				goto out;
 			}
 			/* The body goes as a binary parameter: verbatim, NULs and all. */
-			vals[3 * i + 2] = x->len ? x->body : "";
-			lens[3 * i + 2] = (int)x->len;
-			fmts[3 * i + 2] = 1;
-			len += (size_t)snprintf(sql + len, cap - len, "%s($%zu,$%zu,$%zu)",
-						i ? "," : "", 3 * i + 1, 3 * i + 2, 3 * i + 3);
+			v[2] = x->len ? x->body : "";
+			lens[PG_REJECT_PARAMS * i + 2] = (int)x->len;
+			fmts[PG_REJECT_PARAMS * i + 2] = 1;
+			len += (size_t)snprintf(sql + len, cap - len, "%s($%zu,$%zu,$%zu,$%zu)",
+						i ? "," : "", 4 * i + 1, 4 * i + 2, 4 * i + 3,
+						4 * i + 4);
 		}
-		res = PQexecParams(p->conn, sql, (int)(3 * m), NULL, vals, lens, fmts, 0);
+		res = PQexecParams(p->conn, sql, (int)(PG_REJECT_PARAMS * m), NULL, vals, lens, fmts, 0);
 		if (!res || PQresultStatus(res) != PGRES_COMMAND_OK)
 			r = pg_fail(p, res, "INSERT into fee_reject");
 		PQclear(res);
-		for (size_t i = 0; i < 2 * m; i++) {
+		for (size_t i = 0; i < 3 * m; i++) {
 			free(copies[i]);
 			copies[i] = NULL;
 		}
@@ -1072,7 +1133,7 @@ static int pg_insert_rejects(struct store *s, const struct store_reject *rj, siz
 	}
 out:
 	if (copies)
-		for (size_t i = 0; i < 2 * PG_REJECT_CHUNK; i++)
+		for (size_t i = 0; i < 3 * PG_REJECT_CHUNK; i++)
 			free(copies[i]);
 	free(copies);
 	free(fmts);

@@ -67,11 +67,11 @@ static const struct {
 		"SELECT ticket, login, volume FROM fee WHERE ticket = ?1" },
 	/* received_at is explicit: an adopted table's column has no default. */
 	[SQ_INSERT] = { "INSERT into fee",
-		"INSERT INTO fee (ticket, login, volume, status, received_at) "
-		"VALUES (?1, ?2, ?3, 'N', ?4)" },
+		"INSERT INTO fee (ticket, login, volume, status, received_at, source) "
+		"VALUES (?1, ?2, ?3, 'N', ?4, ?5)" },
 	[SQ_REJECT] = { "INSERT into fee_reject",
-		"INSERT INTO fee_reject (received_at, endpoint, reason, body) "
-		"VALUES (" SQ_NOW ", ?1, ?2, ?3)" },
+		"INSERT INTO fee_reject (received_at, endpoint, reason, body, source) "
+		"VALUES (" SQ_NOW ", ?1, ?2, ?3, ?4)" },
 	/* "status = 'N'" literally, so that the partial index fee_unsettled applies. */
 	[SQ_FETCH] = { "SELECT unsettled from fee",
 		"SELECT f.ticket, f.login, f.volume, r.rate FROM fee AS f "
@@ -662,7 +662,8 @@ static const struct store_migrate_ops sq_migrate_ops = {
 		      " status TEXT NOT NULL DEFAULT 'N',"
 		      " fee TEXT,"
 		      " received_at TEXT NOT NULL DEFAULT (" SQ_NOW "),"
-		      " settled_at TEXT)",
+		      " settled_at TEXT,"
+		      " source TEXT)",
 	.create_rate = "CREATE TABLE IF NOT EXISTS fee_rate ("
 		       " login INTEGER PRIMARY KEY,"
 		       " rate TEXT NOT NULL)",
@@ -671,7 +672,8 @@ static const struct store_migrate_ops sq_migrate_ops = {
 			 " received_at TEXT NOT NULL DEFAULT (" SQ_NOW "),"
 			 " endpoint TEXT NOT NULL,"
 			 " reason TEXT NOT NULL,"
-			 " body BLOB NOT NULL)",
+			 " body BLOB NOT NULL,"
+			 " source TEXT)",
 	.create_schema = "CREATE TABLE IF NOT EXISTS feed_schema (version INTEGER NOT NULL)",
 	.add_cols = {
 		{ "status", "ALTER TABLE fee ADD COLUMN status TEXT NOT NULL DEFAULT 'N'", NULL },
@@ -679,7 +681,9 @@ static const struct store_migrate_ops sq_migrate_ops = {
 		/* ADD COLUMN takes no expression default; insert() sets it explicitly. */
 		{ "received_at", "ALTER TABLE fee ADD COLUMN received_at TEXT", NULL },
 		{ "settled_at", "ALTER TABLE fee ADD COLUMN settled_at TEXT", NULL },
+		{ "source", "ALTER TABLE fee ADD COLUMN source TEXT", NULL },
 	},
+	.add_reject_source = "ALTER TABLE fee_reject ADD COLUMN source TEXT",
 	.add_key = "CREATE UNIQUE INDEX fee_ticket ON fee (ticket)",
 	.index_name = "fee_unsettled",
 	.create_index = "CREATE INDEX fee_unsettled ON fee (ticket) WHERE status = 'N'",
@@ -819,7 +823,8 @@ static int sq_lookup(struct store *s, const int64_t *tickets, size_t n,
 	return 0;
 }
 
-static int sq_insert(struct store *s, const struct record *recs, size_t n)
+static int sq_insert(struct store *s, const struct record *recs, const char *const *srcs,
+		     size_t n)
 {
 	struct store_sqlite *q = sq_of(s);
 	char vol[DEC_STRMAX], now[32];
@@ -832,6 +837,16 @@ static int sq_insert(struct store *s, const struct record *recs, size_t n)
 		return r;
 	sqlite3_bind_text(st, 4, now, (int)sq_now(now), SQLITE_STATIC); /* bindings survive reset */
 	for (size_t i = 0; i < n; i++) {
+		const char *src = srcs ? srcs[i] : NULL;
+
+		/* STATIC: the caller's text outlives the call; bound again when it changes */
+		if (i == 0 || (srcs && src != srcs[i - 1])) {
+			if (src)
+				sqlite3_bind_text(st, 5, src, (int)strnlen(src, STORE_SOURCE_MAX),
+						  SQLITE_STATIC);
+			else
+				sqlite3_bind_null(st, 5);
+		}
 		len = dec_format(recs[i].volume, DEC_SCALE, 0, vol);
 		sqlite3_bind_int64(st, 1, recs[i].ticket);
 		sqlite3_bind_int64(st, 2, recs[i].login);
@@ -864,6 +879,8 @@ static int sq_insert_rejects(struct store *s, const struct store_reject *rj, siz
 			rc = sqlite3_bind_blob64(st, 3, rj[i].body, rj[i].len, SQLITE_STATIC);
 		else
 			rc = sqlite3_bind_zeroblob(st, 3, 0);
+		if (rc == SQLITE_OK && rj[i].source)
+			rc = sqlite3_bind_text(st, 4, rj[i].source, -1, SQLITE_STATIC);
 		if (rc == SQLITE_OK)
 			rc = sqlite3_step(st);
 		if (rc != SQLITE_DONE)

@@ -672,5 +672,19 @@ class TestOtherUniqueKey(IngestCase):
         self.check(f)
 
 
+# ==== The sender on every row ====
+
+class TestSource(IngestCase):
+    def test_plain_client_rows_carry_its_address(self):
+        f = self.started()
+        self.assertEqual(f.req("4001,7,1.5"), "TRUE")
+        # 40 records in one request: PostgreSQL's COPY path, MariaDB's bulk array
+        self.assertEqual(f.req("".join(f"{t},7,1\n" for t in range(4100, 4140))), "TRUE")
+        self.assertTrue(f.req("4002,7,x").startswith("FALSE: "))
+        rows = f.sql("SELECT coalesce(source, 'NULL'), count(*) FROM fee GROUP BY source;")
+        self.assertEqual(rows, [["127.0.0.1", "41"]])
+        self.assertEqual(f.sql("SELECT coalesce(source, 'NULL') FROM fee_reject;"), [["127.0.0.1"]])
+
+
 if __name__ == "__main__":
     unittest.main()

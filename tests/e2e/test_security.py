@@ -436,5 +436,21 @@ class TestTools(SecurityCase):
         self.assertIn("--cert", r.stderr)
 
 
+class TestSource(SecurityCase):
+    def test_rows_carry_the_certificate_name(self):
+        f, keys = self.curve_feed(clients=("alice", "bob"))
+        f.start_ok()
+        self.assertEqual(self.curve_ask(f, keys, "alice", "31,7,1.5", timeout=20), "TRUE")
+        self.assertEqual(self.curve_ask(f, keys, "bob", "32,7,2", timeout=20), "TRUE")
+        # an identical re-send from another client: TRUE, and the row keeps its first sender
+        self.assertEqual(self.curve_ask(f, keys, "bob", "31,7,1.5", timeout=20), "TRUE")
+        reply = self.curve_ask(f, keys, "bob", "31,8,1.5", timeout=20)
+        self.assertTrue(reply.startswith("FALSE: conflict"), reply)
+        self.assertTrue(self.curve_ask(f, keys, "alice", "33,7,x", timeout=20).startswith("FALSE: "))
+        self.assertEqual(f.sql("SELECT ticket, source FROM fee ORDER BY ticket;"),
+                         [["31", "alice"], ["32", "bob"]])
+        self.assertEqual(f.sql("SELECT source FROM fee_reject ORDER BY id;"), [["bob"], ["alice"]])
+
+
 if __name__ == "__main__":
     unittest.main()

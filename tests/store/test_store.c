@@ -300,7 +300,7 @@ static void t_migrate(struct t_fix *fx)
 static void t_insert(struct t_fix *fx, const struct record *recs, size_t n)
 {
 	t_ok(fx->s, fx->ops->begin(fx->s), "begin");
-	t_ok(fx->s, fx->ops->insert(fx->s, recs, n), "insert");
+	t_ok(fx->s, fx->ops->insert(fx->s, recs, NULL, n), "insert");
 	t_ok(fx->s, fx->ops->commit(fx->s), "commit");
 }
 
@@ -349,7 +349,7 @@ static void test_migrate_twice(void **state)
 
 	t_migrate(fx);
 	t_migrate(fx);
-	t_sql_expect("SELECT version FROM feed_schema", "1\n");
+	t_sql_expect("SELECT version FROM feed_schema", "2\n");
 	t_sql_expect("SELECT count(*) FROM fee", "0\n");
 	t_sql_expect("SELECT count(*) FROM fee_rate", "0\n");
 	t_sql_expect("SELECT count(*) FROM fee_reject", "0\n");
@@ -358,7 +358,7 @@ static void test_migrate_twice(void **state)
 	struct store *s2 = t_open(fx->ops);
 	t_ok(s2, fx->ops->migrate(s2), "migrate (second connection)");
 	fx->ops->close(s2);
-	t_sql_expect("SELECT version FROM feed_schema", "1\n");
+	t_sql_expect("SELECT version FROM feed_schema", "2\n");
 }
 
 /* ==== Insert and lookup ==== */
@@ -453,7 +453,7 @@ static void test_insert_existing(void **state)
 
 	t_ok(fx->s, fx->ops->begin(fx->s), "begin");
 	fx->s->errmsg[0] = '\0';
-	r = fx->ops->insert(fx->s, again, 2);
+	r = fx->ops->insert(fx->s, again, NULL, 2);
 	t_expect_fail(fx->s, r, -EEXIST, "insert of an existing ticket");
 	t_ok(fx->s, fx->ops->rollback(fx->s), "rollback");
 
@@ -488,7 +488,7 @@ static void test_refused_record(void **state)
 
 	t_ok(fx->s, fx->ops->begin(fx->s), "begin");
 	fx->s->errmsg[0] = '\0';
-	r = fx->ops->insert(fx->s, recs, 3);
+	r = fx->ops->insert(fx->s, recs, NULL, 3);
 	t_expect_fail(fx->s, r, -EINVAL, "insert of login 666");
 	if (!strstr(fx->s->errmsg, "no666"))
 		fail_msg("errmsg does not name the cause (no666): %s", fx->s->errmsg);
@@ -497,8 +497,8 @@ static void test_refused_record(void **state)
 
 	/* The records around it go in without it. */
 	t_ok(fx->s, fx->ops->begin(fx->s), "begin");
-	t_ok(fx->s, fx->ops->insert(fx->s, &recs[0], 1), "insert");
-	t_ok(fx->s, fx->ops->insert(fx->s, &recs[2], 1), "insert");
+	t_ok(fx->s, fx->ops->insert(fx->s, &recs[0], NULL, 1), "insert");
+	t_ok(fx->s, fx->ops->insert(fx->s, &recs[2], NULL, 1), "insert");
 	t_ok(fx->s, fx->ops->commit(fx->s), "commit");
 	t_sql_expect("SELECT ticket FROM fee ORDER BY ticket", "20\n22\n");
 }
@@ -511,7 +511,7 @@ static void test_rollback_discards(void **state)
 	t_migrate(fx);
 	t_ok(fx->s, fx->ops->rollback(fx->s), "rollback without a transaction");
 	t_ok(fx->s, fx->ops->begin(fx->s), "begin");
-	t_ok(fx->s, fx->ops->insert(fx->s, &rec, 1), "insert");
+	t_ok(fx->s, fx->ops->insert(fx->s, &rec, NULL, 1), "insert");
 	t_ok(fx->s, fx->ops->rollback(fx->s), "rollback");
 	t_ok(fx->s, fx->ops->rollback(fx->s), "second rollback");
 	t_sql_expect("SELECT count(*) FROM fee", "0\n");
@@ -554,9 +554,10 @@ static void test_rejects_verbatim(void **state)
 	static const char body[] = { 'a', '\0', 'b', '\xff', '\n', '\0' };
 	char *big = malloc(BIG);
 	struct store_reject rj[3] = {
-		{ "tcp://127.0.0.1:5555", "line 1: volume: not a number", body, sizeof(body) },
-		{ "ipc:///run/feed.sock", "empty request", "", 0 },
-		{ "tcp://127.0.0.1:5555", "too large", big, BIG },
+		{ "tcp://127.0.0.1:5555", "line 1: volume: not a number", body, sizeof(body),
+		  "127.0.0.1" },
+		{ "ipc:///run/feed.sock", "empty request", "", 0, NULL },
+		{ "tcp://127.0.0.1:5555", "too large", big, BIG, "client-a" },
 	};
 	char sql[256], want[256];
 
@@ -583,6 +584,8 @@ static void test_rejects_verbatim(void **state)
 		     "ipc:///run/feed.sock\tempty request\t0\n"
 		     "tcp://127.0.0.1:5555\ttoo large\t1048576\n");
 	t_sql_expect("SELECT count(*) FROM fee_reject WHERE received_at IS NOT NULL", "3\n");
+	t_sql_expect("SELECT coalesce(source, 'NULL') FROM fee_reject ORDER BY id",
+		     "127.0.0.1\nNULL\nclient-a\n");
 	free(big);
 }
 
@@ -596,7 +599,7 @@ static void test_reject_reason_broken_utf8(void **state)
 	struct t_fix *fx = *state;
 	/* "database refused the request: Ungültig", cut after the first byte of 'ü' */
 	static const char reason[] = "database refused the request: Ung\xc3";
-	struct store_reject rj = { "tcp://127.0.0.1:5555", reason, "x", 1 };
+	struct store_reject rj = { "tcp://127.0.0.1:5555", reason, "x", 1, NULL };
 
 	t_migrate(fx);
 	t_ok(fx->s, fx->ops->begin(fx->s), "begin");
@@ -645,13 +648,13 @@ static void test_unique_other_key(void **state)
 	for (int round = 0; round < 2; round++) {
 		t_ok(fx->s, fx->ops->begin(fx->s), "begin");
 		fx->s->errmsg[0] = '\0';
-		r = fx->ops->insert(fx->s, &same_login, 1);
+		r = fx->ops->insert(fx->s, &same_login, NULL, 1);
 		if (r == -EEXIST) {
 			/* a key unknown to the cached names: re-read, then decided (store.h) */
 			fx->ops->rollback(fx->s);
 			t_ok(fx->s, fx->ops->begin(fx->s), "begin");
 			fx->s->errmsg[0] = '\0';
-			r = fx->ops->insert(fx->s, &same_login, 1);
+			r = fx->ops->insert(fx->s, &same_login, NULL, 1);
 		}
 		t_expect_fail(fx->s, r, -EINVAL, "insert breaking the unique key fee_ref");
 		if (!strstr(fx->s->errmsg, "ref"))
@@ -660,7 +663,7 @@ static void test_unique_other_key(void **state)
 
 		t_ok(fx->s, fx->ops->begin(fx->s), "begin");
 		fx->s->errmsg[0] = '\0';
-		r = fx->ops->insert(fx->s, &same_ticket, 1);
+		r = fx->ops->insert(fx->s, &same_ticket, NULL, 1);
 		/* login 8 is new: only the ticket collides */
 		t_expect_fail(fx->s, r, -EEXIST, "insert of an existing ticket beside fee_ref");
 		fx->ops->rollback(fx->s);
@@ -742,7 +745,7 @@ static void test_server_limit_reject(void **state)
 		t_sql("CREATE INDEX fee_reject_body ON fee_reject (body)", NULL, 0);
 	}
 
-	rj = (struct store_reject){ "tcp://127.0.0.1:5555", "too large", big, BIG };
+	rj = (struct store_reject){ "tcp://127.0.0.1:5555", "too large", big, BIG, NULL };
 	t_ok(fx->s, fx->ops->begin(fx->s), "begin");
 	fx->s->errmsg[0] = '\0';
 	r = fx->ops->insert_rejects(fx->s, &rj, 1);
@@ -961,7 +964,7 @@ static void test_classic_adoption(void **state)
 	t_create_classic("(1, 10, 1.50, 'N'), (2, 20, 2.25, 'Y'), (3, 30, 0, 'N')");
 	t_migrate(fx);
 	t_migrate(fx);
-	t_sql_expect("SELECT version FROM feed_schema", "1\n");
+	t_sql_expect("SELECT version FROM feed_schema", "2\n");
 	t_sql_expect_dec("SELECT ticket, login, volume, status FROM fee ORDER BY ticket",
 			 "1\t10\t1.5\tN\n2\t20\t2.25\tY\n3\t30\t0\tN\n");
 
@@ -974,7 +977,7 @@ static void test_classic_adoption(void **state)
 	t_insert(fx, &fresh, 1);
 	t_ok(fx->s, fx->ops->begin(fx->s), "begin");
 	fx->s->errmsg[0] = '\0';
-	r = fx->ops->insert(fx->s, &dup, 1);
+	r = fx->ops->insert(fx->s, &dup, NULL, 1);
 	t_expect_fail(fx->s, r, -EEXIST, "insert of an existing ticket into the adopted table");
 	t_ok(fx->s, fx->ops->rollback(fx->s), "rollback");
 
@@ -1007,7 +1010,7 @@ static void test_classic_own_ticket_key(void **state)
 	for (int round = 0; round < 2; round++) {
 		t_ok(fx->s, fx->ops->begin(fx->s), "begin");
 		fx->s->errmsg[0] = '\0';
-		r = fx->ops->insert(fx->s, &dup, 1);
+		r = fx->ops->insert(fx->s, &dup, NULL, 1);
 		t_expect_fail(fx->s, r, -EEXIST, "insert of an existing ticket (key classic_ticket)");
 		t_ok(fx->s, fx->ops->rollback(fx->s), "rollback");
 	}
@@ -1064,6 +1067,217 @@ static void test_schema_newer(void **state)
 	t_sql_expect("SELECT version FROM feed_schema", "99\n");
 }
 
+/* ==== The sender: fee.source, fee_reject.source ==== */
+
+static struct store_req t_req_from(const struct record *recs, size_t n, const char *body,
+				   const char *source)
+{
+	struct store_req q = t_req(recs, n, body);
+
+	q.source = source;
+	return q;
+}
+
+/* SQL for source in lower-case hex, "NULL" for NULL: a client's output escapes a tab or a backslash. */
+static const char *t_hex_source(void)
+{
+	return t_is("postgresql") ? "CASE WHEN source IS NULL THEN 'NULL'"
+				    " ELSE encode(convert_to(source, 'UTF8'), 'hex') END"
+				  : "CASE WHEN source IS NULL THEN 'NULL' ELSE lower(hex(source)) END";
+}
+
+static void t_hex(const char *s, char *buf, size_t size)
+{
+	buf[0] = '\0';
+	for (size_t i = 0; s[i] && 2 * i + 3 <= size; i++)
+		snprintf(buf + 2 * i, 3, "%02x", (unsigned char)s[i]);
+}
+
+/* store_write() of reqs[0..n) in one call; fails the test if it fails. */
+static void t_write(struct t_fix *fx, struct store_req *q, size_t n)
+{
+	struct store_req *reqs[16];
+	struct store_batch *batch = store_batch_new(256);
+
+	assert_non_null(batch);
+	assert_true(n <= 16);
+	for (size_t i = 0; i < n; i++)
+		reqs[i] = &q[i];
+	t_ok(fx->s, store_write(fx->s, batch, reqs, n), "store_write");
+	store_batch_free(&batch);
+}
+
+/*
+ * Each record carries its request's sender, in a batch of a few rows and in
+ * one of many (PostgreSQL: INSERT ... VALUES and COPY; MariaDB: the bulk
+ * array); "" and NULL are SQL NULL; a quote, a backslash and a tab are
+ * stored as they are. fee_reject carries it too.
+ */
+static void test_source_roundtrip(void **state)
+{
+	enum { MANY = 100 };
+	struct t_fix *fx = *state;
+	static const char odd[] = "o'brien\\x\ty";
+	const struct record a[] = { { 1, 1, 1 }, { 2, 1, 2 } }, b = { 3, 2, 3 }, c = { 4, 3, 4 },
+			    d = { 5, 4, 5 }, e = { 6, 5, 6 };
+	struct record many[MANY];
+	struct store_req q[7];
+	char want[256], sql[256], hex[64];
+
+	t_migrate(fx);
+	q[0] = t_req_from(a, 2, "1,1,1\n2,1,2", "127.0.0.1");
+	q[1] = t_req_from(&b, 1, "3,2,3", "client-a");
+	q[2] = t_req_from(&c, 1, "4,3,4", "");
+	q[3] = t_req_from(&d, 1, "5,4,5", NULL);
+	q[4] = t_req_from(&e, 1, "6,5,6", odd);
+	q[5] = t_req_from(NULL, 0, "junk", "client-b");
+	q[6] = t_req_from(NULL, 0, "junk too", "");
+	q[5].bad_input = q[6].bad_input = true;
+	snprintf(q[5].reason, sizeof(q[5].reason), "bad");
+	snprintf(q[6].reason, sizeof(q[6].reason), "bad too");
+	t_write(fx, q, 7);
+	for (size_t i = 0; i < 5; i++)
+		assert_false(q[i].rejected);
+	t_sql_expect("SELECT ticket, coalesce(source, 'NULL') FROM fee WHERE ticket < 6"
+		     " ORDER BY ticket",
+		     "1\t127.0.0.1\n2\t127.0.0.1\n3\tclient-a\n4\tNULL\n5\tNULL\n");
+	t_hex(odd, hex, sizeof(hex));
+	snprintf(sql, sizeof(sql), "SELECT %s FROM fee WHERE ticket = 6", t_hex_source());
+	snprintf(want, sizeof(want), "%s\n", hex);
+	t_sql_expect(sql, want);
+	t_sql_expect("SELECT reason, coalesce(source, 'NULL') FROM fee_reject ORDER BY id",
+		     "bad\tclient-b\nbad too\tNULL\n");
+
+	/* many rows from three senders, in runs, in one insert */
+	for (size_t i = 0; i < MANY; i++)
+		many[i] = (struct record){ (int64_t)(100 + i), 7, 1 };
+	q[0] = t_req_from(many, 40, "x", "10.1.2.3");
+	q[1] = t_req_from(many + 40, 35, "x", odd);
+	q[2] = t_req_from(many + 75, 25, "x", "");
+	t_write(fx, q, 3);
+	snprintf(sql, sizeof(sql), "SELECT %s, count(*) FROM fee WHERE ticket >= 100"
+		 " GROUP BY source ORDER BY 2", t_hex_source());
+	t_hex("10.1.2.3", want, sizeof(want));
+	snprintf(want + strlen(want), sizeof(want) - strlen(want), "\t40\n");
+	{
+		char all[512];
+
+		snprintf(all, sizeof(all), "NULL\t25\n%s\t35\n%s", hex, want);
+		t_sql_expect(sql, all);
+	}
+	t_sql_expect("SELECT min(ticket), max(ticket) FROM fee WHERE source = '10.1.2.3'",
+		     "100\t139\n");
+}
+
+/*
+ * An identical re-send from another sender is accepted (not rejected) and
+ * keeps the first sender: in a later batch and within one batch.
+ */
+static void test_source_resend_keeps_first(void **state)
+{
+	struct t_fix *fx = *state;
+	const struct record r10 = { 10, 1, 100 }, r11 = { 11, 1, 110 };
+	struct store_req q[2];
+
+	t_migrate(fx);
+	q[0] = t_req_from(&r10, 1, "10,1,100", "client-a");
+	t_write(fx, q, 1);
+	q[0] = t_req_from(&r10, 1, "10,1,100", "client-b");
+	t_write(fx, q, 1);
+	assert_false(q[0].rejected);
+
+	q[0] = t_req_from(&r11, 1, "11,1,110", "127.0.0.1");
+	q[1] = t_req_from(&r11, 1, "11,1,110", "client-b");
+	t_write(fx, q, 2);
+	assert_false(q[0].rejected);
+	assert_false(q[1].rejected);
+	t_sql_expect("SELECT ticket, source FROM fee ORDER BY ticket",
+		     "10\tclient-a\n11\t127.0.0.1\n");
+	t_sql_expect("SELECT count(*) FROM fee_reject", "0\n");
+}
+
+/*
+ * migrate() once more, beside another session that read fee and wrote
+ * fee_reject in a transaction it keeps open: DDL on either table would wait
+ * for it and fail after the lock timeout (-EAGAIN). On SQLite (one write
+ * lock: the reader would block migrate itself) the schema cookie says
+ * whether any DDL ran.
+ */
+static void t_migrate_no_ddl(struct t_fix *fx)
+{
+	const struct store_reject rj = { "tcp://127.0.0.1:5555", "reader", "x", 1, "reader" };
+	const int64_t ticket = 1;
+	char before[64], after[64];
+	struct store_row row;
+	struct store *s2;
+	size_t n;
+
+	if (t_is("sqlite")) {
+		t_sql("PRAGMA schema_version", before, sizeof(before));
+		t_migrate(fx);
+		t_sql("PRAGMA schema_version", after, sizeof(after));
+		if (strcmp(before, after) != 0)
+			fail_msg("a second migrate changed the schema (schema_version %s -> %s)",
+				 before, after);
+		return;
+	}
+	s2 = t_open(fx->ops);
+	t_ok(s2, fx->ops->begin(s2), "begin (reader)");
+	t_ok(s2, fx->ops->lookup(s2, &ticket, 1, &row, &n), "lookup (reader)");
+	t_ok(s2, fx->ops->insert_rejects(s2, &rj, 1), "insert_rejects (reader)");
+	t_ok(fx->s, fx->ops->migrate(fx->s), "migrate beside an open reader of fee and fee_reject");
+	fx->ops->rollback(s2);
+	fx->ops->close(s2);
+}
+
+/* Removes the schema 2 columns: the database as a feed of schema 1 left it. */
+static void t_make_schema1(void)
+{
+	t_sql("ALTER TABLE fee DROP COLUMN source", NULL, 0);
+	t_sql("ALTER TABLE fee_reject DROP COLUMN source", NULL, 0);
+	t_sql("UPDATE feed_schema SET version = 1", NULL, 0);
+}
+
+/* A schema 1 database gains both columns; its rows keep NULL; new rows carry the sender. */
+static void test_source_migrate_schema1(void **state)
+{
+	struct t_fix *fx = *state;
+	const struct record rec = { 2, 20, 1 };
+	struct store_req q;
+
+	t_migrate(fx);
+	t_make_schema1();
+	t_sql("INSERT INTO fee (ticket, login, volume, status) VALUES (1, 10, 1.5, 'N')", NULL, 0);
+	t_sql("INSERT INTO fee_reject (endpoint, reason, body) VALUES ('tcp://x', 'old', 'x')",
+	      NULL, 0);
+	t_migrate(fx);
+	t_sql_expect("SELECT version FROM feed_schema", "2\n");
+	t_sql_expect("SELECT ticket FROM fee WHERE source IS NULL", "1\n");
+	t_sql_expect("SELECT reason FROM fee_reject WHERE source IS NULL", "old\n");
+	q = t_req_from(&rec, 1, "2,20,1", "client-a");
+	t_write(fx, &q, 1);
+	t_sql_expect("SELECT ticket, coalesce(source, 'NULL') FROM fee ORDER BY ticket",
+		     "1\tNULL\n2\tclient-a\n");
+	t_migrate_no_ddl(fx);
+	t_sql_expect("SELECT version FROM feed_schema", "2\n");
+}
+
+/* A classic table adopted gains fee.source; its rows keep NULL. */
+static void test_source_classic(void **state)
+{
+	struct t_fix *fx = *state;
+	const struct record rec = { 4, 40, 1 };
+	struct store_req q;
+
+	t_create_classic("(1, 10, 1.50, 'N'), (2, 20, 2.25, 'Y'), (3, 30, 0, 'N')");
+	t_migrate(fx);
+	t_sql_expect("SELECT count(*) FROM fee WHERE source IS NULL", "3\n");
+	q = t_req_from(&rec, 1, "4,40,1", "10.0.0.7");
+	t_write(fx, &q, 1);
+	t_sql_expect("SELECT ticket FROM fee WHERE source = '10.0.0.7'", "4\n");
+	t_migrate_no_ddl(fx);
+}
+
 /* ==== Connections ==== */
 
 /* reconnect() on a healthy connection: the data stays, the connection works. */
@@ -1100,7 +1314,7 @@ static void test_server_restart(void **state)
 	fx->s->errmsg[0] = '\0';
 	r = fx->ops->begin(fx->s);
 	if (r == 0)
-		r = fx->ops->insert(fx->s, &rec, 1);
+		r = fx->ops->insert(fx->s, &rec, NULL, 1);
 	fx->ops->rollback(fx->s);
 	st = t_shell(t_env.start, "", 0, NULL, 0);
 	if (st != 0)
@@ -1220,7 +1434,7 @@ static void test_sqlite_busy(void **state)
 	t_migrate(fx);
 	s2 = t_open(fx->ops);
 	t_ok(fx->s, fx->ops->begin(fx->s), "begin");
-	t_ok(fx->s, fx->ops->insert(fx->s, &rec, 1), "insert");
+	t_ok(fx->s, fx->ops->insert(fx->s, &rec, NULL, 1), "insert");
 	s2->errmsg[0] = '\0';
 	r = fx->ops->begin(s2);
 	t_expect_fail(s2, r, -EAGAIN, "begin while another connection writes");
@@ -1259,6 +1473,10 @@ int main(void)
 		T(test_reconnect_healthy),
 		T(test_unique_other_key),
 		T(test_write_isolates_unique_violation),
+		T(test_source_roundtrip),
+		T(test_source_resend_keeps_first),
+		T(test_source_migrate_schema1),
+		T(test_source_classic),
 	};
 	const struct CMUnitTest sqlite_only[] = {
 		cmocka_unit_test(test_sqlite_bad_urls),
