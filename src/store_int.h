@@ -148,7 +148,8 @@ struct store_migrate_ops {
 	const char *add_primary_key;  /* ... this statement instead of add_key */
 	const char *index_name;       /* the index behind WHERE status = 'N' ORDER BY ticket */
 	const char *create_index;
-	const char *const *set_version; /* statements recording STORE_SCHEMA_VERSION, NULL-ended */
+	const char *const *set_version; /* statements recording STORE_SCHEMA_VERSION, NULL-ended;
+					  NULL: DELETE then INSERT in the migration's transaction */
 	int ddl_lock_timeout_s;       /* how long DDL waits for a lock on a table */
 	const char *lock_hint;        /* where to see who holds it: "SHOW PROCESSLIST" */
 };

@@ -374,8 +374,15 @@ static int mig_run(struct store *s, const struct store_migrate_ops *m)
 		r = mig_create(s, m, "feed_schema", m->create_schema);
 	if (r < 0 || (version == STORE_SCHEMA_VERSION && rows == 1))
 		return r;
-	for (size_t i = 0; m->set_version[i] && r == 0; i++)
-		r = m->exec(s, "recording the schema version", m->set_version[i]);
+	/* backends whose DDL commits by itself give their own (in a transaction) */
+	static const char *const set_version[] = {
+		"DELETE FROM feed_schema",
+		"INSERT INTO feed_schema (version) VALUES (" STORE_STR(STORE_SCHEMA_VERSION) ")",
+		NULL,
+	};
+	const char *const *sv = m->set_version ? m->set_version : set_version;
+	for (size_t i = 0; sv[i] && r == 0; i++)
+		r = m->exec(s, "recording the schema version", sv[i]);
 	return r;
 }
 

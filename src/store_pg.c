@@ -711,12 +711,6 @@ static void pg_widen_sql(const char *col, const struct store_qrow *c, char *sql,
 		 strcmp(col, "volume") ? "bigint" : "numeric");
 }
 
-static const char *const pg_set_version[] = {
-	"DELETE FROM feed_schema",
-	"INSERT INTO feed_schema (version) VALUES (" STORE_STR(STORE_SCHEMA_VERSION) ")",
-	NULL,
-};
-
 static const struct store_migrate_ops pg_migrate_ops = {
 	.lock = pg_migrate_lock,
 	.unlock = pg_migrate_unlock,
@@ -772,7 +766,6 @@ static const struct store_migrate_ops pg_migrate_ops = {
 	.add_key = "CREATE UNIQUE INDEX fee_ticket_key ON fee (ticket)",
 	.index_name = "fee_unsettled_idx",
 	.create_index = "CREATE INDEX fee_unsettled_idx ON fee (ticket) WHERE status = 'N'",
-	.set_version = pg_set_version,
 	.ddl_lock_timeout_s = PG_DDL_LOCK_TIMEOUT_S,
 	.lock_hint = "pg_locks and pg_stat_activity",
 };

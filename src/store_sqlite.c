@@ -631,12 +631,6 @@ static int sq_migrate_query(struct store *s, const char *what, const char *sql,
 	return r;
 }
 
-static const char *const sq_set_version[] = {
-	"DELETE FROM feed_schema",
-	"INSERT INTO feed_schema (version) VALUES (" STORE_STR(STORE_SCHEMA_VERSION) ")",
-	NULL,
-};
-
 static const struct store_migrate_ops sq_migrate_ops = {
 	.lock = sq_migrate_lock,
 	.unlock = sq_migrate_unlock,
@@ -687,7 +681,6 @@ static const struct store_migrate_ops sq_migrate_ops = {
 	.add_key = "CREATE UNIQUE INDEX fee_ticket ON fee (ticket)",
 	.index_name = "fee_unsettled",
 	.create_index = "CREATE INDEX fee_unsettled ON fee (ticket) WHERE status = 'N'",
-	.set_version = sq_set_version,
 	/* never waited for: BEGIN IMMEDIATE holds the database's one write lock */
 	.ddl_lock_timeout_s = SQ_BUSY_MS / 1000,
 	.lock_hint = "the processes that have the database open (fuser)",
