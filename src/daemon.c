@@ -55,6 +55,7 @@ struct ctx {
 	const char *cfgpath;
 	bool keep_log_level;       /* -v given: SIGHUP does not take log_level from the file */
 	int notify_fd;             /* readiness pipe to the original process, or -1 */
+	bool failed;               /* a start-up failure was sent on it */
 	char status_path[PATH_MAX];
 	char *pidfile_dir;
 	const char *pidfile_name;  /* in cfg->pidfile */
@@ -79,10 +80,14 @@ static void __attribute__((format(printf, 2, 0))) vfail(struct ctx *c, const cha
 
 	vsnprintf(msg, sizeof(msg), fmt, ap);
 	log_err("%s", msg);
-	if (c->notify_fd >= 0) {
+	/*
+	 * The first failure is what `start` prints; the pipe stays open until
+	 * serve() has cleaned up (pidfile unlocked and removed), so that `start`
+	 * returns only once `status` no longer sees a daemon.
+	 */
+	if (c->notify_fd >= 0 && !c->failed) {
 		dprintf(c->notify_fd, "%s %s\n", c->config_error ? "CONFIG" : "ERROR", msg);
-		close(c->notify_fd);
-		c->notify_fd = -1;
+		c->failed = true;
 	}
 }
 
@@ -980,6 +985,18 @@ static int wait_ready(int fd, pid_t child, int timeout_s)
 			continue;
 		if (n <= 0 || (len += (size_t)n) >= sizeof(buf) - 1 || memchr(buf, '\n', len))
 			break;
+	}
+	/* a failure: wait (bounded) for the daemon to finish cleaning up, i.e. EOF */
+	if (len > 0 && strncmp(buf, "READY ", 6) != 0) {
+		char drain[256];
+		for (;;) {
+			int left = (int)(deadline - time(NULL));
+			if (left <= 0 || poll(&pfd, 1, left * 1000) <= 0)
+				break;
+			ssize_t n = read(fd, drain, sizeof(drain));
+			if (n == 0 || (n < 0 && errno != EINTR))
+				break;
+		}
 	}
 	close(fd);
 	waitpid(child, &status, 0); /* the intermediate child exits at once */
