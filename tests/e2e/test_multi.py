@@ -1,0 +1,177 @@
+"""test_multi - several feed instances on one database behind `feed send -e A,B`.
+
+Run under tests/lib/with-postgres.sh: the two instances share one real
+PostgreSQL database, as in a deployment with several feed instances in front
+of one database server. One instance is killed (SIGKILL) or hung (SIGSTOP) in
+the middle of a pipelined stream; feed send must move what it had in flight
+there to the other one and finish with every record TRUE, each ticket once.
+"""
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import unittest
+import urllib.request
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import feedtest  # noqa: E402
+from feedtest import FEED, FeedTestCase, free_port, wait_until  # noqa: E402
+
+TOTAL = 200_000
+PER = 10            # records per request
+WINDOW = 64         # requests in flight
+
+
+def scrape(f, name):
+    """The value of one sample of feed's /metrics, e.g. 'feed_requests_total{result="true"}'."""
+    with urllib.request.urlopen(f.http + "/metrics", timeout=10) as r:
+        body = r.read().decode()
+    for line in body.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"{name} not in /metrics:\n{body}")
+
+
+class MultiTest(FeedTestCase):
+    def setUp(self):
+        super().setUp()
+        self.stopped = []
+
+    def tearDown(self):
+        for pid in self.stopped:        # never leave a stopped instance behind
+            try:
+                os.kill(pid, signal.SIGCONT)
+            except OSError:
+                pass
+        super().tearDown()
+
+    def two(self):
+        """Two instances A and B on the one database, each with /metrics."""
+        fs = []
+        for _ in range(2):               # both made (each resets the tables) before either starts
+            port = free_port()
+            f = self.feed(conf={"metrics": {"listen": f"127.0.0.1:{port}"}})
+            f.http = f"http://127.0.0.1:{port}"
+            fs.append(f)
+        for f in fs:
+            f.start_ok()
+        return fs
+
+    def trades(self, f, first):
+        path = os.path.join(f.dir, "trades.csv")
+        with open(path, "w") as fh:
+            fh.writelines(f"{t},{t % 97},0.5\n" for t in range(first, first + TOTAL))
+        os.chmod(path, 0o644)
+        return path
+
+    def count(self, f):
+        return int(f.sql("SELECT count(*) FROM fee;")[0][0])
+
+    def send_until(self, a, b, path, act):
+        """Runs `feed send -e A,B`; calls act() once the database holds a third of the stream."""
+        cmd = [FEED, "send", "-q", "-e", f"{a.endpoint},{b.endpoint}", "-w", str(WINDOW),
+               "-n", str(PER), "-t", "1000", "-r", "5", path]
+        p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+        try:
+            n = wait_until(lambda: p.poll() is not None or self.count(a) >= TOTAL // 3, 300,
+                           step=0.02, what="a third of the stream in the database")
+            self.assertIsNone(p.poll(), f"feed send ended before the fault: {p.communicate()}")
+            at = self.count(a)
+            self.assertLess(at, TOTAL, "the stream finished before the fault")
+            act()
+            out, err = p.communicate(timeout=300)
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.communicate()
+        return p.returncode, err, at, n
+
+    def assert_all_once(self, f, first):
+        rows = f.sql("SELECT count(*), count(DISTINCT ticket), min(ticket), max(ticket) FROM fee;")
+        self.assertEqual([int(x) for x in rows[0]], [TOTAL, TOTAL, first, first + TOTAL - 1])
+
+    def assert_summary(self, rc, err):
+        self.assertEqual(rc, 0, err)
+        m = re.search(r"sent (\d+) records in \d+ requests: TRUE (\d+), FALSE 0, .*"
+                      r"re-sent to another instance (\d+)", err)
+        self.assertIsNotNone(m, err)
+        self.assertEqual(int(m.group(1)), TOTAL, err)
+        self.assertEqual(int(m.group(2)), TOTAL, err)
+        self.assertGreater(int(m.group(3)), 0, err)
+
+    def test_kill9_one_of_two(self):
+        a, b = self.two()
+        first = 50_000_001
+        path = self.trades(a, first)
+        a_true = []
+
+        def kill_a():
+            a_true.append(scrape(a, 'feed_requests_total{result="true"}'))
+            a.kill9()
+
+        rc, err, at, _ = self.send_until(a, b, path, kill_a)
+        print(f"A killed at {at} of {TOTAL} records in the database; feed send said:\n{err}")
+        self.assert_summary(rc, err)
+        self.assertIn("connection lost", err)
+        self.assert_all_once(b, first)
+        # both instances did work: A answered TRUE before it died, B after
+        self.assertGreater(a_true[0], 0)
+        self.assertGreater(scrape(b, 'feed_requests_total{result="true"}'), 0)
+
+    def test_sigstop_one_of_two(self):
+        # A hung, not dead: its connection stays up, it answers nothing
+        a, b = self.two()
+        first = 60_000_001
+        path = self.trades(a, first)
+        a_true = []
+
+        def stop_a():
+            a_true.append(scrape(a, 'feed_requests_total{result="true"}'))
+            pid = a.pid()
+            self.stopped.append(pid)
+            os.kill(pid, signal.SIGSTOP)
+
+        t0 = time.monotonic()
+        rc, err, at, _ = self.send_until(a, b, path, stop_a)
+        elapsed = time.monotonic() - t0
+        print(f"A stopped at {at} of {TOTAL} records in the database; {elapsed:.1f} s; feed send said:\n{err}")
+        self.assert_summary(rc, err)
+        self.assertIn("no reply", err)
+        self.assert_all_once(b, first)
+        self.assertGreater(a_true[0], 0)
+        self.assertGreater(scrape(b, 'feed_requests_total{result="true"}'), 0)
+        # A wakes up and answers what it held: identical re-sends, still each ticket once
+        os.kill(self.stopped.pop(), signal.SIGCONT)
+        wait_until(lambda: a.req("1,1,1").startswith("TRUE"), 30, what="A to answer again")
+        rows = b.sql(f"SELECT count(*), count(DISTINCT ticket) FROM fee WHERE ticket >= {first};")
+        self.assertEqual([int(x) for x in rows[0]], [TOTAL, TOTAL])
+
+    def test_one_endpoint_down_from_the_start(self):
+        # B listens nowhere: the whole stream goes to A, nothing is lost on the way
+        port = free_port()
+        a = self.feed(conf={"metrics": {"listen": f"127.0.0.1:{port}"}})
+        a.start_ok()
+        nowhere = f"tcp://127.0.0.1:{free_port()}"
+        first = 70_000_001
+        data = "".join(f"{t},5,1\n" for t in range(first, first + 5000))
+        r = subprocess.run([FEED, "send", "-q", "-e", f"{nowhere},{a.endpoint}", "-t", "1000", "-"],
+                           input=data, capture_output=True, text=True, timeout=120)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertRegex(r.stderr, r"sent 5000 records in \d+ requests: TRUE 5000, FALSE 0")
+        rows = a.sql("SELECT count(*), count(DISTINCT ticket) FROM fee;")
+        self.assertEqual([int(x) for x in rows[0]], [5000, 5000])
+
+    def test_all_down_gives_up(self):
+        eps = ",".join(f"tcp://127.0.0.1:{free_port()}" for _ in range(2))
+        r = subprocess.run([FEED, "send", "-q", "-e", eps, "-t", "300", "-r", "0", "-"],
+                           input="1,2,3\n", capture_output=True, text=True, timeout=60)
+        self.assertEqual(r.returncode, 1, r.stderr)
+        self.assertIn("nothing answers at", r.stderr)
+
+
+if __name__ == "__main__":
+    unittest.main()
