@@ -1,6 +1,7 @@
 /*
  * client.c - `feed send`: reads records from files or stdin and delivers
- * them to feed over one ZeroMQ DEALER socket, pipelined.
+ * them to feed over ZeroMQ DEALER sockets, pipelined: one socket per
+ * endpoint (one feed instance each).
  *
  * Owns the input readers, the in-flight window (a fixed array of request
  * slots, each with its body and the input position of each of its lines),
@@ -12,6 +13,14 @@
  * Requests carry an 8-byte sequence number as their id. A re-send after a
  * timeout reuses the id; ids are never reused for another request, so a late
  * reply to a request already answered finds no slot and is ignored.
+ *
+ * With several endpoints each request goes to the live one with the fewest
+ * in flight, so a slow instance gets less. An endpoint that loses its
+ * connection, or has requests in flight and answers nothing for a timeout,
+ * is dead: what it had in flight is re-sent to the others with the same ids
+ * (feed keys records by ticket, so a request stored twice is stored once).
+ * A dead endpoint gets one request again after a timeout, or as soon as it
+ * connects again; an answer from it makes it live.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -44,6 +53,7 @@
 #define CLIENT_CONNECT_NS   3000000000LL  /* no connection by then: say nothing answers */
 #define CLIENT_NOTES_MAX    5             /* notes about what the input probably is */
 #define CLIENT_MONITOR      "inproc://feed-send-monitor"
+#define CLIENT_EPS_MAX      16            /* endpoints in -e */
 
 /* ==== Input ==== */
 
@@ -194,7 +204,21 @@ struct client_slot {
 	struct client_pos *pos;        /* one per record */
 	size_t nrec, poscap;
 	int attempts;                  /* sends so far */
+	int ep;                        /* endpoint of the last send, -1 before the first */
 	int64_t deadline;              /* monotonic ns */
+};
+
+/* One feed instance: its socket and what it has in flight. */
+struct client_ep {
+	const char *addr;              /* points into client.eplist */
+	void *sock;
+	void *mon;                     /* PAIR receiving sock's connection events */
+	bool up;                       /* connected now (several endpoints only) */
+	bool dead;                     /* lost, or silent for a timeout: takes no work */
+	int64_t retry_at;              /* dead: when it may take one request again */
+	int64_t last_reply;            /* its last answer, or the start */
+	size_t inflight;               /* slots sent to it, unanswered */
+	uint64_t requests, answered;   /* requests handed to it; records it answered */
 };
 
 struct client_reason {
@@ -205,14 +229,17 @@ struct client_reason {
 
 struct client {
 	/* options */
-	const char *endpoint;
+	const char *endpoint;              /* as given: one endpoint or a comma list */
+	char *eplist;                      /* endpoint, split in place */
 	const char *server_key, *cert;     /* CURVE: certificate files, or NULL */
 	size_t window, batch;
 	int timeout_ms, retries;
 	bool quiet, progress;
 
-	void *ctx, *sock;
-	void *mon;                         /* PAIR receiving sock's connection events */
+	void *ctx;
+	struct client_ep eps[CLIENT_EPS_MAX];
+	int nep;
+	int blocked;                       /* endpoint whose socket took no more, or -1 */
 	bool connected;                    /* a connection was made at least once */
 	struct client_input in;
 	struct client_slot *slots;
@@ -226,6 +253,7 @@ struct client {
 
 	/* tallies, in records except requests */
 	uint64_t sent, requests, ok, bad, resent, noreply, unsent, stray;
+	uint64_t moved;                    /* re-sent to another endpoint than the last */
 	uint64_t skipped, notes;           /* header lines not sent; notes printed */
 	struct client_reason reasons[CLIENT_REASONS];
 	size_t nreasons;
@@ -311,6 +339,8 @@ static void client_slot_free(struct client *c, size_t slot)
 	struct client_slot *s = &c->slots[slot];
 
 	client_map_del(c, s->id);
+	if (s->state == SLOT_SENT && s->ep >= 0)
+		c->eps[s->ep].inflight--;
 	s->state = SLOT_FREE;
 	s->len = 0;
 	s->nrec = 0;
@@ -365,7 +395,7 @@ static void client_note_reason(struct client *c, const struct client_slot *s,
 	c->nreasons++;
 }
 
-static void client_on_reply(struct client *c, zmq_msg_t *idf, zmq_msg_t *st)
+static void client_on_reply(struct client *c, int e, zmq_msg_t *idf, zmq_msg_t *st)
 {
 	char reason[CLIENT_REASON_LEN];
 	const char *data = zmq_msg_data(st);
@@ -374,6 +404,9 @@ static void client_on_reply(struct client *c, zmq_msg_t *idf, zmq_msg_t *st)
 	uint64_t id;
 	long slot;
 
+	/* any answer, even a late one, says the instance is working */
+	c->eps[e].last_reply = client_now();
+	c->eps[e].dead = false;
 	if (zmq_msg_size(idf) != sizeof(id)) {
 		c->stray++;
 		return;
@@ -385,7 +418,8 @@ static void client_on_reply(struct client *c, zmq_msg_t *idf, zmq_msg_t *st)
 		return;
 	}
 	s = &c->slots[slot];
-	c->last_reply = client_now();
+	c->last_reply = c->eps[e].last_reply;
+	c->eps[e].answered += s->nrec;
 	if (len == 4 && memcmp(data, "TRUE", 4) == 0) {
 		c->ok += s->nrec;
 	} else {
@@ -421,9 +455,11 @@ note:
 	client_slot_free(c, (size_t)slot);
 }
 
-/* Reads every reply available now. Returns 0 or a negative errno. */
-static int client_recv_all(struct client *c)
+/* Reads every reply available now on endpoint e. Returns 0 or a negative errno. */
+static int client_recv_all(struct client *c, int e)
 {
+	void *sock = c->eps[e].sock;
+
 	for (;;) {
 		zmq_msg_t part[3];
 		int n = 0, r = 0, more = 1;
@@ -433,13 +469,13 @@ static int client_recv_all(struct client *c)
 			zmq_msg_t scratch, *m = n < 3 ? &part[n] : &scratch;
 
 			zmq_msg_init(m);
-			if (zmq_msg_recv(m, c->sock, ZMQ_DONTWAIT) < 0) {
+			if (zmq_msg_recv(m, sock, ZMQ_DONTWAIT) < 0) {
 				r = -errno;
 				zmq_msg_close(m);
 				break;
 			}
 			moresz = sizeof(more);
-			if (zmq_getsockopt(c->sock, ZMQ_RCVMORE, &more, &moresz) < 0)
+			if (zmq_getsockopt(sock, ZMQ_RCVMORE, &more, &moresz) < 0)
 				more = 0;
 			if (m == &scratch)
 				zmq_msg_close(m);
@@ -447,7 +483,7 @@ static int client_recv_all(struct client *c)
 		}
 		if (r == 0) {
 			if (n == 3 && zmq_msg_size(&part[0]) == 0)
-				client_on_reply(c, &part[1], &part[2]);
+				client_on_reply(c, e, &part[1], &part[2]);
 			else
 				c->stray++;
 		}
@@ -465,34 +501,92 @@ static int client_recv_all(struct client *c)
 /* ==== Sending ==== */
 
 /* Returns 0 when sent, -EAGAIN when the socket cannot take it now. */
-static int client_send_slot(struct client *c, struct client_slot *s)
+static int client_send_slot(void *sock, struct client_slot *s)
 {
-	if (zmq_send(c->sock, "", 0, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0)
+	if (zmq_send(sock, "", 0, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0)
 		return -errno;
 	/* once the first frame is queued the rest of the message is too */
-	if (zmq_send(c->sock, &s->id, sizeof(s->id), ZMQ_SNDMORE) < 0 ||
-	    zmq_send(c->sock, s->body, s->len, 0) < 0)
+	if (zmq_send(sock, &s->id, sizeof(s->id), ZMQ_SNDMORE) < 0 ||
+	    zmq_send(sock, s->body, s->len, 0) < 0)
 		return -errno;
 	return 0;
 }
 
+/*
+ * The endpoint for the next request: the connected, live one with the
+ * fewest in flight; a dead one whose retry time has come takes one request
+ * (its answer makes it live). -1: none now, the request waits.
+ */
+static int client_pick(const struct client *c, int64_t now)
+{
+	int best = -1;
+
+	if (c->nep == 1)
+		return 0;          /* one endpoint: ZeroMQ queues until it connects */
+	for (int i = 0; i < c->nep; i++) {
+		const struct client_ep *ep = &c->eps[i];
+
+		if (!ep->up || (ep->dead && (now < ep->retry_at || ep->inflight > 0)))
+			continue;
+		if (best < 0 || ep->inflight < c->eps[best].inflight)
+			best = i;
+	}
+	return best;
+}
+
+/* Endpoint e is dead: queues what it has in flight for the others. */
+static void client_ep_down(struct client *c, int e, int64_t now, const char *why)
+{
+	struct client_ep *ep = &c->eps[e];
+	size_t n = 0;
+
+	for (size_t i = 0; i < c->window; i++) {
+		struct client_slot *s = &c->slots[i];
+
+		if (s->state != SLOT_SENT || s->ep != e)
+			continue;
+		s->state = SLOT_QUEUED;
+		s->deadline = now + (int64_t)c->timeout_ms * 1000000;
+		ep->inflight--;
+		client_sendq_push(c, i);
+		n++;
+	}
+	if (!ep->dead)
+		fprintf(stderr, "%sfeed send: %s: %s; re-sending its %zu requests in flight to the other endpoints\n",
+			c->progress ? "\r\033[K" : "", ep->addr, why, n);
+	ep->dead = true;
+	ep->retry_at = now + (int64_t)c->timeout_ms * 1000000;
+}
+
 static int client_flush(struct client *c)
 {
+	c->blocked = -1;
 	while (c->sq_len > 0) {
 		size_t slot = c->sendq[c->sq_head];
 		struct client_slot *s = &c->slots[slot];
-		int r;
+		int r, e;
 
 		if (s->state != SLOT_FREE) {
-			r = client_send_slot(c, s);
-			if (r == -EAGAIN || r == -EINTR)
+			e = client_pick(c, client_now());
+			if (e < 0)
+				return 0;      /* no endpoint takes work now: it waits, and expires */
+			r = client_send_slot(c->eps[e].sock, s);
+			if (r == -EAGAIN || r == -EINTR) {
+				c->blocked = e;
 				return 0;
+			}
 			if (r < 0)
 				return r;
-			if (s->attempts > 0)
+			if (s->attempts > 0) {
 				c->resent += s->nrec;
+				if (s->ep >= 0 && s->ep != e)
+					c->moved += s->nrec;
+			}
 			s->attempts++;
 			s->state = SLOT_SENT;
+			s->ep = e;
+			c->eps[e].inflight++;
+			c->eps[e].requests++;
 			s->deadline = client_now() + (int64_t)c->timeout_ms * 1000000;
 		}
 		s->in_sendq = false;
@@ -651,6 +745,7 @@ static int client_fill(struct client *c, char *line)
 		s->id = ++c->next_id;
 		s->state = SLOT_QUEUED;
 		s->attempts = 0;
+		s->ep = -1;
 		s->deadline = client_now() + (int64_t)c->timeout_ms * 1000000;
 		client_map_put(c, s->id, slot);
 		client_sendq_push(c, slot);
@@ -663,11 +758,24 @@ static int client_fill(struct client *c, char *line)
 /* Re-queues or gives up on requests past their deadline. */
 static void client_expire(struct client *c, int64_t now)
 {
+	int64_t timeout = (int64_t)c->timeout_ms * 1000000;
+
 	for (size_t i = 0; i < c->window; i++) {
 		struct client_slot *s = &c->slots[i];
 
 		if (s->state == SLOT_FREE || s->deadline > now)
 			continue;
+		if (s->state == SLOT_SENT && c->nep > 1) {
+			struct client_ep *ep = &c->eps[s->ep];
+
+			if (ep->dead) {
+				ep->retry_at = now + timeout;   /* its one try went unanswered too */
+			} else if (ep->last_reply < now - timeout) {
+				/* nothing at all from it for a timeout: hung, not just slow */
+				client_ep_down(c, s->ep, now, "no reply within the timeout");
+				continue;
+			}
+		}
 		if (s->state == SLOT_QUEUED)
 			s->attempts++;         /* a try that could not even be handed to ZeroMQ */
 		if (s->attempts > c->retries) {
@@ -675,8 +783,10 @@ static void client_expire(struct client *c, int64_t now)
 			client_slot_free(c, i);    /* a stale send-queue entry is skipped */
 			continue;
 		}
+		if (s->state == SLOT_SENT)
+			c->eps[s->ep].inflight--;
 		s->state = SLOT_QUEUED;
-		s->deadline = now + (int64_t)c->timeout_ms * 1000000;
+		s->deadline = now + timeout;
 		client_sendq_push(c, i);
 	}
 }
@@ -727,10 +837,15 @@ static void client_summary(struct client *c)
 	if (c->progress)
 		fprintf(stderr, "\r\033[K");
 	fprintf(stderr, "sent %" PRIu64 " records in %" PRIu64 " requests: TRUE %" PRIu64
-		", FALSE %" PRIu64 ", re-sent %" PRIu64 ", no reply %" PRIu64
-		", elapsed %" PRId64 ".%03d s, rate %" PRIu64 "/s\n",
-		c->sent, c->requests, c->ok, c->bad, c->resent, c->noreply,
-		ms / 1000, (int)(ms % 1000), rate);
+		", FALSE %" PRIu64 ", re-sent %" PRIu64, c->sent, c->requests, c->ok, c->bad, c->resent);
+	if (c->nep > 1)
+		fprintf(stderr, " (%" PRIu64 " to another instance)", c->moved);
+	fprintf(stderr, ", no reply %" PRIu64 ", elapsed %" PRId64 ".%03d s, rate %" PRIu64 "/s\n",
+		c->noreply, ms / 1000, (int)(ms % 1000), rate);
+	for (int i = 0; c->nep > 1 && i < c->nep; i++)
+		fprintf(stderr, "  %s: %" PRIu64 " requests sent, %" PRIu64 " records answered%s\n",
+			c->eps[i].addr, c->eps[i].requests, c->eps[i].answered,
+			c->eps[i].dead ? " (dead at the end)" : "");
 	if (c->unsent > 0)
 		fprintf(stderr, "not sent: %" PRIu64 " unreadable lines or files\n", c->unsent);
 	if (c->gave_up)
@@ -750,14 +865,18 @@ static void client_summary(struct client *c)
 void client_usage(FILE *f)
 {
 	fprintf(f,
-		"usage: feed send [-e ENDPOINT] [-w WINDOW] [-n RECORDS_PER_REQUEST]\n"
+		"usage: feed send [-e ENDPOINT[,ENDPOINT...]] [-w WINDOW] [-n RECORDS_PER_REQUEST]\n"
 		"                 [-t TIMEOUT_MS] [-r MAX_RESENDS] [-q]\n"
 		"                 [--server-key FILE --cert FILE] [FILE...]\n"
 		"\n"
 		"Sends records \"ticket,login,volume\", one per line, from each FILE (stdin\n"
 		"when none, or for \"-\") to feed and waits for every answer.\n"
 		"\n"
-		"  -e, --endpoint ENDPOINT  where feed listens (default from the configuration)\n"
+		"  -e, --endpoint LIST      where feed listens (default: [send] endpoint, else the\n"
+		"                           first [listen] endpoint); several, comma separated:\n"
+		"                           the window is spread over those instances, and what\n"
+		"                           one had in flight when it died or hung is re-sent to\n"
+		"                           the others (up to %d)\n"
 		"  -w, --window N           requests in flight, 1..%d (default 64)\n"
 		"  -n, --batch N            records per request, 1..%d (default 1)\n"
 		"  -t, --timeout MS         re-send a request not answered within MS (default 5000)\n"
@@ -768,7 +887,7 @@ void client_usage(FILE *f)
 		"  -h, --help               this text\n"
 		"\n"
 		"Exit status: 0 if every record got TRUE, 1 otherwise, 2 on bad usage.\n",
-		CLIENT_WINDOW_MAX, CLIENT_BATCH_MAX);
+		CLIENT_EPS_MAX, CLIENT_WINDOW_MAX, CLIENT_BATCH_MAX);
 }
 
 /* The input's size for the progress line, when every file is a regular file. */
@@ -799,6 +918,50 @@ static int client_num(const char *opt, const char *s, long min, long max, long *
 		return -EINVAL;
 	}
 	*ret = v;
+	return 0;
+}
+
+/* Splits the endpoint list into c->eps. Returns 0 or -EINVAL (reported). */
+static int client_endpoints(struct client *c)
+{
+	char *p;
+
+	if (c->endpoint)
+		c->eplist = strdup(c->endpoint);
+	if (c->endpoint && !c->eplist) {
+		fprintf(stderr, "feed send: out of memory\n");
+		return -EINVAL;
+	}
+	for (p = c->eplist; p && *p; ) {
+		size_t len;
+		char *ep;
+
+		p += strspn(p, " \t,");
+		len = strcspn(p, ",");
+		ep = p;
+		p += len;
+		if (*p)
+			*p++ = '\0';
+		while (len > 0 && (ep[len - 1] == ' ' || ep[len - 1] == '\t'))
+			ep[--len] = '\0';
+		if (len == 0)
+			continue;
+		if (!strstr(ep, "://")) {
+			fprintf(stderr, "feed send: endpoint \"%.200s\" names no transport: did you mean tcp://%.200s ?\n",
+				ep, ep);
+			return -EINVAL;
+		}
+		if (c->nep == CLIENT_EPS_MAX) {
+			fprintf(stderr, "feed send: more than %d endpoints in \"%.200s\"\n", CLIENT_EPS_MAX,
+				c->endpoint);
+			return -EINVAL;
+		}
+		c->eps[c->nep++].addr = ep;
+	}
+	if (c->nep == 0) {
+		fprintf(stderr, "feed send: no endpoint: give -e or [listen] endpoint in the configuration\n");
+		return -EINVAL;
+	}
 	return 0;
 }
 
@@ -869,15 +1032,8 @@ static int client_parse(struct client *c, int argc, char **argv)
 			return -EINVAL;
 		}
 	}
-	if (!c->endpoint || !*c->endpoint) {
-		fprintf(stderr, "feed send: no endpoint: give -e or [listen] endpoint in the configuration\n");
+	if (client_endpoints(c) < 0)
 		return -EINVAL;
-	}
-	if (!strstr(c->endpoint, "://")) {
-		fprintf(stderr, "feed send: endpoint \"%.200s\" names no transport: did you mean tcp://%.200s ?\n",
-			c->endpoint, c->endpoint);
-		return -EINVAL;
-	}
 	if (!c->server_key != !c->cert) {
 		fprintf(stderr, "feed send: CURVE needs both --server-key (the server's NAME.key) and --cert (this client's NAME.key_secret)\n");
 		return -EINVAL;
@@ -885,8 +1041,8 @@ static int client_parse(struct client *c, int argc, char **argv)
 	return 0;
 }
 
-/* CURVE client keys from the certificate files, before connecting. */
-static int client_curve(struct client *c)
+/* CURVE client keys from the certificate files, on sock before it connects. */
+static int client_curve(struct client *c, void *sock)
 {
 	uint8_t server[AUTH_KEY_BYTES], pub[AUTH_KEY_BYTES], sec[AUTH_KEY_BYTES];
 	char err[1024];
@@ -900,9 +1056,9 @@ static int client_curve(struct client *c)
 		return r;
 	}
 	r = 0;
-	if (zmq_setsockopt(c->sock, ZMQ_CURVE_SERVERKEY, server, sizeof(server)) < 0 ||
-	    zmq_setsockopt(c->sock, ZMQ_CURVE_PUBLICKEY, pub, sizeof(pub)) < 0 ||
-	    zmq_setsockopt(c->sock, ZMQ_CURVE_SECRETKEY, sec, sizeof(sec)) < 0) {
+	if (zmq_setsockopt(sock, ZMQ_CURVE_SERVERKEY, server, sizeof(server)) < 0 ||
+	    zmq_setsockopt(sock, ZMQ_CURVE_PUBLICKEY, pub, sizeof(pub)) < 0 ||
+	    zmq_setsockopt(sock, ZMQ_CURVE_SECRETKEY, sec, sizeof(sec)) < 0) {
 		r = -errno;
 		fprintf(stderr, "feed send: CURVE: %s\n", zmq_strerror(errno));
 	}
@@ -912,9 +1068,51 @@ static int client_curve(struct client *c)
 
 /* ==== Setup and the loop ==== */
 
+/* Endpoint e's socket, its monitor, and its connection (made in the background). */
+static int client_ep_open(struct client *c, int e)
+{
+	struct client_ep *ep = &c->eps[e];
+	int linger = 1000, ivl = 100, ivlmax = 2000, hwm, sndtimeo = 1000;
+	/* one endpoint: CONNECTED only, read until the first (see client_loop) */
+	int events = c->nep > 1 ? ZMQ_EVENT_CONNECTED | ZMQ_EVENT_DISCONNECTED : ZMQ_EVENT_CONNECTED;
+	char mon[64];
+
+	snprintf(mon, sizeof(mon), "%s-%d", CLIENT_MONITOR, e);
+	ep->sock = zmq_socket(c->ctx, ZMQ_DEALER);
+	if (!ep->sock)
+		goto zmq_fail;
+	/* room for the whole window both ways, so ZeroMQ never drops or blocks on it */
+	hwm = c->window * 2 + 16 > 1000 ? (int)(c->window * 2 + 16) : 1000;
+	if (zmq_setsockopt(ep->sock, ZMQ_LINGER, &linger, sizeof(linger)) < 0 ||
+	    zmq_setsockopt(ep->sock, ZMQ_SNDTIMEO, &sndtimeo, sizeof(sndtimeo)) < 0 ||
+	    zmq_setsockopt(ep->sock, ZMQ_RECONNECT_IVL, &ivl, sizeof(ivl)) < 0 ||
+	    zmq_setsockopt(ep->sock, ZMQ_RECONNECT_IVL_MAX, &ivlmax, sizeof(ivlmax)) < 0 ||
+	    zmq_setsockopt(ep->sock, ZMQ_SNDHWM, &hwm, sizeof(hwm)) < 0 ||
+	    zmq_setsockopt(ep->sock, ZMQ_RCVHWM, &hwm, sizeof(hwm)) < 0)
+		goto zmq_fail;
+	if (client_curve(c, ep->sock) < 0)
+		return -EINVAL;
+	/* connection events: to say soon that nothing listens, and to see one go */
+	if (zmq_socket_monitor(ep->sock, mon, events) < 0 ||
+	    !(ep->mon = zmq_socket(c->ctx, ZMQ_PAIR)) ||
+	    zmq_setsockopt(ep->mon, ZMQ_LINGER, &(int){ 0 }, sizeof(int)) < 0 ||
+	    zmq_connect(ep->mon, mon) < 0)
+		goto zmq_fail;
+	if (zmq_connect(ep->sock, ep->addr) < 0) {
+		int r = -errno;
+
+		fprintf(stderr, "feed send: cannot connect to %s: %s\n", ep->addr,
+			zmq_strerror(errno));
+		return r;
+	}
+	return 0;
+zmq_fail:
+	fprintf(stderr, "feed send: ZeroMQ socket: %s\n", zmq_strerror(errno));
+	return -errno;
+}
+
 static int client_setup(struct client *c)
 {
-	int linger = 1000, ivl = 100, ivlmax = 2000, hwm, sndtimeo = 1000;
 	size_t hcap = 16;
 
 	c->slots = calloc(c->window, sizeof(*c->slots));
@@ -933,54 +1131,40 @@ static int client_setup(struct client *c)
 		c->freelist[c->nfree++] = c->window - 1 - i;
 
 	c->ctx = zmq_ctx_new();
-	if (c->ctx)
-		c->sock = zmq_socket(c->ctx, ZMQ_DEALER);
-	if (!c->sock)
-		goto zmq_fail;
-	/* room for the whole window both ways, so ZeroMQ never drops or blocks on it */
-	hwm = c->window * 2 + 16 > 1000 ? (int)(c->window * 2 + 16) : 1000;
-	if (zmq_setsockopt(c->sock, ZMQ_LINGER, &linger, sizeof(linger)) < 0 ||
-	    zmq_setsockopt(c->sock, ZMQ_SNDTIMEO, &sndtimeo, sizeof(sndtimeo)) < 0 ||
-	    zmq_setsockopt(c->sock, ZMQ_RECONNECT_IVL, &ivl, sizeof(ivl)) < 0 ||
-	    zmq_setsockopt(c->sock, ZMQ_RECONNECT_IVL_MAX, &ivlmax, sizeof(ivlmax)) < 0 ||
-	    zmq_setsockopt(c->sock, ZMQ_SNDHWM, &hwm, sizeof(hwm)) < 0 ||
-	    zmq_setsockopt(c->sock, ZMQ_RCVHWM, &hwm, sizeof(hwm)) < 0)
-		goto zmq_fail;
-	if (client_curve(c) < 0)
-		return -EINVAL;
-	/* connection events: to say soon that nothing listens, not after all the re-sends */
-	if (zmq_socket_monitor(c->sock, CLIENT_MONITOR, ZMQ_EVENT_CONNECTED) < 0 ||
-	    !(c->mon = zmq_socket(c->ctx, ZMQ_PAIR)) ||
-	    zmq_setsockopt(c->mon, ZMQ_LINGER, &(int){ 0 }, sizeof(int)) < 0 ||
-	    zmq_connect(c->mon, CLIENT_MONITOR) < 0)
-		goto zmq_fail;
-	if (zmq_connect(c->sock, c->endpoint) < 0) {
-		int r = -errno;
+	if (!c->ctx) {
+		fprintf(stderr, "feed send: ZeroMQ context: %s\n", zmq_strerror(errno));
+		return -errno;
+	}
+	for (int i = 0; i < c->nep; i++) {
+		int r = client_ep_open(c, i);
 
-		fprintf(stderr, "feed send: cannot connect to %s: %s\n", c->endpoint,
-			zmq_strerror(errno));
-		return r;
+		if (r < 0)
+			return r;
 	}
 	return 0;
-zmq_fail:
-	fprintf(stderr, "feed send: ZeroMQ socket: %s\n", zmq_strerror(errno));
-	return -errno;
 }
 
-/* Reads the monitor's events (2 frames each): any CONNECTED means something listens. */
-static void client_monitor(struct client *c)
+/* Reads endpoint e's monitor events (2 frames each). */
+static void client_monitor(struct client *c, int e, int64_t now)
 {
+	struct client_ep *ep = &c->eps[e];
 	zmq_msg_t m;
 	bool first = true;   /* frames: event (u16 id, u32 value), then the address */
 
 	zmq_msg_init(&m);
-	while (zmq_msg_recv(&m, c->mon, ZMQ_DONTWAIT) >= 0) {
+	while (zmq_msg_recv(&m, ep->mon, ZMQ_DONTWAIT) >= 0) {
 		uint16_t ev;
 
 		if (first && zmq_msg_size(&m) >= sizeof(ev)) {
 			memcpy(&ev, zmq_msg_data(&m), sizeof(ev));
-			if (ev == ZMQ_EVENT_CONNECTED)
+			if (ev == ZMQ_EVENT_CONNECTED) {
 				c->connected = true;
+				ep->up = true;
+				ep->dead = false;      /* back (restarted?): give it work again */
+			} else if (ev == ZMQ_EVENT_DISCONNECTED && c->nep > 1) {
+				ep->up = false;
+				client_ep_down(c, e, now, "connection lost");
+			}
 		}
 		first = !zmq_msg_more(&m);
 	}
@@ -1005,10 +1189,12 @@ static int client_loop(struct client *c)
 		return -ENOMEM;
 	c->start = c->last_reply = c->last_progress = client_now();
 	next_check = c->start + check_ns;
+	for (int i = 0; i < c->nep; i++)
+		c->eps[i].last_reply = c->start;
 	for (;;) {
-		zmq_pollitem_t items[2] = { { .socket = c->sock, .events = ZMQ_POLLIN },
-					    { .socket = c->mon, .events = ZMQ_POLLIN } };
-		zmq_pollitem_t *item = &items[0];
+		/* the sockets, then their monitors while they matter */
+		zmq_pollitem_t items[2 * CLIENT_EPS_MAX];
+		bool monitors = !c->connected || c->nep > 1;
 		int64_t now;
 		long wait_ms;
 
@@ -1020,22 +1206,30 @@ static int client_loop(struct client *c)
 			goto out;
 		if (c->input_done && c->nfree == c->window)
 			break;
-		if (c->sq_len > 0)
-			item->events |= ZMQ_POLLOUT;
+		for (int i = 0; i < c->nep; i++) {
+			items[i] = (zmq_pollitem_t){ .socket = c->eps[i].sock, .events = ZMQ_POLLIN };
+			items[c->nep + i] = (zmq_pollitem_t){ .socket = c->eps[i].mon, .events = ZMQ_POLLIN };
+			if (c->sq_len > 0 && (c->nep == 1 || c->blocked == i))
+				items[i].events |= ZMQ_POLLOUT;
+		}
 		now = client_now();
 		wait_ms = (long)((next_check - now) / 1000000) + 1;
 		if (wait_ms < 0)
 			wait_ms = 0;
-		if (zmq_poll(items, c->connected ? 1 : 2, wait_ms) < 0 && errno != EINTR) {
+		if (zmq_poll(items, monitors ? 2 * c->nep : c->nep, wait_ms) < 0 && errno != EINTR) {
 			r = -errno;
 			goto out;
 		}
-		if (!c->connected && (items[1].revents & ZMQ_POLLIN))
-			client_monitor(c);
-		if (item->revents & ZMQ_POLLIN) {
-			r = client_recv_all(c);
-			if (r < 0)
-				goto out;
+		now = client_now();
+		for (int i = 0; monitors && i < c->nep; i++)
+			if (items[c->nep + i].revents & ZMQ_POLLIN)
+				client_monitor(c, i, now);
+		for (int i = 0; i < c->nep; i++) {
+			if (items[i].revents & ZMQ_POLLIN) {
+				r = client_recv_all(c, i);
+				if (r < 0)
+					goto out;
+			}
 		}
 		now = client_now();
 		if (now >= next_check) {
@@ -1080,10 +1274,13 @@ static void client_cleanup(struct client *c)
 	free(c->sendq);
 	free(c->hkeys);
 	free(c->hvals);
-	if (c->mon)
-		zmq_close(c->mon);
-	if (c->sock)
-		zmq_close(c->sock);
+	for (int i = 0; i < c->nep; i++) {
+		if (c->eps[i].mon)
+			zmq_close(c->eps[i].mon);
+		if (c->eps[i].sock)
+			zmq_close(c->eps[i].sock);
+	}
+	free(c->eplist);
 	if (c->ctx)
 		zmq_ctx_term(c->ctx);
 	if (c->in.fd > STDIN_FILENO)
