@@ -8,7 +8,8 @@
 
 /* Defaults from the configuration; options override them. */
 struct client_defaults {
-	char endpoint[512];     /* [listen] endpoint, first one, wildcard host replaced by 127.0.0.1 */
+	char endpoint[2048];    /* [send] endpoint (a list), else the first [listen] endpoint,
+				 * wildcard host replaced by 127.0.0.1 */
 	char *server_key;       /* [send] server_key, or NULL: the server's public certificate */
 	char *cert;             /* [send] cert, or NULL: this client's secret certificate */
 };

@@ -122,6 +122,12 @@ static const char *check_endpoint(const char *v)
 	return any ? NULL : "at least one ZeroMQ endpoint is needed (e.g. tcp://127.0.0.1:5555)";
 }
 
+/* [send] endpoint: empty (the [listen] one) or a list of endpoints to connect to. */
+static const char *check_opt_endpoint(const char *v)
+{
+	return v[0] ? check_endpoint(v) : NULL;
+}
+
 static const char *check_url(const char *v)
 {
 	return store_find(v) ? NULL :
@@ -209,6 +215,9 @@ static const struct key keys[] = {
 	{ "metrics", "summary_interval", K_INT, OFF(summary_interval), "60", 0, 86400, NULL,
 	  "Seconds between the one-line summaries logged at info level (rates, queue, backlog); 0 = none.", NULL },
 
+	{ "send", "endpoint", K_STR, OFF(send_endpoint), "", 0, 0, NULL,
+	  "`feed send`: feed instance(s) to send to, comma separated; empty = the first [listen] endpoint (also -e).",
+	  check_opt_endpoint },
 	{ "send", "server_key", K_STR, OFF(send_server_key), "", 0, 0, NULL,
 	  "`feed send`: the server's public certificate (NAME.key); set: speak CURVE (also --server-key).",
 	  check_opt_abs_path },

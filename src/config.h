@@ -51,6 +51,7 @@ struct feed_config {
 	char *metrics_listen;   /* HOST:PORT for /metrics and /healthz; "" = off */
 	int summary_interval;   /* seconds between summary log lines; 0 = none */
 	/* [send] */
+	char *send_endpoint;    /* `feed send`: comma-separated endpoints, or "" */
 	char *send_server_key;  /* `feed send`: the server's public certificate */
 	char *send_cert;        /* `feed send`: the client's secret certificate */
 };

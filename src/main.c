@@ -305,7 +305,7 @@ static int cmd_migrate(struct opts *o, struct feed_config *cfg, int argc, char *
 	return open_db(cfg, true);
 }
 
-/* `send` needs a configuration only for its defaults: endpoint, [send] keys. */
+/* `send` needs a configuration only for its defaults: endpoint(s), [send] keys. */
 static void client_endpoint(struct opts *o, struct client_defaults *d)
 {
 	struct feed_config cfg;
@@ -318,7 +318,10 @@ static void client_endpoint(struct opts *o, struct client_defaults *d)
 	if (null && (o->config_given || access(o->config, R_OK) == 0))
 		config_load(&cfg, o->config, null);
 	ep = o->endpoint ? o->endpoint : cfg.endpoint;
-	snprintf(buf, size, "%.*s", (int)strcspn(ep, ","), ep);
+	if (!o->endpoint && cfg.send_endpoint[0])      /* all of them: one per feed instance */
+		snprintf(buf, size, "%s", cfg.send_endpoint);
+	else
+		snprintf(buf, size, "%.*s", (int)strcspn(ep, ","), ep);
 	/* a wildcard bind address is not a destination */
 	char *star = strstr(buf, "://*:");
 	if (!star)

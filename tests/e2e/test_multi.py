@@ -166,6 +166,23 @@ class MultiTest(FeedTestCase):
         rows = a.sql("SELECT count(*), count(DISTINCT ticket) FROM fee;")
         self.assertEqual([int(x) for x in rows[0]], [5000, 5000])
 
+    def test_endpoint_list_from_the_configuration(self):
+        # [send] endpoint = A, B: no -e needed; the window is spread over both
+        a, b = self.two()
+        a.sections["send"] = {"endpoint": f"{a.endpoint}, {b.endpoint}"}
+        a.write_conf()
+        first = 80_000_001
+        data = "".join(f"{t},5,1\n" for t in range(first, first + 20000))
+        r = subprocess.run([FEED, "-c", a.conf, "send", "-q", "-"], input=data,
+                           capture_output=True, text=True, timeout=120)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertRegex(r.stderr, r"sent 20000 records in \d+ requests: TRUE 20000, FALSE 0")
+        for f in (a, b):
+            m = re.search(re.escape(f.endpoint) + r": \d+ requests sent, (\d+) records answered", r.stderr)
+            self.assertIsNotNone(m, r.stderr)
+            self.assertGreater(int(m.group(1)), 0, r.stderr)
+        self.assertEqual(int(b.sql("SELECT count(DISTINCT ticket) FROM fee;")[0][0]), 20000)
+
     def test_all_down_gives_up(self):
         eps = ",".join(f"tcp://127.0.0.1:{free_port()}" for _ in range(2))
         # as with one endpoint: said within seconds, not after the whole retry cycle (30 s)
