@@ -20,6 +20,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import feedtest  # noqa: E402
 from feedtest import FEED, FeedTestCase, free_port, wait_until  # noqa: E402
 
+REPO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
 TOTAL = 200_000
 PER = 1             # records per request: many requests, so that the fault lands mid-stream
 WINDOW = 64         # requests in flight
@@ -182,6 +183,31 @@ class MultiTest(FeedTestCase):
             self.assertIsNotNone(m, r.stderr)
             self.assertGreater(int(m.group(1)), 0, r.stderr)
         self.assertEqual(int(b.sql("SELECT count(DISTINCT ticket) FROM fee;")[0][0]), 20000)
+
+    def test_protocol_md_req_sample_moves_on(self):
+        # the "lazy pirate" REQ sample of docs/protocol.md, as printed there, against A and B
+        with open(os.path.join(REPO, "docs", "protocol.md")) as fh:
+            doc = fh.read()
+        sec = doc[doc.index("### Several feed instances"):]
+        code = sec[sec.index("```python\n") + 10:]
+        code = code[:code.index("```")]
+        code = code.replace('print(send(b"1001,42,1.25\\n"))', "")
+        a, b = self.two()
+        ns = {}
+        exec(compile(code, "protocol.md", "exec"), ns)
+        ns["ENDPOINTS"] = [a.endpoint, b.endpoint]
+        ns["TIMEOUT_MS"] = 1000
+        first, n = 90_000_001, 600
+        replies = []
+        for t in range(first, first + n):
+            if t == first + n // 3:
+                a.kill9()
+            replies.append(ns["send"](f"{t},7,2\n".encode()))
+        ns["sock"].close()
+        self.assertEqual(replies, ["TRUE"] * n)
+        self.assertEqual(ns["at"], 1, "the sample did not move on to B")
+        rows = b.sql("SELECT count(*), count(DISTINCT ticket) FROM fee;")
+        self.assertEqual([int(x) for x in rows[0]], [n, n])
 
     def test_all_down_gives_up(self):
         eps = ",".join(f"tcp://127.0.0.1:{free_port()}" for _ in range(2))
