@@ -1160,7 +1160,9 @@ static void client_monitor(struct client *c, int e, int64_t now)
 			if (ev == ZMQ_EVENT_CONNECTED) {
 				c->connected = true;
 				ep->up = true;
-				ep->dead = false;      /* back (restarted?): give it work again */
+				/* back (restarted?): one request now, its answer makes it live;
+				 * not the whole window, in case it only connects and drops again */
+				ep->retry_at = now;
 			} else if (ev == ZMQ_EVENT_DISCONNECTED && c->nep > 1) {
 				ep->up = false;
 				client_ep_down(c, e, now, "connection lost");

@@ -71,15 +71,15 @@ class MultiTest(FeedTestCase):
     def count(self, f):
         return int(f.sql("SELECT count(*) FROM fee;")[0][0])
 
-    def send_until(self, a, b, path, act):
-        """Runs `feed send -e A,B`; calls act() once the database holds a third of the stream."""
+    def send_until(self, a, b, path, act, fraction=3):
+        """Runs `feed send -e A,B`; calls act() once the database holds 1/fraction of the stream."""
         cmd = [FEED, "send", "-q", "-e", f"{a.endpoint},{b.endpoint}", "-w", str(WINDOW),
                "-n", str(PER), "-t", "1000", "-r", "5", path]
         p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True)
         try:
-            wait_until(lambda: p.poll() is not None or self.count(a) >= TOTAL // 3, 300,
-                       step=0.02, what="a third of the stream in the database")
+            wait_until(lambda: p.poll() is not None or self.count(a) >= TOTAL // fraction, 300,
+                       step=0.02, what="the fault's point in the stream")
             at = self.count(a)
             if p.poll() is not None:
                 self.fail(f"feed send ended before the fault: {p.communicate()}")
@@ -123,6 +123,25 @@ class MultiTest(FeedTestCase):
         # both instances did work: A answered TRUE before it died, B after
         self.assertGreater(a_true[0], 0)
         self.assertGreater(scrape(b, 'feed_requests_total{result="true"}'), 0)
+
+    def test_killed_instance_back_gets_work_again(self):
+        # A dies, is started again (same port) while the stream goes on: libzmq
+        # reconnects, feed send tries it with one request, then spreads over both again
+        a, b = self.two()
+        first = 55_000_001
+        path = self.trades(a, first)
+
+        def kill_and_restart_a():
+            a.kill9()
+            a.start_ok()
+
+        rc, err, at = self.send_until(a, b, path, kill_and_restart_a, fraction=4)
+        print(f"A killed at {at} of {TOTAL} records in the database and restarted; feed send said:\n{err}")
+        self.assert_summary(rc, err)
+        self.assert_all_once(b, first)
+        # the new A (its counters start at 0) answered a share of the rest, not just a probe
+        self.assertGreater(scrape(a, 'feed_requests_total{result="true"}'), 1000, err)
+        self.assertNotIn("dead at the end", err)
 
     def test_sigstop_one_of_two(self):
         # A hung, not dead: its connection stays up, it answers nothing
