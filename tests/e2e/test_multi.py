@@ -26,6 +26,12 @@ PER = 1             # records per request: many requests, so that the fault land
 WINDOW = 64         # requests in flight
 
 
+def proc_state(pid):
+    """R, S, T (stopped), Z, ... from /proc/PID/stat."""
+    with open(f"/proc/{pid}/stat") as fh:
+        return fh.read().split(")")[-1].split()[0]
+
+
 def scrape(f, name):
     """The value of one sample of feed's /metrics, e.g. 'feed_requests_total{result="true"}'."""
     with urllib.request.urlopen(f.http + "/metrics", timeout=10) as r:
@@ -71,10 +77,10 @@ class MultiTest(FeedTestCase):
     def count(self, f):
         return int(f.sql("SELECT count(*) FROM fee;")[0][0])
 
-    def send_until(self, a, b, path, act, fraction=3):
+    def send_until(self, a, b, path, act, fraction=3, retries=5):
         """Runs `feed send -e A,B`; calls act() once the database holds 1/fraction of the stream."""
         cmd = [FEED, "send", "-q", "-e", f"{a.endpoint},{b.endpoint}", "-w", str(WINDOW),
-               "-n", str(PER), "-t", "1000", "-r", "5", path]
+               "-n", str(PER), "-t", "1000", "-r", str(retries), path]
         p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True)
         try:
@@ -143,8 +149,41 @@ class MultiTest(FeedTestCase):
         self.assertGreater(scrape(a, 'feed_requests_total{result="true"}'), 1000, err)
         self.assertNotIn("dead at the end", err)
 
+    def db_port(self):
+        return int(re.search(r":(\d+)/", os.environ["FEED_TEST_URL"]).group(1))
+
+    def open_transactions(self, f, pid):
+        """The statements of feed process pid's database sessions that are inside a transaction."""
+        r = subprocess.run(["ss", "-Htnp", "state", "established", "dst", f"127.0.0.1:{self.db_port()}"],
+                           capture_output=True, text=True, timeout=10)
+        ports = [int(m.group(1)) for line in r.stdout.splitlines() if f"pid={pid}," in line
+                 for m in [re.match(r"\S+\s+\S+\s+127\.0\.0\.1:(\d+)", line)] if m]
+        self.assertTrue(ports, f"no database connection of pid {pid} in:\n{r.stdout}")
+        rows = f.sql("SELECT left(query, 20) FROM pg_stat_activity WHERE xact_start IS NOT NULL"
+                     " AND client_port IN (" + ",".join(map(str, ports)) + ");")
+        return [r[0] for r in rows]
+
+    def stop(self, f, storing):
+        """SIGSTOPs f, again and again until it is stopped in the middle of storing records
+        (a writer's transaction open: storing=True) or with no transaction open at all
+        (storing=False). Returns its pid."""
+        pid = f.pid()
+        self.stopped.append(pid)
+        for _ in range(500):
+            os.kill(pid, signal.SIGSTOP)
+            wait_until(lambda: proc_state(pid) == "T", 10, step=0.001, what="SIGSTOP to take")
+            tx = self.open_transactions(f, pid)
+            if storing and any(q.startswith(("INSERT INTO fee ", "COPY fee ")) for q in tx):
+                return pid
+            if not storing and not tx:
+                return pid
+            os.kill(pid, signal.SIGCONT)
+            time.sleep(0.005)
+        self.fail(f"never stopped {'while' if storing else 'without'} storing in 500 tries")
+
     def test_sigstop_one_of_two(self):
-        # A hung, not dead: its connection stays up, it answers nothing
+        # A hung, not dead: its connection stays up, it answers nothing. Stopped where it
+        # has no database transaction open (the next test: stopped in the middle of one).
         a, b = self.two()
         first = 60_000_001
         path = self.trades(a, first)
@@ -152,16 +191,14 @@ class MultiTest(FeedTestCase):
 
         def stop_a():
             a_true.append(scrape(a, 'feed_requests_total{result="true"}'))
-            pid = a.pid()
-            self.stopped.append(pid)
-            os.kill(pid, signal.SIGSTOP)
+            self.stop(a, storing=False)
 
         t0 = time.monotonic()
         rc, err, at = self.send_until(a, b, path, stop_a)
         elapsed = time.monotonic() - t0
         print(f"A stopped at {at} of {TOTAL} records in the database; {elapsed:.1f} s; feed send said:\n{err}")
         self.assert_summary(rc, err)
-        self.assertIn("no reply", err)
+        self.assertIn("no reply within the timeout", err)
         self.assert_all_once(b, first)
         self.assertGreater(a_true[0], 0)
         self.assertGreater(scrape(b, 'feed_requests_total{result="true"}'), 0)
@@ -170,6 +207,29 @@ class MultiTest(FeedTestCase):
         wait_until(lambda: a.req("1,1,1").startswith("TRUE"), 30, what="A to answer again")
         rows = b.sql(f"SELECT count(*), count(DISTINCT ticket) FROM fee WHERE ticket >= {first};")
         self.assertEqual([int(x) for x in rows[0]], [TOTAL, TOTAL])
+
+    def test_sigstop_while_storing_then_watchdog_kill(self):
+        # A hung in the middle of a writer's transaction holds the tickets it was storing:
+        # B, given them again, waits on A's row locks (it cannot know whether A will
+        # commit) and answers nothing. feed send waits as well, for its retry cycle, and
+        # completes as soon as A is killed (as a watchdog would) and its transaction ends.
+        a, b = self.two()
+        first = 65_000_001
+        path = self.trades(a, first)
+
+        def stop_a_then_kill():
+            pid = self.stop(a, storing=True)
+            wait_until(lambda: int(b.sql("SELECT count(*) FROM pg_stat_activity WHERE"
+                                         " wait_event_type = 'Lock' AND application_name = 'feed';")[0][0]) > 0,
+                       30, what="B to wait on A's locks")
+            time.sleep(3)                 # longer than feed send's timeout: B seems hung too
+            os.kill(pid, signal.SIGKILL)
+            self.stopped.remove(pid)
+
+        rc, err, at = self.send_until(a, b, path, stop_a_then_kill, retries=20)
+        print(f"A stopped while storing at {at} of {TOTAL} records, killed 3 s later; feed send said:\n{err}")
+        self.assert_summary(rc, err)
+        self.assert_all_once(b, first)
 
     def test_one_endpoint_down_from_the_start(self):
         # B listens nowhere: the whole stream goes to A, nothing is lost on the way
