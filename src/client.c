@@ -959,7 +959,7 @@ static int client_endpoints(struct client *c)
 		c->eps[c->nep++].addr = ep;
 	}
 	if (c->nep == 0) {
-		fprintf(stderr, "feed send: no endpoint: give -e or [listen] endpoint in the configuration\n");
+		fprintf(stderr, "feed send: no endpoint: give -e, or [send] or [listen] endpoint in the configuration\n");
 		return -EINVAL;
 	}
 	return 0;
@@ -1222,10 +1222,7 @@ static int client_loop(struct client *c)
 			r = -errno;
 			goto out;
 		}
-		now = client_now();
-		for (int i = 0; monitors && i < c->nep; i++)
-			if (items[c->nep + i].revents & ZMQ_POLLIN)
-				client_monitor(c, i, now);
+		/* replies first: those that came before a disconnect need no re-send */
 		for (int i = 0; i < c->nep; i++) {
 			if (items[i].revents & ZMQ_POLLIN) {
 				r = client_recv_all(c, i);
@@ -1234,6 +1231,9 @@ static int client_loop(struct client *c)
 			}
 		}
 		now = client_now();
+		for (int i = 0; monitors && i < c->nep; i++)
+			if (items[c->nep + i].revents & ZMQ_POLLIN)
+				client_monitor(c, i, now);
 		if (now >= next_check) {
 			client_expire(c, now);
 			next_check = now + check_ns;

@@ -102,14 +102,18 @@ class MultiTest(FeedTestCase):
         rows = f.sql("SELECT count(*), count(DISTINCT ticket), min(ticket), max(ticket) FROM fee;")
         self.assertEqual([int(x) for x in rows[0]], [TOTAL, TOTAL, first, first + TOTAL - 1])
 
-    def assert_summary(self, rc, err):
+    def assert_summary(self, rc, err, moved):
+        """Exit 0, every record TRUE; moved: some were re-sent to the other instance (certain
+        for a hung A, which gets requests until it is found silent; a killed A may have
+        answered all it had just before it died)."""
         self.assertEqual(rc, 0, err)
         m = re.search(r"sent (\d+) records in \d+ requests: TRUE (\d+), FALSE 0, .*"
                       r"re-sent \d+ \((\d+) to another instance\)", err)
         self.assertIsNotNone(m, err)
         self.assertEqual(int(m.group(1)), TOTAL, err)
         self.assertEqual(int(m.group(2)), TOTAL, err)
-        self.assertGreater(int(m.group(3)), 0, err)
+        if moved:
+            self.assertGreater(int(m.group(3)), 0, err)
 
     def test_kill9_one_of_two(self):
         a, b = self.two()
@@ -123,7 +127,7 @@ class MultiTest(FeedTestCase):
 
         rc, err, at = self.send_until(a, b, path, kill_a)
         print(f"A killed at {at} of {TOTAL} records in the database; feed send said:\n{err}")
-        self.assert_summary(rc, err)
+        self.assert_summary(rc, err, moved=False)
         self.assertIn("connection lost", err)
         self.assert_all_once(b, first)
         # both instances did work: A answered TRUE before it died, B after
@@ -143,7 +147,7 @@ class MultiTest(FeedTestCase):
 
         rc, err, at = self.send_until(a, b, path, kill_and_restart_a, fraction=4)
         print(f"A killed at {at} of {TOTAL} records in the database and restarted; feed send said:\n{err}")
-        self.assert_summary(rc, err)
+        self.assert_summary(rc, err, moved=False)
         self.assert_all_once(b, first)
         # the new A (its counters start at 0) answered a share of the rest, not just a probe
         self.assertGreater(scrape(a, 'feed_requests_total{result="true"}'), 1000, err)
@@ -197,7 +201,7 @@ class MultiTest(FeedTestCase):
         rc, err, at = self.send_until(a, b, path, stop_a)
         elapsed = time.monotonic() - t0
         print(f"A stopped at {at} of {TOTAL} records in the database; {elapsed:.1f} s; feed send said:\n{err}")
-        self.assert_summary(rc, err)
+        self.assert_summary(rc, err, moved=True)
         self.assertIn("no reply within the timeout", err)
         self.assert_all_once(b, first)
         self.assertGreater(a_true[0], 0)
@@ -228,7 +232,7 @@ class MultiTest(FeedTestCase):
 
         rc, err, at = self.send_until(a, b, path, stop_a_then_kill, retries=20)
         print(f"A stopped while storing at {at} of {TOTAL} records, killed 3 s later; feed send said:\n{err}")
-        self.assert_summary(rc, err)
+        self.assert_summary(rc, err, moved=True)
         self.assert_all_once(b, first)
 
     def test_one_endpoint_down_from_the_start(self):
