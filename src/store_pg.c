@@ -10,6 +10,15 @@
  * literals. The hot path insert() is a single COPY ... FROM STDIN; lookup()
  * and settle() are one statement each over an array parameter. No prepared
  * statements are kept, so reconnect() only re-applies the session settings.
+ *
+ * Replication: the URL may name several hosts (libpq tries them in order;
+ * target_session_attrs=read-write picks the primary), and every reconnect
+ * tries them all again, so a promoted standby is found by itself. With
+ * synchronous standbys, TRUE must wait for them: a COMMIT that comes back
+ * with a WARNING (its wait for synchronous replication was cancelled) is an
+ * unknown outcome, and a transaction that accepts rows it only found (a
+ * retry after such a COMMIT or a lost connection) makes its own commit wait
+ * for replication (pg_commit).
  */
 #include "store.h"
 #include "store_int.h"
@@ -53,6 +62,13 @@ struct store_pg {
 	PGconn *conn;
 	enum store_durability durability;
 	bool begin_pending;           /* BEGIN not sent yet: it rides on the first statement */
+	/* this transaction: what pg_commit needs to know to make it wait for the standbys */
+	bool wrote;                   /* inserted or updated something */
+	bool seen;                    /* lookup() found rows; seen_ticket is one of them */
+	int64_t seen_ticket;
+	/* a WARNING the server sent during COMMIT (pg_notice) */
+	bool in_commit, commit_warned;
+	char commit_warning[256];
 	/* cancel(): the live session, under pg_cancel_mu */
 	bool armed;                   /* fd, pid and port describe a live session */
 	int fd;
@@ -270,11 +286,25 @@ static char *pg_i64_array(const int64_t *v, size_t stride, size_t n)
 
 /* ==== Connection ==== */
 
-/* libpq prints notices on stderr by default; library code stays quiet. */
-static void pg_notice_ignore(void *arg, const char *message)
+/*
+ * libpq prints notices on stderr by default; library code stays quiet. A
+ * WARNING during COMMIT is kept: the server says the commit returned without
+ * what it should have waited for ("canceling wait for synchronous
+ * replication ... already committed locally, but might not have been
+ * replicated"). Told by the untranslated severity, whatever lc_messages says.
+ */
+static void pg_notice(void *arg, const PGresult *res)
 {
-	(void)arg;
-	(void)message;
+	struct store_pg *p = arg;
+	const char *sev = PQresultErrorField(res, PG_DIAG_SEVERITY_NONLOCALIZED);
+	const char *prim = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
+	const char *detail = PQresultErrorField(res, PG_DIAG_MESSAGE_DETAIL);
+
+	if (!p->in_commit || p->commit_warned || !sev || strcmp(sev, "WARNING") != 0)
+		return;
+	p->commit_warned = true;
+	snprintf(p->commit_warning, sizeof(p->commit_warning), "%s%s%s",
+		 prim ? prim : "(no message)", detail ? " " : "", detail ? detail : "");
 }
 
 /*
@@ -425,7 +455,7 @@ static int pg_session(struct store_pg *p)
 	const char *sc;
 	int r = 0;
 
-	PQsetNoticeProcessor(p->conn, pg_notice_ignore, NULL);
+	PQsetNoticeReceiver(p->conn, pg_notice, p);
 	pg_arm_cancel(p);
 	res = PQexec(p->conn, full ? pg_session_full_sql : pg_session_normal_sql);
 	if (!res || PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1) {
@@ -789,8 +819,12 @@ static int pg_exec(struct store *s, const char *sql)
  */
 static int pg_begin(struct store *s)
 {
-	store_keys_begin(&pg_of(s)->keys);
-	pg_of(s)->begin_pending = true;
+	struct store_pg *p = pg_of(s);
+
+	store_keys_begin(&p->keys);
+	p->begin_pending = true;
+	p->wrote = false;
+	p->seen = false;
 	return 0;
 }
 
@@ -800,6 +834,35 @@ static int pg_flush_begin(struct store_pg *p)
 		return 0;
 	p->begin_pending = false;
 	return pg_cmd(p, "BEGIN", "BEGIN");
+}
+
+/*
+ * Makes this transaction write WAL, so that its COMMIT waits for the
+ * synchronous standbys like any write: it locks a row it found (FOR KEY
+ * SHARE, which only a DELETE or a key change conflicts with, and which is
+ * WAL-logged). PostgreSQL commits a transaction that wrote no WAL without
+ * waiting for replication, and an xid alone (pg_current_xact_id()) writes
+ * none: measured, it returned while both standbys were stopped.
+ */
+static int pg_lock_seen(struct store_pg *p)
+{
+	char t[24];
+	const char *vals[1] = { t };
+	PGresult *res;
+	int r = 0;
+
+	snprintf(t, sizeof(t), "%lld", (long long)p->seen_ticket);
+	res = PQexecParams(p->conn, "SELECT 1 FROM fee WHERE ticket = $1::bigint FOR KEY SHARE",
+			   1, NULL, vals, NULL, NULL, 0);
+	if (!res || PQresultStatus(res) != PGRES_TUPLES_OK) {
+		r = pg_fail(p, res, "locking a found row of fee (to wait for the standbys)");
+	} else if (PQntuples(res) != 1) {
+		/* deleted since lookup: decide the batch anew */
+		pg_setmsg(p, "ticket %lld found in fee is gone: looking again", (long long)p->seen_ticket);
+		r = -EAGAIN;
+	}
+	PQclear(res);
+	return r;
 }
 
 static int pg_commit(struct store *s)
@@ -812,7 +875,22 @@ static int pg_commit(struct store *s)
 		p->begin_pending = false;
 		return 0;
 	}
+	/*
+	 * Rows found but nothing written: they may be those of a commit whose
+	 * outcome was unknown (a connection lost during COMMIT, a wait for the
+	 * standbys cancelled), committed on this server and perhaps nowhere
+	 * else. Accepting them takes a commit that waits for replication. A
+	 * transaction that wrote anything waits anyway, for a later WAL position.
+	 */
+	if (!p->wrote && p->seen && p->durability != STORE_DURABLE_NORMAL) {
+		r = pg_lock_seen(p);
+		if (r < 0)
+			return r;
+	}
+	p->in_commit = true;
+	p->commit_warned = false;
 	res = PQexec(p->conn, "COMMIT");
+	p->in_commit = false;
 
 	if (!res || PQresultStatus(res) != PGRES_COMMAND_OK) {
 		r = pg_fail(p, res, "COMMIT");
@@ -821,6 +899,15 @@ static int pg_commit(struct store *s)
 		pg_setmsg(p, "COMMIT failed: the server rolled the transaction back (%s)",
 			  PQcmdStatus(res));
 		r = -EIO;
+	} else if (p->commit_warned) {
+		/*
+		 * Committed here, maybe not replicated: the outcome is unknown.
+		 * The caller reconnects and looks the tickets up; what it finds
+		 * is accepted by a commit that waits (above).
+		 */
+		pg_setmsg(p, "COMMIT returned with a warning, outcome unknown: %s", p->commit_warning);
+		pg_flatten(p->base.errmsg);
+		r = -ENOTCONN;
 	}
 	PQclear(res);
 	return r;
@@ -900,6 +987,10 @@ static int pg_lookup(struct store *s, const int64_t *tickets, size_t n,
 		rows[got].ticket = pg_get_i64(res, i, 0);
 		rows[got].login = pg_get_i64(res, i, 1);
 		rows[got].volume = pg_get_dec(res, i, 2);
+	}
+	if (got > 0) {
+		p->seen = true;
+		p->seen_ticket = rows[0].ticket;
 	}
 done:
 	*ret_n = got;
@@ -1011,6 +1102,7 @@ static int pg_insert(struct store *s, const struct record *recs, const char *con
 		r = pg_load_ticket_keys(p);
 	if (r < 0)
 		return r;
+	p->wrote = true;
 	if (n <= PG_VALUES_MAX)
 		return pg_insert_values(p, recs, srcs, n);
 	buf = malloc(PG_COPY_BUF);
@@ -1067,6 +1159,7 @@ static int pg_insert_rejects(struct store *s, const struct store_reject *rj, siz
 	r = pg_flush_begin(p);
 	if (r < 0)
 		return r;
+	p->wrote = true;
 	cap = 64 + PG_REJECT_CHUNK * 40;
 	sql = malloc(cap);
 	vals = calloc(PG_REJECT_PARAMS * PG_REJECT_CHUNK, sizeof(*vals));
@@ -1196,6 +1289,7 @@ static int pg_settle(struct store *s, const struct store_settle *rows, size_t n)
 	r = pg_flush_begin(p);
 	if (r < 0)
 		return r;
+	p->wrote = true;          /* maybe no row (settled elsewhere): nothing is answered */
 	tickets = pg_i64_array(&rows[0].ticket, sizeof(*rows), n);
 	fees = malloc(cap);
 	if (!tickets || !fees) {
