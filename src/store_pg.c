@@ -62,6 +62,7 @@ struct store_pg {
 	PGconn *conn;
 	enum store_durability durability;
 	bool begin_pending;           /* BEGIN not sent yet: it rides on the first statement */
+	bool rotate;                  /* the next reconnect starts at the next host (pg_reset) */
 	/* this transaction: what pg_commit needs to know to make it wait for the standbys */
 	bool wrote;                   /* inserted or updated something */
 	bool seen;                    /* lookup() found rows; seen_ticket is one of them */
@@ -411,13 +412,101 @@ static long pg_connect_timeout_ms(struct store_pg *p)
 	return ms;
 }
 
-/* PQreset(), bounded by connect_timeout and ended early by cancel(). */
+/* Entries of a comma-separated libpq list ("h1,h2,h3": 3); 0 for NULL or "". */
+static int pg_list_len(const char *s)
+{
+	int n = s && *s ? 1 : 0;
+
+	for (; s && *s; s++)
+		n += *s == ',';
+	return n;
+}
+
+/* s ("a,b,c") with its first entry moved to the end ("b,c,a"). Caller frees; NULL: no memory. */
+static char *pg_list_rotate(const char *s)
+{
+	const char *comma = strchr(s, ',');
+	size_t len = strlen(s);
+	char *out = malloc(len + 1);
+
+	if (!out)
+		return NULL;
+	if (!comma) {
+		memcpy(out, s, len + 1);
+		return out;
+	}
+	snprintf(out, len + 1, "%s,%.*s", comma + 1, (int)(comma - s), s);
+	return out;
+}
+
+/*
+ * Starts a new connection with this one's parameters. rotate: the host list
+ * (host, hostaddr, and port where it has one entry per host) starts at the
+ * second host, the first moving to the end. Why: libpq tries the hosts in
+ * order, and a host that accepts the TCP connection but never answers (a hung
+ * or stopped server, a vanished machine) takes the whole connect_timeout, as
+ * libpq's asynchronous connect has no timeout of its own: without rotation
+ * every reconnect would wait on that host and never reach the standby that
+ * was promoted behind it. NULL if out of memory.
+ */
+static PGconn *pg_connect_start(struct store_pg *p, bool rotate)
+{
+	PQconninfoOption *opts = PQconninfo(p->conn);
+	const char *keys[64], *vals[64];
+	char *rotated[3] = { NULL, NULL, NULL };
+	int k = 0, hosts = 0;
+	PGconn *c = NULL;
+
+	if (!opts)
+		return NULL;
+	for (PQconninfoOption *o = opts; o->keyword; o++)
+		if (!strcmp(o->keyword, "host") || !strcmp(o->keyword, "hostaddr"))
+			hosts = pg_list_len(o->val) > hosts ? pg_list_len(o->val) : hosts;
+	for (PQconninfoOption *o = opts; o->keyword && k < 63; o++) {
+		const char *v = o->val;
+		int slot = !strcmp(o->keyword, "host") ? 0 : !strcmp(o->keyword, "hostaddr") ? 1 :
+			   !strcmp(o->keyword, "port") ? 2 : -1;
+
+		if (!v)
+			continue;
+		if (rotate && hosts > 1 && slot >= 0 && pg_list_len(v) == hosts) {
+			rotated[slot] = pg_list_rotate(v);
+			if (!rotated[slot])
+				goto out;
+			v = rotated[slot];
+		}
+		keys[k] = o->keyword;
+		vals[k++] = v;
+	}
+	keys[k] = NULL;
+	vals[k] = NULL;
+	c = PQconnectStartParams(keys, vals, 0);
+out:
+	for (int i = 0; i < 3; i++)
+		free(rotated[i]);
+	PQconninfoFree(opts);
+	return c;
+}
+
+/*
+ * A new connection in place of the old one, bounded by connect_timeout and
+ * ended early by cancel(). An attempt that ran out of time (or was cancelled)
+ * makes the next one start at the next host (pg_connect_start).
+ */
 static int pg_reset(struct store_pg *p)
 {
 	uint64_t deadline = mono_ms() + (uint64_t)pg_connect_timeout_ms(p);
 	PostgresPollingStatusType st = PGRES_POLLING_WRITING;
+	PGconn *c = pg_connect_start(p, p->rotate);
 
-	if (!PQresetStart(p->conn))
+	if (!c) {
+		pg_setmsg(p, "reconnect failed: out of memory");
+		return -ENOMEM;
+	}
+	PQfinish(p->conn);
+	p->conn = c;
+	p->rotate = false;
+	if (PQstatus(c) == CONNECTION_BAD)
 		st = PGRES_POLLING_FAILED;
 	while (st != PGRES_POLLING_OK && st != PGRES_POLLING_FAILED) {
 		struct pollfd pfd = { .fd = PQsocket(p->conn),
@@ -426,17 +515,20 @@ static int pg_reset(struct store_pg *p)
 
 		if (atomic_load(&p->cancelled)) {
 			pg_setmsg(p, "reconnect cancelled: the server did not answer");
+			p->rotate = true;
 			return -ENOTCONN;
 		}
 		if (now >= deadline) {
-			pg_setmsg(p, "reconnect failed: no answer within connect_timeout (%ld s)",
-				  pg_connect_timeout_ms(p) / 1000);
+			pg_setmsg(p, "reconnect failed: no answer within connect_timeout (%ld s)%s%s",
+				  pg_connect_timeout_ms(p) / 1000,
+				  PQhost(p->conn) ? " from " : "", PQhost(p->conn) ? PQhost(p->conn) : "");
+			p->rotate = true;
 			return -ENOTCONN;
 		}
 		/* short slices: cancel() does not wake poll() before the socket is published */
 		int n = poll(&pfd, 1, deadline - now < 100 ? (int)(deadline - now) : 100);
 		if (n > 0)
-			st = PQresetPoll(p->conn);
+			st = PQconnectPoll(p->conn);
 	}
 	if (st == PGRES_POLLING_FAILED) {
 		/* Same parameters as open(), whose password never reaches errmsg. */

@@ -248,6 +248,71 @@ class TestCluster(ClusterCase):
         self.assertEqual(st.returncode, 0, st.stdout + st.stderr)
         self.assertNotIn("DOWN", st.stdout)
 
+    def test_hung_primary_is_passed_over(self):
+        # The primary stops answering without closing anything (SIGSTOP on all
+        # its processes: the kernel still accepts connections) and comes first
+        # in the URL: reconnects must not wait on it forever.
+        old = self.primary()
+        others = [n for n in NODES if n != old]
+        ports = os.environ["FEED_TEST_PG_PORTS"].split()
+        hosts = ",".join(f"127.0.0.1:{ports[n]}" for n in [old] + others)
+        f = self.feed(conf={"daemon": {"shutdown_timeout": "30"},
+                            "database": {"connect_timeout": "2", "stall_timeout": "3",
+                                         "retry_max": "200"}})
+        f.sections["database"]["url"] = (f"postgresql://postgres@{hosts}/feed"
+                                         "?target_session_attrs=read-write")
+        f.write_conf()
+        f.start_ok()
+        self.assertEqual(f.req("1,1,1"), "TRUE")
+        data = os.environ["FEED_TEST_PG_DATA"].split()[old]
+        with open(os.path.join(data, "postmaster.pid")) as fh:
+            tree = _tree(int(fh.readline()))
+        lsn = {}
+        for n in others:
+            rows = node_sql(n, "SELECT pg_last_wal_receive_lsn() - '0/0'::pg_lsn")
+            if rows and rows[0][0]:
+                lsn[n] = float(rows[0][0])
+        self.assertTrue(lsn, "no standby")
+        try:
+            for pid in tree:
+                os.kill(pid, signal.SIGSTOP)
+            t0 = time.monotonic()
+            new = max(lsn, key=lambda n: lsn[n])
+            pg_ctl(new, "promote", "-w")
+            # no standby follows it: commits there must not wait for one
+            node_sql(new, "ALTER SYSTEM SET synchronous_standby_names = '';\n"
+                          "SELECT pg_reload_conf();")
+            self.assertEqual(f.req("2,1,1", timeout=40), "TRUE")
+            print(f"\nhung primary: stop -> TRUE on the promoted standby {time.monotonic() - t0:.2f} s",
+                  flush=True)
+            self.assertEqual(node_sql(new, "SELECT count(*) FROM fee WHERE ticket = 2"), [["1"]])
+        finally:
+            # never let it run again: it would be a second primary
+            for pid in tree:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except OSError:
+                    pass
+
+
+def _tree(root):
+    """root and every process under it."""
+    ppid = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as fh:
+                    ppid[int(d)] = int(fh.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                pass
+    found, todo = [root], [root]
+    while todo:
+        parent = todo.pop()
+        kids = [p for p, pp in ppid.items() if pp == parent and p not in found]
+        found += kids
+        todo += kids
+    return found
+
 
 if __name__ == "__main__":
     unittest.main()
