@@ -452,17 +452,22 @@ static char *pg_list_rotate(const char *s)
 static PGconn *pg_connect_start(struct store_pg *p, bool rotate)
 {
 	PQconninfoOption *opts = PQconninfo(p->conn);
-	const char *keys[64], *vals[64];
+	const char **keys = NULL, **vals = NULL;
 	char *rotated[3] = { NULL, NULL, NULL };
-	int k = 0, hosts = 0;
+	size_t nopts = 0, k = 0;
+	int hosts = 0;
 	PGconn *c = NULL;
 
 	if (!opts)
 		return NULL;
-	for (PQconninfoOption *o = opts; o->keyword; o++)
+	for (PQconninfoOption *o = opts; o->keyword; o++, nopts++)
 		if (!strcmp(o->keyword, "host") || !strcmp(o->keyword, "hostaddr"))
 			hosts = pg_list_len(o->val) > hosts ? pg_list_len(o->val) : hosts;
-	for (PQconninfoOption *o = opts; o->keyword && k < 63; o++) {
+	keys = calloc(nopts + 1, sizeof(*keys));
+	vals = calloc(nopts + 1, sizeof(*vals));
+	if (!keys || !vals)
+		goto out;
+	for (PQconninfoOption *o = opts; o->keyword; o++) {
 		const char *v = o->val;
 		int slot = !strcmp(o->keyword, "host") ? 0 : !strcmp(o->keyword, "hostaddr") ? 1 :
 			   !strcmp(o->keyword, "port") ? 2 : -1;
@@ -484,6 +489,8 @@ static PGconn *pg_connect_start(struct store_pg *p, bool rotate)
 out:
 	for (int i = 0; i < 3; i++)
 		free(rotated[i]);
+	free(keys);
+	free(vals);
 	PQconninfoFree(opts);
 	return c;
 }
