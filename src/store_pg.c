@@ -526,9 +526,11 @@ static int pg_reset(struct store_pg *p)
 			return -ENOTCONN;
 		}
 		if (now >= deadline) {
-			pg_setmsg(p, "reconnect failed: no answer within connect_timeout (%ld s)%s%s",
-				  pg_connect_timeout_ms(p) / 1000,
-				  PQhost(p->conn) ? " from " : "", PQhost(p->conn) ? PQhost(p->conn) : "");
+			const char *h = PQhost(p->conn), *port = PQport(p->conn);
+
+			pg_setmsg(p, "reconnect failed: no answer within connect_timeout (%ld s)"
+				  " from %s:%s",
+				  pg_connect_timeout_ms(p) / 1000, h ? h : "?", port ? port : "?");
 			p->rotate = true;
 			return -ENOTCONN;
 		}
