@@ -2,12 +2,14 @@
 #
 # run.sh - feed's benchmark: one command, one markdown page of results.
 #
-# Usage: bench/run.sh [--backend sqlite|postgres|mariadb] [--quick]
+# Usage: bench/run.sh [--backend sqlite|postgres|pg-sync|mariadb] [--quick]
 #
 # Expects a Release build in BUILD_DIR (default: build/ at the top of the
 # repository): BUILD_DIR/feed and BUILD_DIR/bench/{load,classic,raw_*}. Runs
 # itself inside tests/lib/with-<backend>.sh (a throwaway database: a
-# temporary SQLite file, or a private PostgreSQL / MariaDB server), then
+# temporary SQLite file, or a private PostgreSQL / MariaDB server; pg-sync:
+# PostgreSQL with two quorum-synchronous standbys, tests/lib/with-pg-cluster.sh,
+# every commit waiting for one of them), then
 # measures, each with nothing else running:
 #   raw limits   raw_zmq (DEALER -> ROUTER echo), raw_sqlite / raw_pg / raw_mysql
 #   classic loop bench/classic: 1 lone REQ client, then 64 REQ clients
@@ -29,7 +31,7 @@ backend=sqlite
 quick=0
 
 usage() {
-	echo "usage: bench/run.sh [--backend sqlite|postgres|mariadb] [--quick]" >&2
+	echo "usage: bench/run.sh [--backend sqlite|postgres|pg-sync|mariadb] [--quick]" >&2
 	exit 2
 }
 
@@ -38,12 +40,12 @@ while [ $# -gt 0 ]; do
 	--backend) [ $# -ge 2 ] || usage; backend=$2; shift 2 ;;
 	--backend=*) backend=${1#--backend=}; shift ;;
 	--quick) quick=1; shift ;;
-	-h|--help) sed -n '3,23p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+	-h|--help) sed -n '3,25p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
 	*) usage ;;
 	esac
 done
 case $backend in
-sqlite|postgres|mariadb) ;;
+sqlite|postgres|pg-sync|mariadb) ;;
 postgresql) backend=postgres ;;
 mysql) backend=mariadb ;;
 *) usage ;;
@@ -70,6 +72,7 @@ if [ -z "${FEED_BENCH_INNER:-}" ]; then
 	case $backend in
 	sqlite) lib=with-sqlite.sh ;;
 	postgres) lib=with-postgres.sh ;;
+	pg-sync) lib=with-pg-cluster.sh ;;
 	mariadb) lib=with-mariadb.sh ;;
 	esac
 	args=(--backend "$backend")
@@ -82,6 +85,9 @@ fi
 : "${FEED_TEST_SQL:?}"
 pwfile=${FEED_TEST_PASSWORD_FILE:-}
 B=$BUILD_DIR/bench
+# pg-sync is PostgreSQL to every scenario; only the report says which
+label=$backend
+[ "$backend" = pg-sync ] && backend=postgres
 
 if [ "$quick" = 1 ]; then
 	secs=2; recs1=1000000; recs100=10000000; rawrecs=300000
@@ -187,6 +193,10 @@ sqlite)
 postgres)
 	measure raw_db "$B/raw_pg" -u "$FEED_TEST_URL" -p "$pwfile" -N "$rawrecs" -b 10000
 	classic_url=$FEED_TEST_URL
+	# the classic loop reads one host: the primary's (pg0 until a failover)
+	if [ "$label" = pg-sync ]; then
+		classic_url=postgresql://postgres@127.0.0.1:${FEED_TEST_PG_PORTS%% *}/feed
+	fi
 	classic_sql=$FEED_TEST_SQL
 	raw_name="raw_pg (COPY, 10,000 rows/transaction)"
 	;;
@@ -347,18 +357,19 @@ target() {   # target TEXT OK
 ge() { [ -n "${1:-}" ] && [ -n "${2:-}" ] && awk -v a="$1" -v b="$2" 'BEGIN { exit !(a >= b) }' && echo 1 || echo 0; }
 
 date_s=$(date -u +%Y-%m-%d)
-out=$root/bench/results-$backend-$date_s.md
+out=$root/bench/results-$label-$date_s.md
 cpu=$(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -1)
 fs=$(df -PT "${TMPDIR:-/tmp}" | awk 'NR == 2 { print $2 }')
 rev=$(git -C "$root" describe --always --dirty 2>/dev/null || echo unknown)
 case $backend in
 sqlite) server="SQLite $(sqlite3 --version | cut -d' ' -f1) (file on $fs)" ;;
-postgres) server=$(sql "SELECT version();" | cut -d, -f1) ;;
+postgres) server=$(sql "SELECT version();" | cut -d, -f1)
+	[ "$label" = pg-sync ] && server="$server, primary + 2 standbys, synchronous_standby_names = '$(sql "SHOW synchronous_standby_names;")'" ;;
 mariadb) server="MariaDB $(sql "SELECT version();")" ;;
 esac
 
 {
-	echo "## $backend, $date_s$([ "$quick" = 1 ] && echo ", --quick")"
+	echo "## $label, $date_s$([ "$quick" = 1 ] && echo ", --quick")"
 	echo
 	echo "feed $rev; $server; durability = full; $(nproc) CPUs ($cpu), $(free -g | awk '/^Mem:/ { print $2 }') GiB,"
 	echo "Linux $(uname -r); client and server on the same machine over tcp://127.0.0.1;"

@@ -10,6 +10,15 @@
  * literals. The hot path insert() is a single COPY ... FROM STDIN; lookup()
  * and settle() are one statement each over an array parameter. No prepared
  * statements are kept, so reconnect() only re-applies the session settings.
+ *
+ * Replication: the URL may name several hosts (libpq tries them in order;
+ * target_session_attrs=read-write picks the primary), and every reconnect
+ * tries them all again, so a promoted standby is found by itself. With
+ * synchronous standbys, TRUE must wait for them: a COMMIT that comes back
+ * with a WARNING (its wait for synchronous replication was cancelled) is an
+ * unknown outcome, and a transaction that accepts rows it only found (a
+ * retry after such a COMMIT or a lost connection) makes its own commit wait
+ * for replication (pg_commit).
  */
 #include "store.h"
 #include "store_int.h"
@@ -53,11 +62,21 @@ struct store_pg {
 	PGconn *conn;
 	enum store_durability durability;
 	bool begin_pending;           /* BEGIN not sent yet: it rides on the first statement */
+	bool rotate;                  /* the next reconnect starts at the next host (pg_reset) */
+	/* this transaction: what pg_commit needs to know to make it wait for the standbys */
+	bool wrote;                   /* inserted or updated something */
+	bool seen;                    /* lookup() found rows; seen_ticket is one of them */
+	int64_t seen_ticket;
+	/* a WARNING the server sent during COMMIT (pg_notice) */
+	bool in_commit, commit_warned;
+	char commit_warning[256];
 	/* cancel(): the live session, under pg_cancel_mu */
 	bool armed;                   /* fd, pid and port describe a live session */
 	int fd;
 	int pid, port;                /* the server backend and our local port (-1: unix socket) */
+	struct sockaddr_storage srv;  /* the server's address (getpeername) */
 	int orphan_pid, orphan_port;  /* a cancelled session, ended by the next reconnect */
+	struct sockaddr_storage orphan_srv; /* ... if that reconnect reaches the same server */
 	atomic_bool cancelled;
 };
 
@@ -270,11 +289,25 @@ static char *pg_i64_array(const int64_t *v, size_t stride, size_t n)
 
 /* ==== Connection ==== */
 
-/* libpq prints notices on stderr by default; library code stays quiet. */
-static void pg_notice_ignore(void *arg, const char *message)
+/*
+ * libpq prints notices on stderr by default; library code stays quiet. A
+ * WARNING during COMMIT is kept: the server says the commit returned without
+ * what it should have waited for ("canceling wait for synchronous
+ * replication ... already committed locally, but might not have been
+ * replicated"). Told by the untranslated severity, whatever lc_messages says.
+ */
+static void pg_notice(void *arg, const PGresult *res)
 {
-	(void)arg;
-	(void)message;
+	struct store_pg *p = arg;
+	const char *sev = PQresultErrorField(res, PG_DIAG_SEVERITY_NONLOCALIZED);
+	const char *prim = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
+	const char *detail = PQresultErrorField(res, PG_DIAG_MESSAGE_DETAIL);
+
+	if (!p->in_commit || p->commit_warned || !sev || strcmp(sev, "WARNING") != 0)
+		return;
+	p->commit_warned = true;
+	snprintf(p->commit_warning, sizeof(p->commit_warning), "%s%s%s",
+		 prim ? prim : "(no message)", detail ? " " : "", detail ? detail : "");
 }
 
 /*
@@ -287,14 +320,22 @@ static void pg_notice_ignore(void *arg, const char *message)
  * remote_write, which flushes locally but waits only for a synchronous
  * standby's write, not its flush. on and remote_apply (stronger) are kept.
  * normal does not wait for the disk at all.
+ *
+ * idle_in_transaction_session_timeout: feed never leaves a transaction
+ * waiting on itself (it decides between statements in microseconds). A feed
+ * process that is stopped or hung in the middle of one holds its row locks,
+ * and another instance writing the same tickets waits on them for as long
+ * as it lasts; the server ends such a session after 30 s, the locks go, and
+ * the stopped instance finds its connection gone and retries.
  */
+#define PG_SESSION_COMMON "SET TimeZone = 'UTC'; SET idle_in_transaction_session_timeout = '30s';"
 static const char pg_session_full_sql[] =
-	"SET TimeZone = 'UTC';"
+	PG_SESSION_COMMON
 	"SELECT set_config('synchronous_commit', 'on', false)"
 	" WHERE current_setting('synchronous_commit') NOT IN ('on', 'remote_apply');"
 	"SHOW synchronous_commit";
 static const char pg_session_normal_sql[] =
-	"SET TimeZone = 'UTC'; SET synchronous_commit = off; SHOW synchronous_commit";
+	PG_SESSION_COMMON "SET synchronous_commit = off; SHOW synchronous_commit";
 
 /* ==== Cancel ==== */
 
@@ -303,6 +344,8 @@ static void pg_arm_cancel(struct store_pg *p)
 {
 	struct sockaddr_storage a;
 	socklen_t alen = sizeof(a);
+	struct sockaddr_storage srv;
+	socklen_t slen = sizeof(srv);
 	int port = -1;
 
 	if (getsockname(PQsocket(p->conn), (struct sockaddr *)&a, &alen) == 0) {
@@ -311,7 +354,11 @@ static void pg_arm_cancel(struct store_pg *p)
 		else if (a.ss_family == AF_INET6)
 			port = ntohs(((struct sockaddr_in6 *)&a)->sin6_port);
 	}
+	memset(&srv, 0, sizeof(srv));
+	if (getpeername(PQsocket(p->conn), (struct sockaddr *)&srv, &slen) < 0)
+		memset(&srv, 0, sizeof(srv));
 	pthread_mutex_lock(&pg_cancel_mu);
+	p->srv = srv;
 	p->fd = PQsocket(p->conn);
 	p->pid = PQbackendPID(p->conn);
 	p->port = port;
@@ -344,6 +391,7 @@ static void pg_cancel(struct store *s)
 		p->armed = false;
 		p->orphan_pid = p->pid;
 		p->orphan_port = p->port;
+		p->orphan_srv = p->srv;
 	}
 	pthread_mutex_unlock(&pg_cancel_mu);
 }
@@ -381,13 +429,108 @@ static long pg_connect_timeout_ms(struct store_pg *p)
 	return ms;
 }
 
-/* PQreset(), bounded by connect_timeout and ended early by cancel(). */
+/* Entries of a comma-separated libpq list ("h1,h2,h3": 3); 0 for NULL or "". */
+static int pg_list_len(const char *s)
+{
+	int n = s && *s ? 1 : 0;
+
+	for (; s && *s; s++)
+		n += *s == ',';
+	return n;
+}
+
+/* s ("a,b,c") with its first entry moved to the end ("b,c,a"). Caller frees; NULL: no memory. */
+static char *pg_list_rotate(const char *s)
+{
+	const char *comma = strchr(s, ',');
+	size_t len = strlen(s);
+	char *out = malloc(len + 1);
+
+	if (!out)
+		return NULL;
+	if (!comma) {
+		memcpy(out, s, len + 1);
+		return out;
+	}
+	snprintf(out, len + 1, "%s,%.*s", comma + 1, (int)(comma - s), s);
+	return out;
+}
+
+/*
+ * Starts a new connection with this one's parameters. rotate: the host list
+ * (host, hostaddr, and port where it has one entry per host) starts at the
+ * second host, the first moving to the end. Why: libpq tries the hosts in
+ * order, and a host that accepts the TCP connection but never answers (a hung
+ * or stopped server, a vanished machine) takes the whole connect_timeout, as
+ * libpq's asynchronous connect has no timeout of its own: without rotation
+ * every reconnect would wait on that host and never reach the standby that
+ * was promoted behind it. NULL if out of memory.
+ */
+static PGconn *pg_connect_start(struct store_pg *p, bool rotate)
+{
+	PQconninfoOption *opts = PQconninfo(p->conn);
+	const char **keys = NULL, **vals = NULL;
+	char *rotated[3] = { NULL, NULL, NULL };
+	size_t nopts = 0, k = 0;
+	int hosts = 0;
+	PGconn *c = NULL;
+
+	if (!opts)
+		return NULL;
+	for (PQconninfoOption *o = opts; o->keyword; o++, nopts++)
+		if (!strcmp(o->keyword, "host") || !strcmp(o->keyword, "hostaddr"))
+			hosts = pg_list_len(o->val) > hosts ? pg_list_len(o->val) : hosts;
+	keys = calloc(nopts + 1, sizeof(*keys));
+	vals = calloc(nopts + 1, sizeof(*vals));
+	if (!keys || !vals)
+		goto out;
+	for (PQconninfoOption *o = opts; o->keyword; o++) {
+		const char *v = o->val;
+		int slot = !strcmp(o->keyword, "host") ? 0 : !strcmp(o->keyword, "hostaddr") ? 1 :
+			   !strcmp(o->keyword, "port") ? 2 : -1;
+
+		if (!v)
+			continue;
+		if (rotate && hosts > 1 && slot >= 0 && pg_list_len(v) == hosts) {
+			rotated[slot] = pg_list_rotate(v);
+			if (!rotated[slot])
+				goto out;
+			v = rotated[slot];
+		}
+		keys[k] = o->keyword;
+		vals[k++] = v;
+	}
+	keys[k] = NULL;
+	vals[k] = NULL;
+	c = PQconnectStartParams(keys, vals, 0);
+out:
+	for (int i = 0; i < 3; i++)
+		free(rotated[i]);
+	free(keys);
+	free(vals);
+	PQconninfoFree(opts);
+	return c;
+}
+
+/*
+ * A new connection in place of the old one, bounded by connect_timeout and
+ * ended early by cancel(). An attempt that ran out of time (or was cancelled)
+ * makes the next one start at the next host (pg_connect_start).
+ */
 static int pg_reset(struct store_pg *p)
 {
 	uint64_t deadline = mono_ms() + (uint64_t)pg_connect_timeout_ms(p);
 	PostgresPollingStatusType st = PGRES_POLLING_WRITING;
+	PGconn *c = pg_connect_start(p, p->rotate);
 
-	if (!PQresetStart(p->conn))
+	if (!c) {
+		pg_setmsg(p, "reconnect failed: out of memory");
+		return -ENOMEM;
+	}
+	PQfinish(p->conn);
+	p->conn = c;
+	p->rotate = false;
+	if (PQstatus(c) == CONNECTION_BAD)
 		st = PGRES_POLLING_FAILED;
 	while (st != PGRES_POLLING_OK && st != PGRES_POLLING_FAILED) {
 		struct pollfd pfd = { .fd = PQsocket(p->conn),
@@ -396,17 +539,22 @@ static int pg_reset(struct store_pg *p)
 
 		if (atomic_load(&p->cancelled)) {
 			pg_setmsg(p, "reconnect cancelled: the server did not answer");
+			p->rotate = true;
 			return -ENOTCONN;
 		}
 		if (now >= deadline) {
-			pg_setmsg(p, "reconnect failed: no answer within connect_timeout (%ld s)",
-				  pg_connect_timeout_ms(p) / 1000);
+			const char *h = PQhost(p->conn), *port = PQport(p->conn);
+
+			pg_setmsg(p, "reconnect failed: no answer within connect_timeout (%ld s)"
+				  " from %s:%s",
+				  pg_connect_timeout_ms(p) / 1000, h ? h : "?", port ? port : "?");
+			p->rotate = true;
 			return -ENOTCONN;
 		}
 		/* short slices: cancel() does not wake poll() before the socket is published */
 		int n = poll(&pfd, 1, deadline - now < 100 ? (int)(deadline - now) : 100);
 		if (n > 0)
-			st = PQresetPoll(p->conn);
+			st = PQconnectPoll(p->conn);
 	}
 	if (st == PGRES_POLLING_FAILED) {
 		/* Same parameters as open(), whose password never reaches errmsg. */
@@ -425,7 +573,7 @@ static int pg_session(struct store_pg *p)
 	const char *sc;
 	int r = 0;
 
-	PQsetNoticeProcessor(p->conn, pg_notice_ignore, NULL);
+	PQsetNoticeReceiver(p->conn, pg_notice, p);
 	pg_arm_cancel(p);
 	res = PQexec(p->conn, full ? pg_session_full_sql : pg_session_normal_sql);
 	if (!res || PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1) {
@@ -580,6 +728,7 @@ static void pg_close(struct store *s)
 static int pg_reconnect(struct store *s)
 {
 	struct store_pg *p = pg_of(s);
+	struct sockaddr_storage orphan_srv;
 	int orphan_pid, orphan_port, r;
 
 	pthread_mutex_lock(&pg_cancel_mu);
@@ -587,6 +736,7 @@ static int pg_reconnect(struct store *s)
 	atomic_store(&p->cancelled, false);   /* a cancel from now on is for this reconnect */
 	orphan_pid = p->orphan_pid;
 	orphan_port = p->orphan_port;
+	orphan_srv = p->orphan_srv;
 	pthread_mutex_unlock(&pg_cancel_mu);
 
 	p->begin_pending = false;
@@ -597,7 +747,16 @@ static int pg_reconnect(struct store *s)
 	if (r < 0)
 		return r;
 	if (orphan_pid > 0) {
-		pg_end_orphan(p, orphan_pid, orphan_port);
+		/*
+		 * Only on the server the session was on: after a failover the
+		 * same pid and port on the new primary are someone else's (and
+		 * the old server's session ended with it, or will on its own).
+		 */
+		pthread_mutex_lock(&pg_cancel_mu);
+		bool same = memcmp(&p->srv, &orphan_srv, sizeof(orphan_srv)) == 0;
+		pthread_mutex_unlock(&pg_cancel_mu);
+		if (same)
+			pg_end_orphan(p, orphan_pid, orphan_port);
 		pthread_mutex_lock(&pg_cancel_mu);
 		if (p->orphan_pid == orphan_pid)
 			p->orphan_pid = 0;
@@ -789,8 +948,12 @@ static int pg_exec(struct store *s, const char *sql)
  */
 static int pg_begin(struct store *s)
 {
-	store_keys_begin(&pg_of(s)->keys);
-	pg_of(s)->begin_pending = true;
+	struct store_pg *p = pg_of(s);
+
+	store_keys_begin(&p->keys);
+	p->begin_pending = true;
+	p->wrote = false;
+	p->seen = false;
 	return 0;
 }
 
@@ -800,6 +963,35 @@ static int pg_flush_begin(struct store_pg *p)
 		return 0;
 	p->begin_pending = false;
 	return pg_cmd(p, "BEGIN", "BEGIN");
+}
+
+/*
+ * Makes this transaction write WAL, so that its COMMIT waits for the
+ * synchronous standbys like any write: it locks a row it found (FOR KEY
+ * SHARE, which only a DELETE or a key change conflicts with, and which is
+ * WAL-logged). PostgreSQL commits a transaction that wrote no WAL without
+ * waiting for replication, and an xid alone (pg_current_xact_id()) writes
+ * none: measured, it returned while both standbys were stopped.
+ */
+static int pg_lock_seen(struct store_pg *p)
+{
+	char t[24];
+	const char *vals[1] = { t };
+	PGresult *res;
+	int r = 0;
+
+	snprintf(t, sizeof(t), "%lld", (long long)p->seen_ticket);
+	res = PQexecParams(p->conn, "SELECT 1 FROM fee WHERE ticket = $1::bigint FOR KEY SHARE",
+			   1, NULL, vals, NULL, NULL, 0);
+	if (!res || PQresultStatus(res) != PGRES_TUPLES_OK) {
+		r = pg_fail(p, res, "locking a found row of fee (to wait for the standbys)");
+	} else if (PQntuples(res) != 1) {
+		/* deleted since lookup: decide the batch anew */
+		pg_setmsg(p, "ticket %lld found in fee is gone: looking again", (long long)p->seen_ticket);
+		r = -EAGAIN;
+	}
+	PQclear(res);
+	return r;
 }
 
 static int pg_commit(struct store *s)
@@ -812,7 +1004,22 @@ static int pg_commit(struct store *s)
 		p->begin_pending = false;
 		return 0;
 	}
+	/*
+	 * Rows found but nothing written: they may be those of a commit whose
+	 * outcome was unknown (a connection lost during COMMIT, a wait for the
+	 * standbys cancelled), committed on this server and perhaps nowhere
+	 * else. Accepting them takes a commit that waits for replication. A
+	 * transaction that wrote anything waits anyway, for a later WAL position.
+	 */
+	if (!p->wrote && p->seen && p->durability != STORE_DURABLE_NORMAL) {
+		r = pg_lock_seen(p);
+		if (r < 0)
+			return r;
+	}
+	p->in_commit = true;
+	p->commit_warned = false;
 	res = PQexec(p->conn, "COMMIT");
+	p->in_commit = false;
 
 	if (!res || PQresultStatus(res) != PGRES_COMMAND_OK) {
 		r = pg_fail(p, res, "COMMIT");
@@ -821,6 +1028,15 @@ static int pg_commit(struct store *s)
 		pg_setmsg(p, "COMMIT failed: the server rolled the transaction back (%s)",
 			  PQcmdStatus(res));
 		r = -EIO;
+	} else if (p->commit_warned) {
+		/*
+		 * Committed here, maybe not replicated: the outcome is unknown.
+		 * The caller reconnects and looks the tickets up; what it finds
+		 * is accepted by a commit that waits (above).
+		 */
+		pg_setmsg(p, "COMMIT returned with a warning, outcome unknown: %s", p->commit_warning);
+		pg_flatten(p->base.errmsg);
+		r = -ENOTCONN;
 	}
 	PQclear(res);
 	return r;
@@ -900,6 +1116,10 @@ static int pg_lookup(struct store *s, const int64_t *tickets, size_t n,
 		rows[got].ticket = pg_get_i64(res, i, 0);
 		rows[got].login = pg_get_i64(res, i, 1);
 		rows[got].volume = pg_get_dec(res, i, 2);
+	}
+	if (got > 0) {
+		p->seen = true;
+		p->seen_ticket = rows[0].ticket;
 	}
 done:
 	*ret_n = got;
@@ -1011,6 +1231,7 @@ static int pg_insert(struct store *s, const struct record *recs, const char *con
 		r = pg_load_ticket_keys(p);
 	if (r < 0)
 		return r;
+	p->wrote = true;
 	if (n <= PG_VALUES_MAX)
 		return pg_insert_values(p, recs, srcs, n);
 	buf = malloc(PG_COPY_BUF);
@@ -1067,6 +1288,7 @@ static int pg_insert_rejects(struct store *s, const struct store_reject *rj, siz
 	r = pg_flush_begin(p);
 	if (r < 0)
 		return r;
+	p->wrote = true;
 	cap = 64 + PG_REJECT_CHUNK * 40;
 	sql = malloc(cap);
 	vals = calloc(PG_REJECT_PARAMS * PG_REJECT_CHUNK, sizeof(*vals));
@@ -1196,6 +1418,7 @@ static int pg_settle(struct store *s, const struct store_settle *rows, size_t n)
 	r = pg_flush_begin(p);
 	if (r < 0)
 		return r;
+	p->wrote = true;          /* maybe no row (settled elsewhere): nothing is answered */
 	tickets = pg_i64_array(&rows[0].ticket, sizeof(*rows), n);
 	fees = malloc(cap);
 	if (!tickets || !fees) {
