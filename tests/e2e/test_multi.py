@@ -163,9 +163,9 @@ class MultiTest(FeedTestCase):
         ports = [int(m.group(1)) for line in r.stdout.splitlines() if f"pid={pid}," in line
                  for m in [re.match(r"\S+\s+\S+\s+127\.0\.0\.1:(\d+)", line)] if m]
         self.assertTrue(ports, f"no database connection of pid {pid} in:\n{r.stdout}")
-        rows = f.sql("SELECT left(query, 20) FROM pg_stat_activity WHERE xact_start IS NOT NULL"
+        rows = f.sql("SELECT left(query, 20), state FROM pg_stat_activity WHERE xact_start IS NOT NULL"
                      " AND client_port IN (" + ",".join(map(str, ports)) + ");")
-        return [r[0] for r in rows]
+        return rows
 
     def stop(self, f, storing):
         """SIGSTOPs f, again and again until it is stopped in the middle of storing records
@@ -177,7 +177,10 @@ class MultiTest(FeedTestCase):
             os.kill(pid, signal.SIGSTOP)
             wait_until(lambda: proc_state(pid) == "T", 10, step=0.001, what="SIGSTOP to take")
             tx = self.open_transactions(f, pid)
-            if storing and any(q.startswith(("INSERT INTO fee ", "COPY fee ")) for q in tx):
+            # storing: between two statements of a writer's transaction (idle in
+            # transaction), where it holds the row locks of what it inserted
+            if storing and any(q.startswith(("INSERT INTO fee ", "COPY fee ")) and st == "idle in transaction"
+                               for q, st in tx):
                 return pid
             if not storing and not tx:
                 return pid
@@ -212,26 +215,30 @@ class MultiTest(FeedTestCase):
         rows = b.sql(f"SELECT count(*), count(DISTINCT ticket) FROM fee WHERE ticket >= {first};")
         self.assertEqual([int(x) for x in rows[0]], [TOTAL, TOTAL])
 
-    def test_sigstop_while_storing_then_watchdog_kill(self):
+    def test_sigstop_while_storing_server_ends_it(self):
         # A hung in the middle of a writer's transaction holds the tickets it was storing:
         # B, given them again, waits on A's row locks (it cannot know whether A will
-        # commit) and answers nothing. feed send waits as well, for its retry cycle, and
-        # completes as soon as A is killed (as a watchdog would) and its transaction ends.
+        # commit). feed sets idle_in_transaction_session_timeout (30 s) on its sessions,
+        # so the server ends A's transaction, its locks go, B stores the tickets and the
+        # stream completes with A still stopped. (Without it the stream never completes
+        # while A is stopped: seen with the old session settings.)
         a, b = self.two()
         first = 65_000_001
         path = self.trades(a, first)
+        stopped_at = []
 
-        def stop_a_then_kill():
-            pid = self.stop(a, storing=True)
+        def stop_a():
+            self.stop(a, storing=True)
+            stopped_at.append(time.monotonic())
             wait_until(lambda: int(b.sql("SELECT count(*) FROM pg_stat_activity WHERE"
                                          " wait_event_type = 'Lock' AND application_name = 'feed';")[0][0]) > 0,
                        30, what="B to wait on A's locks")
-            time.sleep(3)                 # longer than feed send's timeout: B seems hung too
-            os.kill(pid, signal.SIGKILL)
-            self.stopped.remove(pid)
 
-        rc, err, at = self.send_until(a, b, path, stop_a_then_kill, retries=20)
-        print(f"A stopped while storing at {at} of {TOTAL} records, killed 3 s later; feed send said:\n{err}")
+        rc, err, at = self.send_until(a, b, path, stop_a, retries=90)
+        took = time.monotonic() - stopped_at[0]
+        print(f"A stopped while storing at {at} of {TOTAL} records; the stream completed {took:.1f} s later"
+              f" with A still stopped; feed send said:\n{err}")
+        self.assertEqual(proc_state(self.stopped[0]), "T")
         self.assert_summary(rc, err, moved=True)
         self.assert_all_once(b, first)
 
