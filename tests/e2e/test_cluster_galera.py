@@ -177,6 +177,9 @@ class TestTwoInstancesNodeKilled(GaleraCase):
               f"requests answered; A silent for {gap:.2f} s, first TRUE after that "
               f"{resumed - t_kill:.2f} s after the kill; re-sent A {pa.resent} B {pb.resent}",
               file=sys.stderr)
+        print("A's database errors: " + " | ".join(
+            l.split(" debug: ", 1)[-1] for l in a.log().splitlines()
+            if re.search(r"failed|unavailable|available again", l))[:3000], file=sys.stderr)
 
         # A carried on through another node
         self.assertEqual(a.status().returncode, 0, "feed A exited after its node died")
