@@ -20,7 +20,7 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from feedtest import Feed, norm_dec, wait_until  # noqa: E402
+from feedtest import Feed, free_port, norm_dec, wait_until  # noqa: E402
 from test_ingest import IngestCase, Pipeline, tickets_of  # noqa: E402
 
 NODES = (1, 2, 3)
@@ -288,6 +288,28 @@ class TestNodeLeavesPrimary(GaleraCase):
         finally:
             self.isolate(1, False)
         shell("FEED_TEST_GALERA_WAIT")
+
+
+class TestHostList(GaleraCase):
+    def test_dead_host_first_is_passed_over(self):
+        dead = free_port()           # nothing listens there: connection refused
+        url = url_first(2).replace("mysql://feed@", f"mysql://feed@127.0.0.1:{dead},")
+        f = Feed(url=url, conf={"database": {"password_file": env("FEED_TEST_PASSWORD_FILE"),
+                                             "connect_timeout": "2"}})
+        self.instances.append(f)
+        f.start_ok()
+        self.assertEqual(f.req("1,7,1.5"), "TRUE")
+        self.assertIn(f"database: node 127.0.0.1:{env('FEED_TEST_GALERA_PORT_2')} (Galera node, "
+                      f"Synced, Primary, cluster of 3)", f.log())
+
+    def test_socket_takes_one_host(self):
+        f = Feed(url=url_first(1) + "?socket=/run/mysqld/mysqld.sock",
+                 conf={"database": {"password_file": env("FEED_TEST_PASSWORD_FILE")}})
+        self.instances.append(f)
+        r = f.start()
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn("mysql URL: the socket parameter names one local server, but 3 hosts "
+                      "are given", r.stderr)
 
 
 if __name__ == "__main__":
