@@ -999,7 +999,8 @@ static int my_connect(struct store_mysql *m, size_t start)
 			if (k > 0 && atomic_load(&m->cancelled))
 				break;      /* a stalled connect: the next call goes on */
 			tried = i;
-			r = my_connect_node(m, i, pass == 0);
+			/* one host: nothing better to wait for than a node not Synced */
+			r = my_connect_node(m, i, pass == 0 && n > 1);
 			if (r == 0 || n == 1) {
 				m->node_failed = r < 0;
 				m->connecting = false;
