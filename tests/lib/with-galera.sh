@@ -11,7 +11,8 @@
 # binary log synced at every commit), kept small for a 2-core machine (32M
 # buffer pool, 32M gcache, no performance_schema), with the failure
 # detection of the group shortened (a node killed is evicted in ~3 s, not
-# ~10 s: the tests stay short). Everything is shut down and removed at the
+# ~10 s: the tests stay short; FEED_TEST_GALERA_EVS=default keeps Galera's
+# defaults). Everything is shut down and removed at the
 # end, also when COMMAND or the setup fails. Exits with COMMAND's status.
 # Must run as root (mariadbd drops to the mysql user).
 #
@@ -105,6 +106,13 @@ mariadb --no-defaults -uroot --socket='$tmp/run'\$1/sock --connect-timeout=2 -N 
 		      v["wsrep_cluster_size"] }'
 EOF
 
+# Failure detection: a node killed is evicted after evs.suspect_timeout
+# (default 5 s); shorter here, unless FEED_TEST_GALERA_EVS=default (to
+# measure failover as a default cluster has it).
+evs=";evs.keepalive_period=PT0.5S;evs.inactive_check_period=PT0.5S;evs.suspect_timeout=PT2S;evs.inactive_timeout=PT4S;evs.install_timeout=PT4S"
+if [ "${FEED_TEST_GALERA_EVS:-}" = default ]; then
+	evs=
+fi
 for i in $nodes; do
 	port=$(port_of 0 "$i")
 	gport=$(port_of 1 "$i")
@@ -127,7 +135,7 @@ mariadbd --no-defaults --datadir='$tmp/data$i' --socket='$tmp/run$i/sock' \\
 	--wsrep-node-name=node$i --wsrep-node-address=127.0.0.1:$gport \\
 	--wsrep-node-incoming-address=127.0.0.1:$port \\
 	--wsrep-sst-method=rsync --wsrep-sst-receive-address=127.0.0.1:$sport \\
-	--wsrep-provider-options='gmcast.listen_addr=tcp://127.0.0.1:$gport;ist.recv_addr=127.0.0.1:$iport;gcache.size=32M;evs.keepalive_period=PT0.5S;evs.inactive_check_period=PT0.5S;evs.suspect_timeout=PT2S;evs.inactive_timeout=PT4S;evs.install_timeout=PT4S' \\
+	--wsrep-provider-options='gmcast.listen_addr=tcp://127.0.0.1:$gport;ist.recv_addr=127.0.0.1:$iport;gcache.size=32M$evs' \\
 	--wsrep-slave-threads=1 "\$@" \\
 	</dev/null >>'$tmp/run$i/stdout.log' 2>&1 &
 pid=\$!
