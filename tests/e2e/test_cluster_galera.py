@@ -320,6 +320,21 @@ class TestHostList(GaleraCase):
         self.assertIn(f"database: node 127.0.0.1:{env('FEED_TEST_GALERA_PORT_2')} (Galera node, "
                       f"Synced, Primary, cluster of 3)", f.log())
 
+    def test_desynced_node_is_passed_over(self):
+        # wsrep_desync: what a donor or a node under backup is in; it still
+        # takes writes, but lags, and feed prefers a Synced node
+        node_sql(1, "SET GLOBAL wsrep_desync = ON;")
+        try:
+            wait_until(lambda: node_status(1)[2] == "Donor/Desynced", 10, what="node 1 desynced")
+            f = self.galera_feed(1)
+            f.start_ok()
+            self.assertEqual(f.req("1,7,1.5"), "TRUE")
+            self.assertIn(f"database: node 127.0.0.1:{env('FEED_TEST_GALERA_PORT_2')} (Galera "
+                          f"node, Synced, Primary, cluster of 3)", f.log())
+        finally:
+            node_sql(1, "SET GLOBAL wsrep_desync = OFF;")
+        shell("FEED_TEST_GALERA_WAIT")
+
     def test_socket_takes_one_host(self):
         f = Feed(url=url_first(1) + "?socket=/run/mysqld/mysqld.sock",
                  conf={"database": {"password_file": env("FEED_TEST_PASSWORD_FILE")}})
