@@ -2,14 +2,16 @@
 #
 # run.sh - feed's benchmark: one command, one markdown page of results.
 #
-# Usage: bench/run.sh [--backend sqlite|postgres|pg-sync|mariadb] [--quick]
+# Usage: bench/run.sh [--backend sqlite|postgres|pg-sync|mariadb|galera] [--quick]
 #
 # Expects a Release build in BUILD_DIR (default: build/ at the top of the
 # repository): BUILD_DIR/feed and BUILD_DIR/bench/{load,classic,raw_*}. Runs
 # itself inside tests/lib/with-<backend>.sh (a throwaway database: a
 # temporary SQLite file, or a private PostgreSQL / MariaDB server; pg-sync:
 # PostgreSQL with two quorum-synchronous standbys, tests/lib/with-pg-cluster.sh,
-# every commit waiting for one of them), then
+# every commit waiting for one of them; galera: a 3-node MariaDB Galera
+# Cluster: feed's URL names the 3 nodes, the raw and classic baselines run on
+# node 1 alone), then
 # measures, each with nothing else running:
 #   raw limits   raw_zmq (DEALER -> ROUTER echo), raw_sqlite / raw_pg / raw_mysql
 #   classic loop bench/classic: 1 lone REQ client, then 64 REQ clients
@@ -31,7 +33,7 @@ backend=sqlite
 quick=0
 
 usage() {
-	echo "usage: bench/run.sh [--backend sqlite|postgres|pg-sync|mariadb] [--quick]" >&2
+	echo "usage: bench/run.sh [--backend sqlite|postgres|pg-sync|mariadb|galera] [--quick]" >&2
 	exit 2
 }
 
@@ -45,7 +47,7 @@ while [ $# -gt 0 ]; do
 	esac
 done
 case $backend in
-sqlite|postgres|pg-sync|mariadb) ;;
+sqlite|postgres|pg-sync|mariadb|galera) ;;
 postgresql) backend=postgres ;;
 mysql) backend=mariadb ;;
 *) usage ;;
@@ -74,6 +76,7 @@ if [ -z "${FEED_BENCH_INNER:-}" ]; then
 	postgres) lib=with-postgres.sh ;;
 	pg-sync) lib=with-pg-cluster.sh ;;
 	mariadb) lib=with-mariadb.sh ;;
+	galera) lib=with-galera.sh ;;
 	esac
 	args=(--backend "$backend")
 	[ "$quick" = 1 ] && args+=(--quick)
@@ -200,9 +203,11 @@ postgres)
 	classic_sql=$FEED_TEST_SQL
 	raw_name="raw_pg (COPY, 10,000 rows/transaction)"
 	;;
-mariadb)
-	measure raw_db "$B/raw_mysql" -u "$FEED_TEST_URL" -p "$pwfile" -N "$rawrecs" -b 10000
-	classic_url=$FEED_TEST_URL
+mariadb|galera)
+	# Galera: the baselines on node 1 (they take one host), replicated all the same
+	node_url=${FEED_TEST_GALERA_URL_1:-$FEED_TEST_URL}
+	measure raw_db "$B/raw_mysql" -u "$node_url" -p "$pwfile" -N "$rawrecs" -b 10000
+	classic_url=$node_url
 	classic_sql=$FEED_TEST_SQL
 	raw_name="raw_mysql (multi-row INSERT, 10,000 rows/transaction)"
 	;;
@@ -366,6 +371,7 @@ sqlite) server="SQLite $(sqlite3 --version | cut -d' ' -f1) (file on $fs)" ;;
 postgres) server=$(sql "SELECT version();" | cut -d, -f1)
 	[ "$label" = pg-sync ] && server="$server, primary + 2 standbys, synchronous_standby_names = '$(sql "SHOW synchronous_standby_names;")'" ;;
 mariadb) server="MariaDB $(sql "SELECT version();")" ;;
+galera) server="MariaDB $(sql "SELECT version();"), Galera cluster of 3 nodes on this machine" ;;
 esac
 
 {

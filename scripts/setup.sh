@@ -2,7 +2,8 @@
 # setup.sh - installs what feed needs on Debian 12 (idempotent, non-interactive).
 #
 #   scripts/setup.sh          build and run dependencies
-#   scripts/setup.sh --test   also what the test suite needs (database servers, cmocka,
+#   scripts/setup.sh --test   also what the test suite needs (database servers, a Galera
+#                             cluster (galera-4, rsync for its state transfers), cmocka,
 #                             pyzmq, clang for the fuzzer and the sanitizers,
 #                             prometheus and promtool for the metrics tests)
 #
@@ -12,6 +13,7 @@ set -euo pipefail
 build_pkgs="build-essential cmake pkg-config libzmq3-dev libsqlite3-dev libpq-dev
 	libmariadb-dev libinih-dev libbsd-dev libcmocka-dev libmicrohttpd-dev"
 test_pkgs="sqlite3 python3 python3-zmq postgresql mariadb-server mariadb-client openssl
+	galera-4 rsync iproute2
 	clang libclang-rt-14-dev
 	logrotate systemd prometheus"
 
