@@ -867,6 +867,27 @@ static int my_check_node(struct store_mysql *m, bool need_synced)
 	return 0;
 }
 
+/*
+ * idle_transaction_timeout (MariaDB 10.3+): feed never leaves a transaction
+ * waiting on itself (it decides between statements in microseconds). A feed
+ * process stopped or hung in the middle of one holds its row locks, and
+ * another instance writing the same tickets waits on them for as long as it
+ * lasts (innodb_lock_wait_timeout, then again at every retry); the server
+ * closes such a session after 30 s, the locks go, and the stopped instance
+ * finds its connection gone and retries. MySQL has no equivalent: there the
+ * other instance waits innodb_lock_wait_timeout (1205), retries and waits
+ * again, until the stopped one resumes or is killed.
+ */
+static int my_set_idle_timeout(struct store_mysql *m)
+{
+	const char *v = mysql_get_server_info(m->conn);
+
+	if (!v || !strstr(v, "MariaDB"))
+		return 0;
+	return my_query_str(m, "set session idle_transaction_timeout",
+			    "SET SESSION idle_transaction_timeout = 30");
+}
+
 /* Connects to node i of the URL and sets the session up; errmsg says why not. */
 static int my_connect_node(struct store_mysql *m, size_t i, bool need_synced)
 {
@@ -928,6 +949,9 @@ static int my_connect_node(struct store_mysql *m, size_t i, bool need_synced)
 		goto out;
 	r = my_query_str(m, "set session isolation level",
 			 "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED");
+	if (r < 0)
+		goto out;
+	r = my_set_idle_timeout(m);
 	if (r < 0)
 		goto out;
 	r = my_check_durability(m);

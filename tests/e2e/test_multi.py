@@ -1,8 +1,10 @@
 """test_multi - several feed instances on one database behind `feed send -e A,B`.
 
-Run under tests/lib/with-postgres.sh: the two instances share one real
-PostgreSQL database, as in a deployment with several feed instances in front
-of one database server. One instance is killed (SIGKILL) or hung (SIGSTOP) in
+Run under tests/lib/with-postgres.sh and with-mariadb.sh: the two instances
+share one real database, as in a deployment with several feed instances in
+front of one database server. The tests are the same on both; only the
+queries that look into the server's sessions differ (open_transactions(),
+lock_waiters()). One instance is killed (SIGKILL) or hung (SIGSTOP) in
 the middle of a pipelined stream; feed send must move what it had in flight
 there to the other one and finish with every record TRUE, each ticket once.
 """
@@ -18,7 +20,7 @@ import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import feedtest  # noqa: E402
-from feedtest import FEED, FeedTestCase, free_port, wait_until  # noqa: E402
+from feedtest import FEED, FeedTestCase, backend, free_port, wait_until  # noqa: E402
 
 REPO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
 TOTAL = 200_000
@@ -157,15 +159,37 @@ class MultiTest(FeedTestCase):
         return int(re.search(r":(\d+)/", os.environ["FEED_TEST_URL"]).group(1))
 
     def open_transactions(self, f, pid):
-        """The statements of feed process pid's database sessions that are inside a transaction."""
+        """One bool per database session of feed process pid that is inside a transaction:
+        True if it sits idle between two statements after inserting into fee (holding the
+        row locks of what it inserted)."""
         r = subprocess.run(["ss", "-Htnp", "state", "established", "dst", f"127.0.0.1:{self.db_port()}"],
                            capture_output=True, text=True, timeout=10)
         ports = [int(m.group(1)) for line in r.stdout.splitlines() if f"pid={pid}," in line
                  for m in [re.match(r"\S+\s+\S+\s+127\.0\.0\.1:(\d+)", line)] if m]
         self.assertTrue(ports, f"no database connection of pid {pid} in:\n{r.stdout}")
-        rows = f.sql("SELECT left(query, 20), state FROM pg_stat_activity WHERE xact_start IS NOT NULL"
-                     " AND client_port IN (" + ",".join(map(str, ports)) + ");")
-        return rows
+        if backend() == "postgresql":
+            rows = f.sql("SELECT state = 'idle in transaction' AND (query LIKE 'INSERT INTO fee %'"
+                         " OR query LIKE 'COPY fee %') FROM pg_stat_activity WHERE xact_start IS NOT NULL"
+                         " AND client_port IN (" + ",".join(map(str, ports)) + ");")
+        else:
+            # MariaDB: a session of processlist (HOST ip:port) with an InnoDB transaction
+            # (innodb_trx: a copy at most 0.1 s old, see stop()).
+            # Idle: COMMAND Sleep. Inserted: rows modified, no explicit row locks (an
+            # INSERT's locks are implicit; the settler's UPDATE takes explicit ones).
+            rows = f.sql("SELECT p.COMMAND = 'Sleep' AND t.trx_rows_modified > 0 AND t.trx_rows_locked = 0"
+                         " FROM information_schema.innodb_trx t JOIN information_schema.processlist p"
+                         " ON p.ID = t.trx_mysql_thread_id WHERE p.HOST IN ("
+                         + ",".join(f"'127.0.0.1:{port}'" for port in ports) + ");")
+        return [row[0] in ("t", "1") for row in rows]
+
+    def lock_waiters(self, f):
+        """How many of feed's database sessions wait on a row lock."""
+        if backend() == "postgresql":
+            q = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND application_name = 'feed';"
+        else:
+            q = ("SELECT count(*) FROM information_schema.innodb_trx t JOIN information_schema.processlist p"
+                 " ON p.ID = t.trx_mysql_thread_id WHERE t.trx_state = 'LOCK WAIT' AND p.USER = 'feed';")
+        return int(f.sql(q)[0][0])
 
     def stop(self, f, storing):
         """SIGSTOPs f, again and again until it is stopped in the middle of storing records
@@ -179,13 +203,14 @@ class MultiTest(FeedTestCase):
             tx = self.open_transactions(f, pid)
             # storing: between two statements of a writer's transaction (idle in
             # transaction), where it holds the row locks of what it inserted
-            if storing and any(q.startswith(("INSERT INTO fee ", "COPY fee ")) and st == "idle in transaction"
-                               for q, st in tx):
+            if storing and any(tx):
                 return pid
             if not storing and not tx:
                 return pid
             os.kill(pid, signal.SIGCONT)
-            time.sleep(0.005)
+            # running a while: the next look is fresh (MariaDB refreshes innodb_trx only
+            # when it was not read for 0.1 s, else shows its earlier copy)
+            time.sleep(0.15)
         self.fail(f"never stopped {'while' if storing else 'without'} storing in 500 tries")
 
     def test_sigstop_one_of_two(self):
@@ -218,10 +243,11 @@ class MultiTest(FeedTestCase):
     def test_sigstop_while_storing_server_ends_it(self):
         # A hung in the middle of a writer's transaction holds the tickets it was storing:
         # B, given them again, waits on A's row locks (it cannot know whether A will
-        # commit). feed sets idle_in_transaction_session_timeout (30 s) on its sessions,
-        # so the server ends A's transaction, its locks go, B stores the tickets and the
-        # stream completes with A still stopped. (Without it the stream never completes
-        # while A is stopped: seen with the old session settings.)
+        # commit). feed sets idle_in_transaction_session_timeout (PostgreSQL) or
+        # idle_transaction_timeout (MariaDB), 30 s, on its sessions, so the server ends A's
+        # transaction, its locks go, B stores the tickets and the stream completes with A
+        # still stopped. (Without it the stream never completes while A is stopped: seen
+        # with the old session settings on both.)
         a, b = self.two()
         first = 65_000_001
         path = self.trades(a, first)
@@ -230,9 +256,7 @@ class MultiTest(FeedTestCase):
         def stop_a():
             self.stop(a, storing=True)
             stopped_at.append(time.monotonic())
-            wait_until(lambda: int(b.sql("SELECT count(*) FROM pg_stat_activity WHERE"
-                                         " wait_event_type = 'Lock' AND application_name = 'feed';")[0][0]) > 0,
-                       30, what="B to wait on A's locks")
+            wait_until(lambda: self.lock_waiters(b) > 0, 30, step=0.2, what="B to wait on A's locks")
 
         rc, err, at = self.send_until(a, b, path, stop_a, retries=90)
         took = time.monotonic() - stopped_at[0]
