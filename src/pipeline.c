@@ -82,6 +82,14 @@ struct pipeline {
 	pthread_mutex_t done_mu;
 	struct request *dhead, **dtail;
 	int efd;
+	/*
+	 * The eventfd is written only while the main thread may sleep in poll:
+	 * a busy main thread finds done work by done_ready alone, without two
+	 * system calls per batch. Both sides store their flag, then load the
+	 * other's (seq_cst): one of them sees the other (pipeline_sleep_begin).
+	 */
+	atomic_bool done_ready;      /* dhead is not empty (set and cleared under done_mu) */
+	atomic_bool main_asleep;     /* the main thread is in (or about to enter) poll */
 
 	/* main thread only */
 	size_t inflight, inflight_records, inflight_bytes;
@@ -371,11 +379,13 @@ static void *writer_main(void *arg)
 			n++;
 			records += cost;
 		}
+		bool more = p->qhead && p->idle > 0;
 		if (!p->qhead)
 			p->qtail = &p->qhead;
-		else if (p->idle > 0)
-			pthread_cond_signal(&p->cv); /* more than one batch queued: wake a colleague */
 		pthread_mutex_unlock(&p->mu);
+		/* after the unlock: a colleague woken under it would only block on mu */
+		if (more)
+			pthread_cond_signal(&p->cv); /* more than one batch queued: wake a colleague */
 
 		if (commit_batch(w, n) < 0) {
 			for (size_t i = 0; i < n; i++)
@@ -398,10 +408,13 @@ static void *writer_main(void *arg)
 			*p->dtail = r;
 			p->dtail = &r->next;
 		}
+		atomic_store(&p->done_ready, true);
 		pthread_mutex_unlock(&p->done_mu);
-		uint64_t one = 1;
-		ssize_t wr = write(p->efd, &one, sizeof(one));
-		(void)wr; /* eventfd counter cannot overflow at this rate */
+		if (atomic_load(&p->main_asleep)) {
+			uint64_t one = 1;
+			ssize_t wr = write(p->efd, &one, sizeof(one));
+			(void)wr; /* eventfd counter cannot overflow at this rate */
+		}
 
 		metric_add(&w->m.requests_true, acc);
 		metric_add(&w->m.requests_false, rej);
@@ -541,24 +554,47 @@ void pipeline_flush(struct pipeline *p)
 	pthread_mutex_lock(&p->mu);
 	*p->qtail = p->pending;
 	p->qtail = p->pending_tail;
-	if (p->idle > 0) /* busy writers look at the queue when they finish */
-		pthread_cond_signal(&p->cv);
+	bool wake = p->idle > 0; /* busy writers look at the queue when they finish */
 	pthread_mutex_unlock(&p->mu);
+	/*
+	 * Signalled after the unlock: woken under the lock, the writer would
+	 * run only to block on mu again (two more futex calls and a context
+	 * switch on the answer path). It re-checks the queue under mu, so no
+	 * wake-up is lost.
+	 */
+	if (wake)
+		pthread_cond_signal(&p->cv);
 	p->pending = NULL;
 	p->pending_tail = &p->pending;
+}
+
+bool pipeline_sleep_begin(struct pipeline *p)
+{
+	atomic_store(&p->main_asleep, true);
+	return !atomic_load(&p->done_ready);
+}
+
+void pipeline_sleep_end(struct pipeline *p, bool fd_ready)
+{
+	atomic_store(&p->main_asleep, false);
+	if (fd_ready) {
+		uint64_t v;
+		ssize_t rd = read(p->efd, &v, sizeof(v));
+		(void)rd; /* EAGAIN when already drained: done_ready is the truth */
+	}
 }
 
 struct request *pipeline_take_done(struct pipeline *p)
 {
 	struct request *list;
-	uint64_t v;
-	ssize_t rd = read(p->efd, &v, sizeof(v));
 
-	(void)rd; /* EAGAIN when already drained: the list below is the truth */
+	if (!atomic_load(&p->done_ready))
+		return NULL;
 	pthread_mutex_lock(&p->done_mu);
 	list = p->dhead;
 	p->dhead = NULL;
 	p->dtail = &p->dhead;
+	atomic_store(&p->done_ready, false);
 	pthread_mutex_unlock(&p->done_mu);
 	return list;
 }
