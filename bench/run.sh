@@ -18,7 +18,9 @@
 #                reached (load -r; latency from each scheduled send), 1
 #                DEALER with 1 record per request at windows 100, 1000 and
 #                $WINDOW (default 8000), and (window $WINDOW100, default 200)
-#                with 100 records per request
+#                with 100 records per request; then the bare echo again with
+#                64 REQ clients paced to that same half rate (the
+#                transport's own p99 there)
 #   feed CURVE   the same feed with [listen] curve_server_cert (keys from
 #                `feed keygen`): 1 lone REQ client and both DEALER scenarios
 # After every scenario the table's row count is checked against the records
@@ -203,20 +205,25 @@ mariadb)
 esac
 
 # ==== the transport's limit for lock-step clients: a bare ROUTER echo ====
-port=$(free_port)
-ep=tcp://127.0.0.1:$port
-"$B/raw_zmq" echo -e "$ep" >"$tmp/echo.out" 2>&1 &
-classic_pid=$!
-if ! wait_port "$port" "$classic_pid"; then
-	cat "$tmp/echo.out" >&2
-	fail "raw_zmq echo did not start"
-else
-	measure echo_1 "$B/load" req -e "$ep" -c 1 -N "$recs1" -d "$secs" -s 1
-	measure echo_64 "$B/load" req -e "$ep" -c 64 -N "$recs1" -d "$secs" -s 1
-fi
-kill -TERM "$classic_pid" 2>/dev/null || true
-wait "$classic_pid" 2>/dev/null || true
-classic_pid=
+echo_run() {   # echo_run KEY LOAD_ARGS...: `load req` against a fresh raw_zmq echo
+	local key=$1 port ep
+	shift
+	port=$(free_port)
+	ep=tcp://127.0.0.1:$port
+	"$B/raw_zmq" echo -e "$ep" >"$tmp/echo.out" 2>&1 &
+	classic_pid=$!
+	if ! wait_port "$port" "$classic_pid"; then
+		cat "$tmp/echo.out" >&2
+		fail "raw_zmq echo did not start"
+	else
+		measure "$key" "$B/load" req -e "$ep" -N "$recs1" -d "$secs" -s 1 "$@"
+	fi
+	kill -TERM "$classic_pid" 2>/dev/null || true
+	wait "$classic_pid" 2>/dev/null || true
+	classic_pid=
+}
+echo_run echo_1 -c 1
+echo_run echo_64 -c 64
 
 # ==== the classic loop ====
 port=$(free_port)
@@ -306,6 +313,11 @@ if kill -TERM "$feed_pid" 2>/dev/null; then
 	[ "$st" = 0 ] || fail "feed exited with status $st after SIGTERM"
 fi
 feed_pid=
+
+# the transport alone at the paced rate feed_64_half ran at: its own p99
+if [ -n "${rate[feed_64]:-}" ] && [ "${rate[feed_64]}" -ge 2 ]; then
+	echo_run echo_64_half -c 64 -r $(( ${rate[feed_64]} / 2 ))
+fi
 
 # ==== feed with CURVE: the same lone-REQ and pipelined scenarios, encrypted ====
 curve=$tmp/curve
@@ -414,6 +426,8 @@ esac
 	lrow "raw_zmq echo, 64 REQ clients" echo_64 ""
 	lrow "feed, 64 REQ clients paced to half of feed's 64-client rate" feed_64_half \
 		"p99 $(ratio "${p99[feed_64_half]:-}" "${p50[feed_1]:-}") lone p50"
+	lrow "raw_zmq echo, 64 REQ clients paced to that same rate" echo_64_half \
+		"p99 $(ratio "${p99[echo_64_half]:-}" "${p50[feed_1]:-}") feed's lone p50"
 	lrow "feed, 1 DEALER (window 100), 1 record/request" feed_w100 ""
 	lrow "feed, 1 DEALER (window 1000), 1 record/request" feed_w1000 ""
 	lrow "feed, 1 DEALER (window $WINDOW), 1 record/request" feed_pipe1 ""
