@@ -240,19 +240,10 @@ void settle_kick(void *arg)
 {
 	struct settler *st = arg;
 
-	bool wake;
-
-	/*
-	 * On the writers' answer path: one signal per wait, sent after the
-	 * unlock (a kick still pending was signalled already; a settler woken
-	 * under the lock would only block on it).
-	 */
 	pthread_mutex_lock(&st->mu);
-	wake = !st->kicked;
 	st->kicked = true;
+	pthread_cond_signal(&st->cv);
 	pthread_mutex_unlock(&st->mu);
-	if (wake)
-		pthread_cond_signal(&st->cv);
 }
 
 void settle_counters(const struct settler *st, struct settle_counters *ret)
