@@ -376,8 +376,11 @@ static struct timespec deadline_after_us(uint64_t us)
  * commit instead of being split one or two at a time over the writers
  * (which costs the database a commit, a flush, a round trip each). A deep
  * queue, or a commit that takes long (a stall, an outage), still gets a
- * second writer. Sets *ret_wait_us to when to look again.
+ * second writer. Only small commits are waited for (lock-step senders):
+ * a pipelining sender's large batches overlap as before.
+ * Sets *ret_wait_us to when to look again.
  */
+#define DEFER_MAX_RECORDS 128     /* larger commits are not waited for */
 #define DEFER_PATIENCE 1          /* average commit durations */
 #define DEFER_MIN_US 1000u
 #define DEFER_MAX_US 50000u
@@ -394,7 +397,7 @@ static bool defer_to_colleague(struct pipeline *p, uint64_t *ret_wait_us)
 		if (!oldest || x->busy_since < oldest)
 			oldest = x->busy_since;
 	}
-	if (!oldest || p->queued_records >= busy_records)
+	if (!oldest || p->queued_records >= busy_records || busy_records > DEFER_MAX_RECORDS)
 		return false;
 	patience = DEFER_PATIENCE * p->commit_avg_us;
 	patience = patience < DEFER_MIN_US ? DEFER_MIN_US : patience > DEFER_MAX_US ? DEFER_MAX_US : patience;
