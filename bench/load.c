@@ -3,7 +3,7 @@
  * feed-compatible endpoint and reports records/s and request latency.
  *
  *   load req    -e ENDPOINT -c CLIENTS -N RECORDS -s FIRST_TICKET [-d SECONDS] [-t MS]
- *               [-S SERVER.key -C CLIENT.key_secret]
+ *               [-r RATE] [-S SERVER.key -C CLIENT.key_secret]
  *   load dealer -e ENDPOINT -w WINDOW -b RECORDS_PER_REQUEST -N RECORDS
  *               -s FIRST_TICKET [-d SECONDS] [-t MS] [-S SERVER.key -C CLIENT.key_secret]
  *
@@ -11,6 +11,11 @@
  * format of `feed keygen`).
  *
  * req: CLIENTS threads, each a REQ socket in lock-step, 1 record per request.
+ * With -r the clients pace themselves to RATE requests/s in all: each sends
+ * on a fixed schedule (every CLIENTS/RATE s, the clients' phases spread over
+ * one period), and a request's latency counts from its scheduled time, not
+ * from when it was sent, so that a server falling behind shows in p99 (no
+ * coordinated omission).
  * dealer: one DEALER socket, WINDOW requests in flight, frames [""][id][body].
  * Tickets are FIRST_TICKET.. so that a run never repeats an earlier one.
  * Stops issuing after SECONDS (default 60); a request unanswered for MS
@@ -24,6 +29,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <zmq.h>
@@ -36,7 +42,7 @@
 struct load_opts {
 	const char *endpoint;
 	char server_key[41], public_key[41], secret_key[41];   /* Z85; empty: plain */
-	long clients, window, batch, records, seconds, timeout_ms;
+	long clients, window, batch, records, seconds, timeout_ms, rate;
 	int64_t first_ticket;
 };
 
@@ -47,6 +53,7 @@ struct load_thread {
 	pthread_barrier_t *barrier;
 	int64_t first, count;          /* tickets [first, first + count) */
 	int64_t deadline;              /* stop issuing after this (monotonic ns) */
+	int64_t start, period;         /* -r: the first send and the gap between sends (ns); 0: no pacing */
 	int64_t *lat;
 	size_t nlat;
 	uint64_t ok, bad, failed;
@@ -119,6 +126,17 @@ static void *load_req_thread(void *arg)
 
 		if (t0 > t->deadline)
 			break;
+		if (t->period) {
+			int64_t due = t->start + i * t->period;
+			if (due > t->deadline)
+				break;
+			if (due > t0) {
+				struct timespec ts = { .tv_sec = due / 1000000000LL, .tv_nsec = due % 1000000000LL };
+				while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL) == EINTR)
+					;
+			}
+			t0 = due;   /* late sends count their wait */
+		}
 		if (zmq_send(s, body, len, 0) < 0) {
 			snprintf(t->why, sizeof(t->why), "send: %s", zmq_strerror(errno));
 			break;
@@ -180,8 +198,14 @@ static int load_req(const struct load_opts *o, void *ctx)
 		started++;
 	}
 	start = bench_now();
-	for (long i = 0; i < o->clients; i++)
+	for (long i = 0; i < o->clients; i++) {
 		th[i].deadline = start + o->seconds * 1000000000LL;
+		if (o->rate) {
+			th[i].period = o->clients * 1000000000LL / o->rate;
+			/* 10 ms for everyone to reach the barrier, then phases spread over a period */
+			th[i].start = start + 10000000LL + th[i].period * i / o->clients;
+		}
+	}
 	pthread_barrier_wait(&barrier);
 	for (long i = 0; i < started; i++)
 		pthread_join(th[i].tid, NULL);
@@ -335,7 +359,7 @@ _Noreturn static void load_usage(void)
 {
 	fprintf(stderr,
 		"usage: load req    -e ENDPOINT -c CLIENTS -N RECORDS -s FIRST_TICKET [-d SECONDS] [-t MS]\n"
-		"                   [-S SERVER.key -C CLIENT.key_secret]\n"
+		"                   [-r RATE] [-S SERVER.key -C CLIENT.key_secret]\n"
 		"       load dealer -e ENDPOINT -w WINDOW -b RECORDS_PER_REQUEST -N RECORDS\n"
 		"                   -s FIRST_TICKET [-d SECONDS] [-t MS] [-S SERVER.key -C CLIENT.key_secret]\n");
 	exit(2);
@@ -353,7 +377,7 @@ int main(int argc, char **argv)
 		load_usage();
 	mode = argv[1];
 	optind = 2;
-	while ((opt = getopt(argc, argv, "e:c:w:b:N:s:d:t:S:C:")) != -1) {
+	while ((opt = getopt(argc, argv, "e:c:w:b:N:s:d:t:r:S:C:")) != -1) {
 		switch (opt) {
 		case 'e': o.endpoint = optarg; break;
 		case 'c': o.clients = bench_num("-c", optarg, 1, 1024); break;
@@ -363,6 +387,7 @@ int main(int argc, char **argv)
 		case 's': o.first_ticket = bench_num("-s", optarg, 1, INT64_MAX / 2); break;
 		case 'd': o.seconds = bench_num("-d", optarg, 1, 3600); break;
 		case 't': o.timeout_ms = bench_num("-t", optarg, 1, 3600000); break;
+		case 'r': o.rate = bench_num("-r", optarg, 1, 100000000); break;
 		case 'S': load_cert_key(optarg, "public-key", o.server_key); break;
 		case 'C':
 			load_cert_key(optarg, "public-key", o.public_key);

@@ -13,12 +13,18 @@
 # Cluster: feed's URL names the 3 nodes, the raw and classic baselines run on
 # node 1 alone), then
 # measures, each with nothing else running:
-#   raw limits   raw_zmq (DEALER -> ROUTER echo), raw_sqlite / raw_pg / raw_mysql
+#   raw limits   raw_zmq (DEALER -> ROUTER echo), raw_sqlite / raw_pg / raw_mysql,
+#                and `raw_zmq echo` (a bare ROUTER answering TRUE) serving
+#                1 lone REQ client and 64 REQ clients: the transport's limit
 #   classic loop bench/classic: 1 lone REQ client, then 64 REQ clients
 #   feed         `feed run` (durability = full): 1 lone REQ client, 64 REQ
-#                clients, 1 DEALER (window $WINDOW, default 8000) with 1, and
-#                (window $WINDOW100, default 200) with 100 records
-#                per request
+#                clients, 64 REQ clients paced to half the rate they just
+#                reached (load -r; latency from each scheduled send), 1
+#                DEALER with 1 record per request at windows 100, 1000 and
+#                $WINDOW (default 8000), and (window $WINDOW100, default 200)
+#                with 100 records per request; then the bare echo again with
+#                64 REQ clients paced to that same half rate (the
+#                transport's own p99 there)
 #   feed CURVE   the same feed with [listen] curve_server_cert (keys from
 #                `feed keygen`): 1 lone REQ client and both DEALER scenarios
 # After every scenario the table's row count is checked against the records
@@ -213,6 +219,27 @@ mariadb|galera)
 	;;
 esac
 
+# ==== the transport's limit for lock-step clients: a bare ROUTER echo ====
+echo_run() {   # echo_run KEY LOAD_ARGS...: `load req` against a fresh raw_zmq echo
+	local key=$1 port ep
+	shift
+	port=$(free_port)
+	ep=tcp://127.0.0.1:$port
+	"$B/raw_zmq" echo -e "$ep" >"$tmp/echo.out" 2>&1 &
+	classic_pid=$!
+	if ! wait_port "$port" "$classic_pid"; then
+		cat "$tmp/echo.out" >&2
+		fail "raw_zmq echo did not start"
+	else
+		measure "$key" "$B/load" req -e "$ep" -N "$recs1" -d "$secs" -s 1 "$@"
+	fi
+	kill -TERM "$classic_pid" 2>/dev/null || true
+	wait "$classic_pid" 2>/dev/null || true
+	classic_pid=
+}
+echo_run echo_1 -c 1
+echo_run echo_64 -c 64
+
 # ==== the classic loop ====
 port=$(free_port)
 ep=tcp://127.0.0.1:$port
@@ -287,6 +314,11 @@ if ! wait_port "$port" "$feed_pid"; then
 else
 	step feed_1 2 req -c 1 -N "$recs1"
 	step feed_64 3 req -c 64 -N "$recs1"
+	if [ -n "${rate[feed_64]:-}" ] && [ "${rate[feed_64]}" -ge 2 ]; then
+		step feed_64_half 9 req -c 64 -N "$recs1" -r $(( ${rate[feed_64]} / 2 ))
+	fi
+	step feed_w100 10 dealer -w 100 -b 1 -N "$recs1"
+	step feed_w1000 11 dealer -w 1000 -b 1 -N "$recs1"
 	step feed_pipe1 4 dealer -w "$WINDOW" -b 1 -N "$recs1"
 	step feed_pipe100 5 dealer -w "$WINDOW100" -b 100 -N "$recs100"
 fi
@@ -296,6 +328,11 @@ if kill -TERM "$feed_pid" 2>/dev/null; then
 	[ "$st" = 0 ] || fail "feed exited with status $st after SIGTERM"
 fi
 feed_pid=
+
+# the transport alone at the paced rate feed_64_half ran at: its own p99
+if [ -n "${rate[feed_64]:-}" ] && [ "${rate[feed_64]}" -ge 2 ]; then
+	echo_run echo_64_half -c 64 -r $(( ${rate[feed_64]} / 2 ))
+fi
 
 # ==== feed with CURVE: the same lone-REQ and pipelined scenarios, encrypted ====
 curve=$tmp/curve
@@ -391,6 +428,26 @@ esac
 	row "classic loop, 64 REQ clients" classic_64 "$c64" "$rawdb"
 	row "raw limit: $raw_name" raw_db "$cbest" "$rawdb"
 	row "raw limit: raw_zmq (DEALER -> ROUTER echo, window $WINDOW)" raw_zmq "$cbest" ""
+	row "raw limit: raw_zmq echo (bare ROUTER), 1 REQ client" echo_1 "$c1" ""
+	row "raw limit: raw_zmq echo (bare ROUTER), 64 REQ clients" echo_64 "$c64" ""
+	echo
+	echo "Latency (issue 11): lock-step senders, and pipelining with a modest window:"
+	echo
+	echo "| scenario | records/s | p50 ms | p99 ms | ratio |"
+	echo "|---|---:|---:|---:|---:|"
+	lrow() { printf '| %s | %s | %s | %s | %s |\n' "$1" "$(num "${rate[$2]:-}")" "$(ms "${p50[$2]:-}")" \
+		"$(ms "${p99[$2]:-}")" "$3"; }
+	lrow "feed, 1 REQ client" feed_1 "$(ratio "${rate[feed_1]:-}" "$c1") classic"
+	lrow "classic loop, 1 REQ client" classic_1 ""
+	lrow "feed, 64 REQ clients" feed_64 "$(ratio "${rate[feed_64]:-}" "${rate[echo_64]:-}") raw echo"
+	lrow "raw_zmq echo, 64 REQ clients" echo_64 ""
+	lrow "feed, 64 REQ clients paced to half of feed's 64-client rate" feed_64_half \
+		"p99 $(ratio "${p99[feed_64_half]:-}" "${p50[feed_1]:-}") lone p50"
+	lrow "raw_zmq echo, 64 REQ clients paced to that same rate" echo_64_half \
+		"p99 $(ratio "${p99[echo_64_half]:-}" "${p50[feed_1]:-}") feed's lone p50"
+	lrow "feed, 1 DEALER (window 100), 1 record/request" feed_w100 ""
+	lrow "feed, 1 DEALER (window 1000), 1 record/request" feed_w1000 ""
+	lrow "feed, 1 DEALER (window $WINDOW), 1 record/request" feed_pipe1 ""
 	echo
 	echo "CURVE (every message encrypted and authenticated) beside plain, same run, same database:"
 	echo
@@ -430,8 +487,19 @@ esac
 			"$(ge "${rate[feed_pipe1]:-}" "$(( ${cbest:-0} * 50 ))")"
 		;;
 	esac
-	target "lone REQ client no slower than the classic loop (got $(ratio "${rate[feed_1]:-}" "$c1"))" \
-		"$(ge "${rate[feed_1]:-}" "${c1:-}")"
+	case $backend in
+	sqlite) lone=1.6 ;;
+	*) lone=1.3 ;;
+	esac
+	target "lone REQ client >= ${lone}x the classic loop (got $(ratio "${rate[feed_1]:-}" "$c1"))" \
+		"$(ge "${rate[feed_1]:-}" "$(awk -v c="${c1:-0}" -v k="$lone" 'BEGIN { print c * k }')")"
+	target "64 REQ clients >= 0.75x the bare ZeroMQ echo's (got $(ratio "${rate[feed_64]:-}" "${rate[echo_64]:-}"))" \
+		"$(ge "${rate[feed_64]:-}" "$(awk -v e="${rate[echo_64]:-0}" 'BEGIN { print e * 0.75 }')")"
+	[ "$backend" = sqlite ] &&
+		target "pipelined, window 1,000, 1 record/request >= 300,000 records/s (got $(num "${rate[feed_w1000]:-}"))" \
+			"$(ge "${rate[feed_w1000]:-}" 300000)"
+	target "64 REQ clients at half rate: p99 <= 3x the lone client's p50 (got $(ms "${p99[feed_64_half]:-}") ms vs $(ms "${p50[feed_1]:-}") ms, $(ratio "${p99[feed_64_half]:-}" "${p50[feed_1]:-}"))" \
+		"$(ge "$(awk -v p="${p50[feed_1]:-0}" 'BEGIN { print p * 3 }')" "${p99[feed_64_half]:-}")"
 	if [ "$failures" -gt 0 ]; then
 		echo
 		echo "**$failures check(s) failed during this run; see run.sh's messages.**"

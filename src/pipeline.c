@@ -5,7 +5,9 @@
  * thread owns one database connection and one scratch batch. Batching has
  * no timer: a writer takes everything queued (up to batch_max records) the
  * moment it is free, so a lone client waits for one commit, and under load
- * commits are shared by many requests (group commit).
+ * commits are shared by many requests (group commit). With several writers,
+ * an idle one leaves a short queue to a colleague that is committing, for at
+ * most one average commit (defer_to_colleague).
  *
  * Nothing is answered before its COMMIT returned. A database error keeps
  * the batch and retries it (reconnecting with capped exponential backoff);
@@ -46,6 +48,8 @@ struct writer {
 	struct request **held;
 	size_t cap;                 /* requests per batch */
 	bool started;
+	uint64_t busy_since;        /* mono us this writer took its batch; 0: idle (under p->mu) */
+	size_t busy_records;        /* records of that batch (under p->mu) */
 	/* what the watchdog sees: under call_mu, held only for a few instructions */
 	pthread_mutex_t call_mu;
 	uint64_t call_since;        /* mono ms the database call in progress began; 0: none */
@@ -78,13 +82,24 @@ struct pipeline {
 	struct pipeline_stats st;
 	uint64_t up_ms;              /* mono ms the database was last found up again */
 	int idle;                    /* writers waiting for work */
+	size_t queued_records;       /* records in the queue (qhead) */
+	uint64_t commit_avg_us;      /* moving average of a commit's duration */
 
 	pthread_mutex_t done_mu;
 	struct request *dhead, **dtail;
 	int efd;
+	/*
+	 * The eventfd is written only while the main thread may sleep in poll:
+	 * a busy main thread finds done work by done_ready alone, without two
+	 * system calls per batch. Both sides store their flag, then load the
+	 * other's (seq_cst): one of them sees the other (pipeline_sleep_begin).
+	 */
+	atomic_bool done_ready;      /* dhead is not empty (set and cleared under done_mu) */
+	atomic_bool main_asleep;     /* the main thread is in (or about to enter) poll */
 
 	/* main thread only */
 	size_t inflight, inflight_records, inflight_bytes;
+	size_t pending_records;
 	struct request *pending, **pending_tail;   /* submitted, not yet flushed */
 
 	struct writer *w;
@@ -338,6 +353,61 @@ static int commit_batch(struct writer *w, size_t n)
 	}
 }
 
+/* The CLOCK_REALTIME instant us microseconds from now, for pthread_cond_timedwait(). */
+static struct timespec deadline_after_us(uint64_t us)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	ts.tv_sec += (time_t)(us / 1000000u);
+	ts.tv_nsec += (long)(us % 1000000u) * 1000L;
+	if (ts.tv_nsec >= 1000000000L) {
+		ts.tv_sec++;
+		ts.tv_nsec -= 1000000000L;
+	}
+	return ts;
+}
+
+/*
+ * Under p->mu: should an idle writer leave the queue to a colleague that is
+ * committing now? Yes while the queue holds fewer records than that commit
+ * and it has run for less than DEFER_PATIENCE commits: the colleague takes
+ * the queue the moment it finishes, so requests that trickle in share one
+ * commit instead of being split one or two at a time over the writers
+ * (which costs the database a commit, a flush, a round trip each). A deep
+ * queue, or a commit that takes long (a stall, an outage), still gets a
+ * second writer. Only small commits are waited for (lock-step senders):
+ * a pipelining sender's large batches overlap as before.
+ * Sets *ret_wait_us to when to look again.
+ */
+#define DEFER_MAX_RECORDS 128     /* larger commits are not waited for */
+#define DEFER_PATIENCE 1          /* average commit durations */
+#define DEFER_MIN_US 1000u
+#define DEFER_MAX_US 50000u
+static bool defer_to_colleague(struct pipeline *p, uint64_t *ret_wait_us)
+{
+	uint64_t oldest = 0, now, patience;
+	size_t busy_records = 0;
+
+	for (int i = 0; i < p->nw; i++) {
+		const struct writer *x = &p->w[i];
+		if (!x->busy_since)
+			continue;
+		busy_records += x->busy_records;
+		if (!oldest || x->busy_since < oldest)
+			oldest = x->busy_since;
+	}
+	if (!oldest || p->queued_records >= busy_records || busy_records > DEFER_MAX_RECORDS)
+		return false;
+	patience = DEFER_PATIENCE * p->commit_avg_us;
+	patience = patience < DEFER_MIN_US ? DEFER_MIN_US : patience > DEFER_MAX_US ? DEFER_MAX_US : patience;
+	now = mono_us();
+	if (now - oldest >= patience)
+		return false;
+	*ret_wait_us = patience - (now - oldest);
+	return true;
+}
+
 static void *writer_main(void *arg)
 {
 	struct writer *w = arg;
@@ -347,9 +417,13 @@ static void *writer_main(void *arg)
 		size_t n = 0, records = 0;
 
 		pthread_mutex_lock(&p->mu);
-		while (!p->qhead && !p->stopping) {
-			/* bounded wait; the signal is the real wake-up */
-			struct timespec ts = deadline_after_ms(1000);
+		w->busy_since = 0;
+		w->busy_records = 0;
+		for (;;) {
+			uint64_t wait_us = 1000000u;   /* bounded wait; the signal is the real wake-up */
+			if (p->stopping || (p->qhead && !defer_to_colleague(p, &wait_us)))
+				break;
+			struct timespec ts = deadline_after_us(wait_us);
 			p->idle++;
 			pthread_cond_timedwait(&p->cv, &p->mu, &ts);
 			p->idle--;
@@ -371,11 +445,16 @@ static void *writer_main(void *arg)
 			n++;
 			records += cost;
 		}
+		p->queued_records -= records;
+		w->busy_since = mono_us();
+		w->busy_records = records;
+		bool more = p->qhead && p->idle > 0;
 		if (!p->qhead)
 			p->qtail = &p->qhead;
-		else if (p->idle > 0)
-			pthread_cond_signal(&p->cv); /* more than one batch queued: wake a colleague */
 		pthread_mutex_unlock(&p->mu);
+		/* after the unlock: a colleague woken under it would only block on mu */
+		if (more)
+			pthread_cond_signal(&p->cv); /* more than one batch queued: wake a colleague */
 
 		if (commit_batch(w, n) < 0) {
 			for (size_t i = 0; i < n; i++)
@@ -398,10 +477,13 @@ static void *writer_main(void *arg)
 			*p->dtail = r;
 			p->dtail = &r->next;
 		}
+		atomic_store(&p->done_ready, true);
 		pthread_mutex_unlock(&p->done_mu);
-		uint64_t one = 1;
-		ssize_t wr = write(p->efd, &one, sizeof(one));
-		(void)wr; /* eventfd counter cannot overflow at this rate */
+		if (atomic_load(&p->main_asleep)) {
+			uint64_t one = 1;
+			ssize_t wr = write(p->efd, &one, sizeof(one));
+			(void)wr; /* eventfd counter cannot overflow at this rate */
+		}
 
 		metric_add(&w->m.requests_true, acc);
 		metric_add(&w->m.requests_false, rej);
@@ -410,6 +492,10 @@ static void *writer_main(void *arg)
 		metric_observe(&w->m.batch_records, &hist_batch_records, records);
 
 		pthread_mutex_lock(&p->mu);
+		{
+			uint64_t took = mono_us() - w->busy_since;
+			p->commit_avg_us = p->commit_avg_us ? (7 * p->commit_avg_us + took) / 8 : took;
+		}
 		p->st.committed_records += committed;
 		p->st.accepted_requests += acc;
 		p->st.rejected_requests += rej;
@@ -529,6 +615,7 @@ void pipeline_submit(struct pipeline *p, struct request *r)
 	p->inflight++;
 	p->inflight_records += request_records(r);
 	p->inflight_bytes += r->cost;
+	p->pending_records += request_records(r);
 	r->next = NULL;
 	*p->pending_tail = r;
 	p->pending_tail = &r->next;
@@ -541,24 +628,49 @@ void pipeline_flush(struct pipeline *p)
 	pthread_mutex_lock(&p->mu);
 	*p->qtail = p->pending;
 	p->qtail = p->pending_tail;
-	if (p->idle > 0) /* busy writers look at the queue when they finish */
-		pthread_cond_signal(&p->cv);
+	p->queued_records += p->pending_records;
+	bool wake = p->idle > 0; /* busy writers look at the queue when they finish */
 	pthread_mutex_unlock(&p->mu);
+	/*
+	 * Signalled after the unlock: woken under the lock, the writer would
+	 * run only to block on mu again (two more futex calls and a context
+	 * switch on the answer path). It re-checks the queue under mu, so no
+	 * wake-up is lost.
+	 */
+	if (wake)
+		pthread_cond_signal(&p->cv);
 	p->pending = NULL;
 	p->pending_tail = &p->pending;
+	p->pending_records = 0;
+}
+
+bool pipeline_sleep_begin(struct pipeline *p)
+{
+	atomic_store(&p->main_asleep, true);
+	return !atomic_load(&p->done_ready);
+}
+
+void pipeline_sleep_end(struct pipeline *p, bool fd_ready)
+{
+	atomic_store(&p->main_asleep, false);
+	if (fd_ready) {
+		uint64_t v;
+		ssize_t rd = read(p->efd, &v, sizeof(v));
+		(void)rd; /* EAGAIN when already drained: done_ready is the truth */
+	}
 }
 
 struct request *pipeline_take_done(struct pipeline *p)
 {
 	struct request *list;
-	uint64_t v;
-	ssize_t rd = read(p->efd, &v, sizeof(v));
 
-	(void)rd; /* EAGAIN when already drained: the list below is the truth */
+	if (!atomic_load(&p->done_ready))
+		return NULL;
 	pthread_mutex_lock(&p->done_mu);
 	list = p->dhead;
 	p->dhead = NULL;
 	p->dtail = &p->dhead;
+	atomic_store(&p->done_ready, false);
 	pthread_mutex_unlock(&p->done_mu);
 	return list;
 }

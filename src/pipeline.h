@@ -58,13 +58,21 @@ bool pipeline_admit(const struct pipeline *p);
 void pipeline_submit(struct pipeline *p, struct request *r);
 /* Main thread: hands what was submitted to the writers (one lock for a burst). */
 void pipeline_flush(struct pipeline *p);
+/*
+ * Main thread, around its poll: sleep_begin says the main thread may sleep
+ * (from now on a writer that finishes writes the descriptor); false when
+ * done work is already waiting (poll without sleeping). sleep_end after the
+ * poll, fd_ready when pipeline_fd() was readable.
+ */
+bool pipeline_sleep_begin(struct pipeline *p);
+void pipeline_sleep_end(struct pipeline *p, bool fd_ready);
 /* Main thread: takes the list of requests whose outcome is committed (NULL if none). */
 struct request *pipeline_take_done(struct pipeline *p);
 /* Main thread: a reply has been sent (or dropped) for r; frees it. */
 void pipeline_release(struct pipeline *p, struct request *r);
 /* fn(arg) runs on a writer thread after each commit that stored records; must not block. */
 void pipeline_on_commit(struct pipeline *p, void (*fn)(void *), void *arg);
-/* A descriptor that becomes readable when pipeline_take_done() has work. */
+/* A descriptor that becomes readable when pipeline_take_done() has work (while asleep). */
 int pipeline_fd(const struct pipeline *p);
 size_t pipeline_inflight(const struct pipeline *p);
 /* Main thread: records and bytes in flight (what admission counts). */

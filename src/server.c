@@ -460,7 +460,11 @@ int server_loop(struct server *s, int sigfd, const struct server_hooks *h)
 		metric_set(&s->m.heartbeat_ms, mono_ms());
 		metric_set(&s->m.queue_records, pipeline_inflight_records(s->p));
 		metric_set(&s->m.queue_bytes, pipeline_inflight_bytes(s->p));
-		int r = transport_poll(s->t, want, fds, 2, s->parked ? 10 : 1000, &ready, &input);
+		/* done work already waiting: look at the sockets, do not sleep */
+		int timeout = pipeline_sleep_begin(s->p) ? (s->parked ? 10 : 1000) : 0;
+		int r = transport_poll(s->t, want, fds, 2, timeout, &ready, &input);
+
+		pipeline_sleep_end(s->p, ready & 2);
 
 		if (r < 0) {
 			log_err("poll failed: %s", strerror(-r));
