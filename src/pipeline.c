@@ -322,9 +322,21 @@ static int commit_batch(struct writer *w, size_t n)
 		 * calling the database down, so that one outage is logged once.
 		 */
 		if (r != -EAGAIN && !fresh) {
+			char cause[sizeof(w->s->errmsg)];
+
 			fresh = true;
-			if (watched_reconnect(w) == 0)
+			memcpy(cause, w->s->errmsg, sizeof(cause));
+			if (watched_reconnect(w) == 0) {
+				/*
+				 * Said once per writer: a failover (another
+				 * node, a promoted standby) or a commit whose
+				 * outcome is unknown passes through here
+				 * without an outage to log.
+				 */
+				log_warn("writer %d: %s; reconnected, retrying the batch (its tickets are "
+					 "looked up first)", w->idx, cause);
 				continue;
+			}
 		}
 		db_down(p, w, r);
 		sleep_ms_unless_abandoned(p, backoff);

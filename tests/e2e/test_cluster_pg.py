@@ -192,6 +192,9 @@ class TestCluster(ClusterCase):
         finally:
             d.close()
         self.assertEqual(f.sql("SELECT count(*), count(DISTINCT ticket) FROM fee"), [["3", "3"]])
+        # the operator is told, once, why the batch was retried
+        self.assertRegex(f.log(), r"warning: writer \d+: COMMIT returned with a warning, outcome unknown: "
+                         r"canceling wait for synchronous replication.*; reconnected, retrying the batch")
 
     def test_failover_nothing_acknowledged_lost(self):
         old = self.primary()
