@@ -423,9 +423,17 @@ static size_t count_rejects(struct store_req **reqs, size_t n)
 	return c;
 }
 
-/* One transaction over reqs. *ret_in_rejects tells whether fee_reject was the one refused. */
+/*
+ * One transaction over reqs. *ret_in_rejects tells whether fee_reject was the
+ * one refused. look: look the batch's tickets up first. Without, every
+ * ticket is taken as new and inserted at once (one round trip with BEGIN,
+ * one with COMMIT): right whenever it succeeds, since the ticket's key
+ * refuses any ticket already stored (-EEXIST), and the caller then tries
+ * again with look. That is the common case (fresh trades) and what a
+ * lock-step sender waits for; a re-send costs one rolled-back attempt more.
+ */
 static int write_once(struct store *s, struct store_batch *b, struct store_req **reqs, size_t n,
-		      bool *ret_in_rejects)
+		      bool look, bool *ret_in_rejects)
 {
 	size_t nt = 0, nrows = 0, nfresh;
 	int r;
@@ -439,7 +447,7 @@ static int write_once(struct store *s, struct store_batch *b, struct store_req *
 	r = s->ops->begin(s);
 	if (r < 0)
 		return r;
-	if (nt > 0) {
+	if (nt > 0 && look) {
 		/*
 		 * Tickets mostly grow: one probe of the key's end spares the
 		 * lookup of every ticket above the largest stored one (usually
@@ -541,9 +549,9 @@ static int write_part(struct store *s, struct store_batch *b, struct store_req *
 		/* parser rejections and refusals stand; conflicts are decided anew */
 		for (size_t i = 0; i < n; i++)
 			reqs[i]->rejected = reqs[i]->bad_input || reqs[i]->refused;
-		r = write_once(s, b, reqs, n, &in_rejects);
+		r = write_once(s, b, reqs, n, attempt > 0 || after_refusal, &in_rejects);
 		if (r == -EEXIST)
-			continue; /* another writer stored a ticket since lookup: look again */
+			continue; /* a ticket is stored already (or since lookup): look (again) */
 		if (r == -ENOTCONN && after_refusal && !reconnected) {
 			/*
 			 * A server may close the connection after what it
