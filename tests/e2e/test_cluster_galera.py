@@ -18,6 +18,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from feedtest import Feed, free_port, norm_dec, wait_until  # noqa: E402
@@ -242,18 +243,29 @@ class TestTwoInstancesNodeKilled(GaleraCase):
             conflicts += 1
         self.assertEqual(conflicts, 450)
 
-        # fee_reject: each FALSE answered (re-sends too) is there once with its
-        # body and reason, on both surviving nodes, and nothing else is
+        # fee_reject: each FALSE answered (re-sends too) is there with its body and
+        # reason, on both surviving nodes, and nothing else is. One known exception
+        # (docs/deployment.md): a COMMIT whose answer was lost with node 1 may have
+        # committed its rejects; the retry on another node cannot tell and stores
+        # them again, so such a row may be there twice - only with a COMMIT lost.
         for p in (pa, pb):
             for k, r in p.bad:
                 self.assertEqual(r, p.replies[k], "a re-send was answered differently")
-        false = sorted([(pa.bodies[k], r[len("FALSE: "):]) for k, r in pa.bad] +
-                       [(pb.bodies[k], r[len("FALSE: "):]) for k, r in pb.bad])
-        self.assertGreaterEqual(len(false), 450)
+        false = Counter([(pa.bodies[k], r[len("FALSE: "):]) for k, r in pa.bad] +
+                        [(pb.bodies[k], r[len("FALSE: "):]) for k, r in pb.bad])
+        self.assertGreaterEqual(sum(false.values()), 450)
+        lost_commit = re.search(r"COMMIT failed: ERROR 2013 |COMMIT failed: .*(Lost connection|gone away)",
+                                a.log()) is not None
         for n in (2, 3):
             rej = node_sql(n, CAUSAL + "SELECT lower(hex(body)), reason FROM fee_reject;")
-            got = sorted((bytes.fromhex(h), reason) for h, reason in rej)
-            self.assertEqual(got, false, f"node {n}: fee_reject differs from the FALSE answers")
+            got = Counter((bytes.fromhex(h), reason) for h, reason in rej)
+            self.assertFalse(false - got, f"node {n}: FALSE answers missing from fee_reject")
+            extra = got - false
+            self.assertTrue(set(extra) <= set(false), f"node {n}: fee_reject rows no FALSE answered")
+            if extra:
+                print(f"node {n}: {sum(extra.values())} fee_reject rows twice (their COMMIT's answer "
+                      f"was lost with node 1: {lost_commit})")
+                self.assertTrue(lost_commit, f"node {n}: fee_reject rows twice, no COMMIT lost")
 
         # node 1 comes back (IST) with the same rows
         shell("FEED_TEST_GALERA_START_1")
