@@ -423,6 +423,15 @@ static size_t count_rejects(struct store_req **reqs, size_t n)
 	return c;
 }
 
+/* Whether a request of reqs is rejected (its body goes to fee_reject, or is noted unstored). */
+static bool any_rejected(struct store_req **reqs, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		if (reqs[i]->rejected)
+			return true;
+	return false;
+}
+
 /*
  * One transaction over reqs. *ret_in_rejects tells whether fee_reject was the
  * one refused. look: look the batch's tickets up first. Without, every
@@ -470,6 +479,15 @@ static int write_once(struct store *s, struct store_batch *b, struct store_req *
 		}
 	}
 	nfresh = classify(b, reqs, n, b->rows, nrows);
+	if (nfresh > 0 && s->ops->insert_commit && !any_rejected(reqs, n)) {
+		/* nothing for fee_reject: the insert and the commit in one go */
+		r = s->ops->insert_commit(s, b->fresh, b->fresh_src, nfresh);
+		if (r < 0)
+			goto fail;
+		for (size_t i = 0; i < n; i++)
+			reqs[i]->done = true;
+		return 0;
+	}
 	if (nfresh > 0) {
 		r = s->ops->insert(s, b->fresh, b->fresh_src, nfresh);
 		if (r < 0)

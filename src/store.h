@@ -66,7 +66,8 @@
 
 #include "protocol.h"
 
-#define STORE_OPS_VERSION 2       /* 2: insert() takes the senders, store_reject.source */
+#define STORE_OPS_VERSION 3       /* 2: insert() takes the senders, store_reject.source;
+                                     3: insert_commit() */
 #define STORE_SCHEMA_VERSION 2    /* 2: fee.source, fee_reject.source */
 
 /*
@@ -175,6 +176,16 @@ struct store_ops {
 	 */
 	int (*insert)(struct store *s, const struct record *recs, const char *const *srcs,
 		      size_t n);
+	/*
+	 * Optional (NULL: the caller runs insert() then commit()). insert() and
+	 * commit() of the caller's transaction in one round trip where the
+	 * backend can (PostgreSQL: BEGIN, a small INSERT and COMMIT in one
+	 * libpq pipeline). Errors are insert()'s or commit()'s, classified alike;
+	 * after one the caller rolls back. Nothing may be added to the
+	 * transaction after it.
+	 */
+	int (*insert_commit)(struct store *s, const struct record *recs,
+			     const char *const *srcs, size_t n);
 	/* Inserts rejected requests into fee_reject with received_at = now. */
 	int (*insert_rejects)(struct store *s, const struct store_reject *r, size_t n);
 

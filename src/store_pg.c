@@ -7,7 +7,10 @@
  *
  * Values cross the wire as text: volumes and fees as dec_format() output
  * into NUMERIC columns (so '1.25' reads back as 1.25), arrays as text array
- * literals. The hot path insert() is a single COPY ... FROM STDIN; lookup()
+ * literals. The hot path insert() is a single COPY ... FROM STDIN (a multi-
+ * row INSERT up to PG_VALUES_MAX rows); a small batch with nothing else in
+ * its transaction sends BEGIN, that INSERT and COMMIT in one round trip, a
+ * libpq pipeline (insert_commit()). lookup()
  * and settle() are one statement each over an array parameter. No prepared
  * statements are kept, so reconnect() only re-applies the session settings.
  *
@@ -957,6 +960,84 @@ static int pg_begin(struct store *s)
 	return 0;
 }
 
+/* One statement of a pipeline (pg_pipeline). */
+struct pg_step {
+	const char *sql;
+	int nvals;
+	const char *const *vals;
+	const char *what;
+};
+
+/*
+ * Runs steps[0..n) in one round trip (libpq pipeline mode, one sync) and
+ * returns the first failure, classified as any other; the server skips the
+ * statements after it. commit_at: the index of a COMMIT step, whose
+ * warnings are watched as pg_commit()'s are, or -1.
+ */
+static int pg_pipeline(struct store_pg *p, const struct pg_step *steps, int n, int commit_at)
+{
+	PGresult *res;
+	bool synced = false;
+	int r = 0;
+
+	if (!PQenterPipelineMode(p->conn))
+		return pg_fail(p, NULL, steps[0].what);
+	for (int i = 0; i < n && r == 0; i++)
+		if (!PQsendQueryParams(p->conn, steps[i].sql, steps[i].nvals, NULL, steps[i].vals,
+				       NULL, NULL, 0))
+			r = pg_fail(p, NULL, steps[i].what);
+	if (r == 0 && !PQpipelineSync(p->conn))
+		r = pg_fail(p, NULL, steps[0].what);
+	if (r < 0) {
+		PQexitPipelineMode(p->conn);
+		return r;
+	}
+	for (int i = 0; i < n; i++) {
+		if (i == commit_at) {
+			p->in_commit = true;
+			p->commit_warned = false;
+		}
+		res = PQgetResult(p->conn);
+		if (r == 0) {
+			ExecStatusType st = res ? PQresultStatus(res) : PGRES_FATAL_ERROR;
+
+			if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK) {
+				r = pg_fail(p, res, steps[i].what);
+			} else if (i == commit_at && strcmp(PQcmdStatus(res), "COMMIT") != 0) {
+				pg_setmsg(p, "COMMIT failed: the server rolled the transaction back (%s)",
+					  PQcmdStatus(res));
+				r = -EIO;
+			}
+		}
+		if (!res)
+			break;                  /* the connection is gone: nothing more comes */
+		PQclear(res);
+		while ((res = PQgetResult(p->conn)) != NULL)   /* the NULL that ends each query */
+			PQclear(res);
+	}
+	p->in_commit = false;
+	/* the sync's own result (bounded: a lost connection gives NULL) */
+	for (int k = 0; k < n + 2 && !synced; k++) {
+		res = PQgetResult(p->conn);
+		if (!res)
+			break;
+		synced = PQresultStatus(res) == PGRES_PIPELINE_SYNC;
+		PQclear(res);
+	}
+	if (!PQexitPipelineMode(p->conn) && r == 0) {
+		pg_setmsg(p, "%s: the pipeline did not end: %s", steps[0].what, PQerrorMessage(p->conn));
+		pg_flatten(p->base.errmsg);
+		r = -ENOTCONN;
+	}
+	if (r == 0 && commit_at >= 0 && p->commit_warned) {
+		/* as in pg_commit(): committed here, maybe not replicated */
+		pg_setmsg(p, "COMMIT returned with a warning, outcome unknown: %s", p->commit_warning);
+		pg_flatten(p->base.errmsg);
+		r = -ENOTCONN;
+	}
+	return r;
+}
+
 static int pg_flush_begin(struct store_pg *p)
 {
 	if (!p->begin_pending)
@@ -1156,16 +1237,16 @@ static int pg_copy_end(struct store_pg *p, const char *abort_reason)
  * A few rows: one multi-row INSERT, one round trip (COPY takes two). The
  * senders go as parameters, one per run of rows that share one.
  */
-static int pg_insert_values(struct store_pg *p, const struct record *recs,
-			    const char *const *srcs, size_t n)
+#define PG_VALUES_SQL (96 + PG_VALUES_MAX * 112)
+
+/* The INSERT of recs[0..n) (n <= PG_VALUES_MAX) into sql; returns its parameters' count. */
+static int pg_values_sql(const struct record *recs, const char *const *srcs, size_t n,
+			 char sql[PG_VALUES_SQL], const char *vals[PG_VALUES_MAX])
 {
-	char sql[96 + PG_VALUES_MAX * 112], vol[DEC_STRMAX], src[24];
-	const char *vals[PG_VALUES_MAX];
+	char vol[DEC_STRMAX], src[24];
 	int nvals = 0;
-	size_t len = (size_t)snprintf(sql, sizeof(sql),
+	size_t len = (size_t)snprintf(sql, PG_VALUES_SQL,
 				      "INSERT INTO fee (ticket, login, volume, status, source) VALUES ");
-	PGresult *res;
-	int r = 0;
 
 	for (size_t i = 0; i < n; i++) {
 		const char *sr = srcs ? srcs[i] : NULL;
@@ -1180,10 +1261,22 @@ static int pg_insert_values(struct store_pg *p, const struct record *recs,
 		}
 		dec_format(recs[i].volume, DEC_SCALE, 0, vol);
 		/* integers and a decimal feed formatted itself: nothing to quote */
-		len += (size_t)snprintf(sql + len, sizeof(sql) - len, "%s(%lld,%lld,'%s','N',%s)",
+		len += (size_t)snprintf(sql + len, PG_VALUES_SQL - len, "%s(%lld,%lld,'%s','N',%s)",
 					i ? "," : "", (long long)recs[i].ticket,
 					(long long)recs[i].login, vol, src);
 	}
+	return nvals;
+}
+
+static int pg_insert_values(struct store_pg *p, const struct record *recs,
+			    const char *const *srcs, size_t n)
+{
+	char sql[PG_VALUES_SQL];
+	const char *vals[PG_VALUES_MAX];
+	int nvals = pg_values_sql(recs, srcs, n, sql, vals);
+	PGresult *res;
+	int r = 0;
+
 	res = PQexecParams(p->conn, sql, nvals, NULL, vals, NULL, NULL, 0);
 	if (!res || PQresultStatus(res) != PGRES_COMMAND_OK)
 		r = pg_fail(p, res, "INSERT into fee");
@@ -1272,6 +1365,37 @@ out:
 	PQclear(res);
 	free(buf);
 	return r;
+}
+
+/*
+ * A small batch (the lone sender's case): BEGIN, the INSERT and COMMIT in
+ * one round trip, a libpq pipeline, where they took three. A larger one
+ * is a COPY, which a pipeline cannot carry: insert() then commit().
+ */
+static int pg_insert_commit(struct store *s, const struct record *recs,
+			    const char *const *srcs, size_t n)
+{
+	struct store_pg *p = pg_of(s);
+	char sql[PG_VALUES_SQL];
+	const char *vals[PG_VALUES_MAX];
+	struct pg_step steps[3];
+	int k = 0, r;
+
+	if (n == 0 || n > PG_VALUES_MAX) {
+		r = pg_insert(s, recs, srcs, n);
+		return r < 0 ? r : pg_commit(s);
+	}
+	r = pg_load_ticket_keys(p);     /* a catalog read, before BEGIN is fine */
+	if (r < 0)
+		return r;
+	p->wrote = true;
+	if (p->begin_pending)
+		steps[k++] = (struct pg_step){ "BEGIN", 0, NULL, "BEGIN" };
+	p->begin_pending = false;
+	steps[k++] = (struct pg_step){ sql, pg_values_sql(recs, srcs, n, sql, vals), vals,
+				       "INSERT into fee" };
+	steps[k++] = (struct pg_step){ "COMMIT", 0, NULL, "COMMIT" };
+	return pg_pipeline(p, steps, k, k - 1);
 }
 
 static int pg_insert_rejects(struct store *s, const struct store_reject *rj, size_t n)
@@ -1471,6 +1595,7 @@ const struct store_ops store_pg_ops = {
 	.max_ticket = pg_max_ticket,
 	.lookup = pg_lookup,
 	.insert = pg_insert,
+	.insert_commit = pg_insert_commit,
 	.insert_rejects = pg_insert_rejects,
 	.fetch_unsettled = pg_fetch_unsettled,
 	.settle = pg_settle,

@@ -471,6 +471,55 @@ static void test_insert_existing(void **state)
 }
 
 /* A record the database refuses (a constraint on login 666) -> -EINVAL. */
+/* insert_commit() where the backend has it, else insert() then commit(): the same contract. */
+static int t_insert_commit(struct t_fix *fx, const struct record *recs, size_t n)
+{
+	int r;
+
+	if (fx->ops->insert_commit)
+		return fx->ops->insert_commit(fx->s, recs, NULL, n);
+	r = fx->ops->insert(fx->s, recs, NULL, n);
+	return r < 0 ? r : fx->ops->commit(fx->s);
+}
+
+static void test_insert_commit(void **state)
+{
+	struct t_fix *fx = *state;
+	const struct record fresh[] = { { 20, 1, 100000000 }, { 21, 2, 250000000 } };
+	const struct record clash[] = { { 22, 3, 300000000 }, { 20, 4, 400000000 } };
+	const int64_t tickets[] = { 20, 21, 22 };
+	struct store_row rows[3];
+	size_t n;
+	int r;
+
+	t_migrate(fx);
+	/* new rows, committed by the one call (a transaction of its own: BEGIN not sent yet) */
+	t_ok(fx->s, fx->ops->begin(fx->s), "begin");
+	t_ok(fx->s, t_insert_commit(fx, fresh, 2), "insert_commit");
+	t_lookup(fx, tickets, 3, rows, &n);
+	assert_int_equal(n, 2);
+	t_expect_row(rows, n, 21, 2, 250000000);
+	t_sql_expect_dec("SELECT ticket, status FROM fee ORDER BY ticket", "20\tN\n21\tN\n");
+
+	/* a stored ticket: the ticket key's -EEXIST, nothing of the batch committed */
+	t_ok(fx->s, fx->ops->begin(fx->s), "begin");
+	fx->s->errmsg[0] = '\0';
+	r = t_insert_commit(fx, clash, 2);
+	t_expect_fail(fx->s, r, -EEXIST, "insert_commit of an existing ticket");
+	t_ok(fx->s, fx->ops->rollback(fx->s), "rollback");
+	t_lookup(fx, tickets, 3, rows, &n);
+	assert_int_equal(n, 2);
+	t_expect_row(rows, n, 20, 1, 100000000);
+
+	/* after a lookup in the same transaction (BEGIN sent already), and the connection works */
+	t_ok(fx->s, fx->ops->begin(fx->s), "begin");
+	t_ok(fx->s, fx->ops->lookup(fx->s, tickets, 3, rows, &n), "lookup");
+	t_ok(fx->s, t_insert_commit(fx, clash, 1), "insert_commit after lookup");
+	t_lookup(fx, tickets, 3, rows, &n);
+	assert_int_equal(n, 3);
+	t_expect_row(rows, n, 22, 3, 300000000);
+}
+
 static void test_refused_record(void **state)
 {
 	struct t_fix *fx = *state;
@@ -1457,6 +1506,7 @@ int main(void)
 		T(test_lookup_absent),
 		T(test_insert_many),
 		T(test_insert_existing),
+		T(test_insert_commit),
 		T(test_refused_record),
 		T(test_rollback_discards),
 		T(test_rollback_keeps_the_cause),
