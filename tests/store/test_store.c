@@ -470,7 +470,6 @@ static void test_insert_existing(void **state)
 	t_expect_row(rows, n, 11, 2, 200000000);
 }
 
-/* A record the database refuses (a constraint on login 666) -> -EINVAL. */
 /* insert_commit() where the backend has it, else insert() then commit(): the same contract. */
 static int t_insert_commit(struct t_fix *fx, const struct record *recs, size_t n)
 {
@@ -520,6 +519,7 @@ static void test_insert_commit(void **state)
 	t_expect_row(rows, n, 22, 3, 300000000);
 }
 
+/* A record the database refuses (a constraint on login 666) -> -EINVAL. */
 static void test_refused_record(void **state)
 {
 	struct t_fix *fx = *state;
