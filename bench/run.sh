@@ -262,11 +262,6 @@ fi
 # left running: feed's lone REQ client alternates with it below
 classic_ep=$ep
 classic_total=$(( ${recs[classic_1]:-0} + ${recs[classic_64]:-0} ))
-if [ "$backend" = sqlite ]; then
-	rm -f "$tmp"/classic.db*
-else
-	sql "DROP TABLE IF EXISTS classic_fee;" >/dev/null 2>&1 || true
-fi
 
 # ==== feed ====
 port=$(free_port)
@@ -361,6 +356,11 @@ feed_pid=
 kill -TERM "$classic_pid" 2>/dev/null || true
 wait "$classic_pid" 2>/dev/null || true
 classic_pid=
+if [ "$backend" = sqlite ]; then
+	rm -f "$tmp"/classic.db*
+else
+	sql "DROP TABLE IF EXISTS classic_fee;" >/dev/null 2>&1 || true
+fi
 
 # the transport alone at the paced rate feed_64_half ran at: its own p99
 if [ -n "${rate[feed_64]:-}" ] && [ "${rate[feed_64]}" -ge 2 ]; then
