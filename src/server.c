@@ -458,6 +458,7 @@ int server_loop(struct server *s, int sigfd, const struct server_hooks *h)
 		bool want = !stopping && pipeline_admit(s->p);
 
 		metric_set(&s->m.heartbeat_ms, mono_ms());
+		settle_watch(s->settler);
 		metric_set(&s->m.queue_records, pipeline_inflight_records(s->p));
 		metric_set(&s->m.queue_bytes, pipeline_inflight_bytes(s->p));
 		/* done work already waiting: look at the sockets, do not sleep */

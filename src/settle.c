@@ -10,6 +10,10 @@
  * and catches up at full speed when they pause. The UPDATE only touches rows still 'N',
  * so several feed instances settling the same database agree.
  * Woken by the writers after a commit, or every settle_interval ms.
+ * Watched like the writers (settle_watch(), from the main loop): a call
+ * unanswered for 2 x stall_timeout (at least SETTLE_STALL_MIN_MS) is
+ * cancelled and the connection made anew, so that a server that stopped
+ * answering (a hung primary after a failover) does not hold settlement.
  */
 #include "settle.h"
 
@@ -30,6 +34,8 @@
 #define SETTLE_MIN_GAP_MS 200
 #define SETTLE_COALESCE_MS 20
 #define SETTLE_SWEEP_MS 5000
+/* a call unanswered this long (at least; else 2 x stall_timeout) is cancelled */
+#define SETTLE_STALL_MIN_MS 10000  /* above SQLite's write gate, which may hold a call 5 s */
 
 struct settler {
 	pthread_t thread;
@@ -49,7 +55,46 @@ struct settler {
 	uint64_t last_sweep;  /* mono ms of the last pass from the first ticket */
 	/* metrics.h counters: this thread adds, any thread reads */
 	_Atomic uint64_t settled, adopted, unsettleable;
+	/*
+	 * The watch (settle_watch(), main thread): the database call in
+	 * progress since call_since (mono ms, 0: none); stalled once the
+	 * watch cancelled it. Under call_mu.
+	 */
+	pthread_mutex_t call_mu;
+	uint64_t call_since, stall_ms;
+	bool stalled;
+	bool stall_said;      /* logged at warn level; again only after a call succeeded */
 };
+
+/* A database call begins: the watch may cancel it from now on. */
+static void call_begin(struct settler *st)
+{
+	pthread_mutex_lock(&st->call_mu);
+	st->call_since = mono_ms();
+	st->stalled = false;
+	pthread_mutex_unlock(&st->call_mu);
+}
+
+/* The call ended with r; one the watch cancelled is -ETIMEDOUT, whatever the cancel produced. */
+static int call_end(struct settler *st, int r)
+{
+	uint64_t since;
+	bool stalled;
+
+	pthread_mutex_lock(&st->call_mu);
+	since = st->call_since;
+	stalled = st->stalled;
+	st->call_since = 0;
+	st->stalled = false;
+	if (!stalled && r >= 0)
+		st->stall_said = false;
+	pthread_mutex_unlock(&st->call_mu);
+	if (!stalled)
+		return r;
+	snprintf(st->s->errmsg, sizeof(st->s->errmsg), "stalled: no answer for %llu s",
+		 (unsigned long long)((mono_ms() - since) / 1000));
+	return -ETIMEDOUT;
+}
 
 /* Settles one chunk after `after`. Returns rows fetched (0 = done) or -errno. */
 static int settle_chunk(struct settler *st, int64_t *after, size_t *ret_skipped)
@@ -140,7 +185,11 @@ static void *settle_main(void *arg)
 		size_t skipped = 0, total = 0;
 		int r;
 
-		while ((r = settle_chunk(st, &after, &skipped)) > 0) {
+		for (;;) {
+			call_begin(st);
+			r = call_end(st, settle_chunk(st, &after, &skipped));
+			if (r <= 0)
+				break;
 			total += (size_t)r;
 			pthread_mutex_lock(&st->mu);
 			bool stop = st->stopping, busy = st->kicked;
@@ -164,15 +213,20 @@ static void *settle_main(void *arg)
 			metric_set(&st->adopted, metric_get(&st->settled));
 		first = false;
 		if (r < 0) {
-			/* an outage is reported by the writers; say other trouble once */
-			if (!st->failing && r != -ENOTCONN && r != -EAGAIN)
+			/*
+			 * An outage is reported by the writers, a stall by the
+			 * watch; say other trouble once.
+			 */
+			if (!st->failing && r != -ENOTCONN && r != -EAGAIN && r != -ETIMEDOUT)
 				log_warn("settle: %s; will retry", st->s->errmsg);
 			else if (!st->failing)
 				log_debug("settle: %s; will retry", st->s->errmsg);
 			st->failing = true;
 			backoff = backoff ? (backoff * 2 > st->retry_max_ms ? st->retry_max_ms : backoff * 2) : 100;
-			if (r != -EAGAIN)
-				st->s->ops->reconnect(st->s);
+			if (r != -EAGAIN) {
+				call_begin(st);
+				(void)call_end(st, st->s->ops->reconnect(st->s));
+			}
 		} else {
 			if (st->failing)
 				log_info("settle: working again");
@@ -199,6 +253,10 @@ int settle_start(const struct feed_config *cfg, const struct store_params *sp,
 		return -ENOMEM;
 	pthread_mutex_init(&st->mu, NULL);
 	pthread_cond_init(&st->cv, NULL);
+	pthread_mutex_init(&st->call_mu, NULL);
+	st->stall_ms = 2000u * (uint64_t)cfg->stall_timeout;
+	if (st->stall_ms < SETTLE_STALL_MIN_MS)
+		st->stall_ms = SETTLE_STALL_MIN_MS;
 	st->url = strdup(sp->url);
 	st->password = sp->password ? strdup(sp->password) : NULL;
 	st->sp = *sp;
@@ -246,6 +304,29 @@ void settle_kick(void *arg)
 	pthread_mutex_unlock(&st->mu);
 }
 
+void settle_watch(struct settler *st)
+{
+	uint64_t now = mono_ms();
+
+	if (!st)
+		return;
+	/* under call_mu: the call cannot end (and the next one begin) meanwhile */
+	pthread_mutex_lock(&st->call_mu);
+	if (st->call_since && !st->stalled && now - st->call_since >= st->stall_ms) {
+		st->stalled = true;
+		if (!st->stall_said)
+			log_warn("settle: no answer from the database for %llu s; the call is cancelled "
+				 "and the settle thread reconnects",
+				 (unsigned long long)((now - st->call_since) / 1000));
+		else
+			log_debug("settle: no answer from the database for %llu s again; cancelled",
+				  (unsigned long long)((now - st->call_since) / 1000));
+		st->stall_said = true;
+		st->s->ops->cancel(st->s);
+	}
+	pthread_mutex_unlock(&st->call_mu);
+}
+
 void settle_counters(const struct settler *st, struct settle_counters *ret)
 {
 	ret->settled = metric_get(&st->settled);
@@ -281,6 +362,7 @@ void settle_stop(struct settler **ps)
 		st->s->ops->close(st->s);
 	pthread_mutex_destroy(&st->mu);
 	pthread_cond_destroy(&st->cv);
+	pthread_mutex_destroy(&st->call_mu);
 	free(st->rows);
 	free(st->url);
 	if (st->password)

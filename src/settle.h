@@ -25,6 +25,12 @@ struct settle_counters {
 	uint64_t settled, adopted, unsettleable;
 };
 void settle_counters(const struct settler *st, struct settle_counters *ret);
+/*
+ * Main thread, at least once a second: cancels a database call of the settle
+ * thread unanswered for 2 x stall_timeout (at least 10 s); the thread then
+ * reconnects. Logs it. NULL-safe; never after settle_stop().
+ */
+void settle_watch(struct settler *st);
 /* Stops the thread after its current transaction. NULL-safe; sets *ps = NULL. */
 void settle_stop(struct settler **ps);
 

@@ -300,6 +300,13 @@ class TestCluster(ClusterCase):
             print(f"\nhung primary: stop -> TRUE on the promoted standby {time.monotonic() - t0:.2f} s",
                   flush=True)
             self.assertEqual(node_sql(new, "SELECT count(*) FROM fee WHERE ticket = 2"), [["1"]])
+            # The settler's connection hangs on the stopped primary too (its
+            # query is sent; no answer comes, and keepalives are answered by
+            # the kernel): it is watched like the writers' and moves over.
+            wait_until(lambda: node_sql(new, "SELECT status FROM fee WHERE ticket = 2") == [["Y"]],
+                       40, what="the settler to settle ticket 2 on the promoted standby")
+            print(f"hung primary: stop -> ticket 2 settled {time.monotonic() - t0:.2f} s", flush=True)
+            self.assertRegex(f.log(), r"settle: no answer from the database for \d+ s; the call is cancelled")
         finally:
             # never let it run again: it would be a second primary
             for pid in tree:
