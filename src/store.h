@@ -179,8 +179,8 @@ struct store_ops {
 	/*
 	 * Optional (NULL: the caller runs insert() then commit()). insert() and
 	 * commit() of the caller's transaction in one round trip where the
-	 * backend can (PostgreSQL: BEGIN, a small INSERT and COMMIT in one
-	 * libpq pipeline). Errors are insert()'s or commit()'s, classified alike;
+	 * backend can (PostgreSQL: BEGIN, a one-record INSERT and COMMIT in
+	 * one libpq pipeline). Errors are insert()'s or commit()'s, classified alike;
 	 * after one the caller rolls back. Nothing may be added to the
 	 * transaction after it.
 	 */

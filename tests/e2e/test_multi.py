@@ -79,10 +79,10 @@ class MultiTest(FeedTestCase):
     def count(self, f):
         return int(f.sql("SELECT count(*) FROM fee;")[0][0])
 
-    def send_until(self, a, b, path, act, fraction=3, retries=5, per=PER):
+    def send_until(self, a, b, path, act, fraction=3, retries=5):
         """Runs `feed send -e A,B`; calls act() once the database holds 1/fraction of the stream."""
         cmd = [FEED, "send", "-q", "-e", f"{a.endpoint},{b.endpoint}", "-w", str(WINDOW),
-               "-n", str(per), "-t", "1000", "-r", str(retries), path]
+               "-n", str(PER), "-t", "1000", "-r", str(retries), path]
         p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True)
         try:
@@ -258,10 +258,10 @@ class MultiTest(FeedTestCase):
             stopped_at.append(time.monotonic())
             wait_until(lambda: self.lock_waiters(b) > 0, 30, step=0.2, what="B to wait on A's locks")
 
-        # 40 records a request: batches a PostgreSQL writer stores by COPY and then
-        # commits, so a transaction stays open between two round trips (a small
-        # batch's BEGIN, INSERT and COMMIT go in one, leaving nothing to stop inside)
-        rc, err, at = self.send_until(a, b, path, stop_a, retries=90, per=40)
+        # (a PostgreSQL batch of one record goes as BEGIN, INSERT and COMMIT in one
+        # round trip, leaving nothing to stop inside; with 64 requests in flight most
+        # batches are larger, and their transaction stays open between round trips)
+        rc, err, at = self.send_until(a, b, path, stop_a, retries=90)
         took = time.monotonic() - stopped_at[0]
         print(f"A stopped while storing at {at} of {TOTAL} records; the stream completed {took:.1f} s later"
               f" with A still stopped; feed send said:\n{err}")

@@ -484,38 +484,48 @@ static int t_insert_commit(struct t_fix *fx, const struct record *recs, size_t n
 static void test_insert_commit(void **state)
 {
 	struct t_fix *fx = *state;
-	const struct record fresh[] = { { 20, 1, 100000000 }, { 21, 2, 250000000 } };
+	const struct record one[] = { { 20, 1, 100000000 } };
+	const struct record two[] = { { 21, 2, 250000000 }, { 23, 5, 500000000 } };
 	const struct record clash[] = { { 22, 3, 300000000 }, { 20, 4, 400000000 } };
-	const int64_t tickets[] = { 20, 21, 22 };
-	struct store_row rows[3];
+	const int64_t tickets[] = { 20, 21, 22, 23 };
+	struct store_row rows[4];
 	size_t n;
 	int r;
 
 	t_migrate(fx);
-	/* new rows, committed by the one call (a transaction of its own: BEGIN not sent yet) */
+	/*
+	 * New rows, committed by the one call (a transaction of its own: BEGIN
+	 * not sent yet) and seen from another session: one record (PostgreSQL:
+	 * the pipeline), then two (insert() then commit()).
+	 */
 	t_ok(fx->s, fx->ops->begin(fx->s), "begin");
-	t_ok(fx->s, t_insert_commit(fx, fresh, 2), "insert_commit");
-	t_lookup(fx, tickets, 3, rows, &n);
-	assert_int_equal(n, 2);
+	t_ok(fx->s, t_insert_commit(fx, one, 1), "insert_commit of one record");
+	t_sql_expect_dec("SELECT ticket, status FROM fee ORDER BY ticket", "20\tN\n");
+	t_ok(fx->s, fx->ops->begin(fx->s), "begin");
+	t_ok(fx->s, t_insert_commit(fx, two, 2), "insert_commit of two records");
+	t_lookup(fx, tickets, 4, rows, &n);
+	assert_int_equal(n, 3);
 	t_expect_row(rows, n, 21, 2, 250000000);
-	t_sql_expect_dec("SELECT ticket, status FROM fee ORDER BY ticket", "20\tN\n21\tN\n");
+	t_sql_expect_dec("SELECT ticket, status FROM fee ORDER BY ticket", "20\tN\n21\tN\n23\tN\n");
 
-	/* a stored ticket: the ticket key's -EEXIST, nothing of the batch committed */
-	t_ok(fx->s, fx->ops->begin(fx->s), "begin");
-	fx->s->errmsg[0] = '\0';
-	r = t_insert_commit(fx, clash, 2);
-	t_expect_fail(fx->s, r, -EEXIST, "insert_commit of an existing ticket");
-	t_ok(fx->s, fx->ops->rollback(fx->s), "rollback");
-	t_lookup(fx, tickets, 3, rows, &n);
-	assert_int_equal(n, 2);
-	t_expect_row(rows, n, 20, 1, 100000000);
+	/* a stored ticket, alone or in a batch: the ticket key's -EEXIST, nothing committed */
+	for (size_t k = 1; k <= 2; k++) {
+		t_ok(fx->s, fx->ops->begin(fx->s), "begin");
+		fx->s->errmsg[0] = '\0';
+		r = t_insert_commit(fx, k == 1 ? clash + 1 : clash, k);
+		t_expect_fail(fx->s, r, -EEXIST, "insert_commit of an existing ticket");
+		t_ok(fx->s, fx->ops->rollback(fx->s), "rollback");
+		t_lookup(fx, tickets, 4, rows, &n);
+		assert_int_equal(n, 3);
+		t_expect_row(rows, n, 20, 1, 100000000);
+	}
 
 	/* after a lookup in the same transaction (BEGIN sent already), and the connection works */
 	t_ok(fx->s, fx->ops->begin(fx->s), "begin");
-	t_ok(fx->s, fx->ops->lookup(fx->s, tickets, 3, rows, &n), "lookup");
+	t_ok(fx->s, fx->ops->lookup(fx->s, tickets, 4, rows, &n), "lookup");
 	t_ok(fx->s, t_insert_commit(fx, clash, 1), "insert_commit after lookup");
-	t_lookup(fx, tickets, 3, rows, &n);
-	assert_int_equal(n, 3);
+	t_lookup(fx, tickets, 4, rows, &n);
+	assert_int_equal(n, 4);
 	t_expect_row(rows, n, 22, 3, 300000000);
 }
 
