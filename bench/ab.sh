@@ -1,24 +1,25 @@
 #!/bin/bash
 #
-# ab.sh - A/B of two feed builds for the lone REQ client, on one database.
+# ab.sh - A/B of two feed builds for lock-step REQ clients, on one database.
 #
 # Usage: bench/ab.sh [--backend sqlite|postgres|mariadb] [--rounds N] [--seconds S]
-#                    BUILD_A BUILD_B
+#                    [--clients C] BUILD_A BUILD_B
 #
 # BUILD_A and BUILD_B are build directories (Release) holding feed and
 # bench/{load,classic}. Runs itself inside tests/lib/with-<backend>.sh (a
 # throwaway database), starts `feed run` from each build (durability = full,
 # one table, SQLite: one file) and the classic loop from BUILD_A, then for N
-# rounds (default 6) gives S seconds (default 3) of one lone REQ client to
-# A, to B and to the classic loop in turn: the machine's drift from one
-# minute to the next falls on all three alike. Prints each slice and the
+# rounds (default 6) gives S seconds (default 3) of C lock-step REQ clients
+# (default 1, the lone client) to A, to B and to the classic loop in turn:
+# the machine's drift from one minute to the next falls on all three
+# alike. Prints each slice and the
 # rates over all slices, with B against A and each against the classic loop.
 # Exit status 0 when every slice ran and got every record answered TRUE.
 #
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-backend=sqlite rounds=6 secs=3
+backend=sqlite rounds=6 secs=3 clients=1
 
 usage() {
 	sed -n '5,6p' "$0" | sed 's/^# \{0,1\}//' >&2
@@ -30,7 +31,8 @@ while [ $# -gt 0 ]; do
 	--backend) [ $# -ge 2 ] || usage; backend=$2; shift 2 ;;
 	--rounds) [ $# -ge 2 ] || usage; rounds=$2; shift 2 ;;
 	--seconds) [ $# -ge 2 ] || usage; secs=$2; shift 2 ;;
-	-h|--help) sed -n '3,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+	--clients) [ $# -ge 2 ] || usage; clients=$2; shift 2 ;;
+	-h|--help) sed -n '3,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
 	-*) usage ;;
 	*) break ;;
 	esac
@@ -44,6 +46,7 @@ mysql) backend=mariadb ;;
 esac
 [[ $rounds =~ ^[1-9][0-9]*$ ]] || { echo "ab.sh: --rounds: a positive integer" >&2; exit 2; }
 [[ $secs =~ ^[1-9][0-9]*$ ]] || { echo "ab.sh: --seconds: a positive integer" >&2; exit 2; }
+[[ $clients =~ ^[1-9][0-9]*$ ]] || { echo "ab.sh: --clients: a positive integer" >&2; exit 2; }
 A=$(cd "$1" && pwd) B=$(cd "$2" && pwd)
 for b in "$A" "$B"; do
 	for f in feed bench/load bench/classic; do
@@ -53,7 +56,7 @@ done
 
 if [ -z "${FEED_TEST_URL:-}" ]; then
 	exec "$root/tests/lib/with-$backend.sh" "$0" --backend "$backend" --rounds "$rounds" \
-		--seconds "$secs" "$A" "$B"
+		--seconds "$secs" --clients "$clients" "$A" "$B"
 fi
 
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/feed-ab.XXXXXX")
@@ -139,7 +142,7 @@ for i in $(seq 1 "$rounds"); do
 	for k in a b classic; do
 		ticket=$((ticket + 10000000))
 		st=0
-		line=$("$A/bench/load" req -e "${ep[$k]}" -c 1 -N 100000000 -d "$secs" -s "$ticket" \
+		line=$("$A/bench/load" req -e "${ep[$k]}" -c "$clients" -N 100000000 -d "$secs" -s "$ticket" \
 			2>"$tmp/load.err" | grep '^RESULT ') || st=$?
 		if [ "$st" != 0 ] || [ -z "$line" ]; then
 			echo "ab.sh: round $i, $k: load failed: $(tail -2 "$tmp/load.err" | tr '\n' ' ')" >&2
