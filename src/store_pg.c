@@ -960,6 +960,33 @@ static int pg_begin(struct store *s)
 	return 0;
 }
 
+/*
+ * What the result of a COMMIT (sent with in_commit set, so that the notice
+ * receiver watched it) means: 0 committed, else -errno with errmsg set.
+ */
+static int pg_commit_result(struct store_pg *p, PGresult *res)
+{
+	if (!res || PQresultStatus(res) != PGRES_COMMAND_OK)
+		return pg_fail(p, res, "COMMIT");
+	if (strcmp(PQcmdStatus(res), "COMMIT")) {
+		/* COMMIT of a failed transaction "succeeds" as ROLLBACK. */
+		pg_setmsg(p, "COMMIT failed: the server rolled the transaction back (%s)",
+			  PQcmdStatus(res));
+		return -EIO;
+	}
+	if (p->commit_warned) {
+		/*
+		 * Committed here, maybe not replicated: the outcome is unknown.
+		 * The caller reconnects and looks the tickets up; what it finds
+		 * is accepted by a commit that waits (pg_commit()).
+		 */
+		pg_setmsg(p, "COMMIT returned with a warning, outcome unknown: %s", p->commit_warning);
+		pg_flatten(p->base.errmsg);
+		return -ENOTCONN;
+	}
+	return 0;
+}
+
 /* One statement of a pipeline (pg_pipeline). */
 struct pg_step {
 	const char *sql;
@@ -972,7 +999,7 @@ struct pg_step {
  * Runs steps[0..n) in one round trip (libpq pipeline mode, one sync) and
  * returns the first failure, classified as any other; the server skips the
  * statements after it. commit_at: the index of a COMMIT step, whose
- * warnings are watched as pg_commit()'s are, or -1.
+ * result is judged as pg_commit()'s (pg_commit_result()), or -1.
  */
 static int pg_pipeline(struct store_pg *p, const struct pg_step *steps, int n, int commit_at)
 {
@@ -998,16 +1025,13 @@ static int pg_pipeline(struct store_pg *p, const struct pg_step *steps, int n, i
 			p->commit_warned = false;
 		}
 		res = PQgetResult(p->conn);
-		if (r == 0) {
+		if (r == 0 && i == commit_at) {
+			r = pg_commit_result(p, res);   /* its notices came before it */
+		} else if (r == 0) {
 			ExecStatusType st = res ? PQresultStatus(res) : PGRES_FATAL_ERROR;
 
-			if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK) {
+			if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK)
 				r = pg_fail(p, res, steps[i].what);
-			} else if (i == commit_at && strcmp(PQcmdStatus(res), "COMMIT") != 0) {
-				pg_setmsg(p, "COMMIT failed: the server rolled the transaction back (%s)",
-					  PQcmdStatus(res));
-				r = -EIO;
-			}
 		}
 		if (!res)
 			break;                  /* the connection is gone: nothing more comes */
@@ -1026,12 +1050,6 @@ static int pg_pipeline(struct store_pg *p, const struct pg_step *steps, int n, i
 	}
 	if (!PQexitPipelineMode(p->conn) && r == 0) {
 		pg_setmsg(p, "%s: the pipeline did not end: %s", steps[0].what, PQerrorMessage(p->conn));
-		pg_flatten(p->base.errmsg);
-		r = -ENOTCONN;
-	}
-	if (r == 0 && commit_at >= 0 && p->commit_warned) {
-		/* as in pg_commit(): committed here, maybe not replicated */
-		pg_setmsg(p, "COMMIT returned with a warning, outcome unknown: %s", p->commit_warning);
 		pg_flatten(p->base.errmsg);
 		r = -ENOTCONN;
 	}
@@ -1101,24 +1119,7 @@ static int pg_commit(struct store *s)
 	p->commit_warned = false;
 	res = PQexec(p->conn, "COMMIT");
 	p->in_commit = false;
-
-	if (!res || PQresultStatus(res) != PGRES_COMMAND_OK) {
-		r = pg_fail(p, res, "COMMIT");
-	} else if (strcmp(PQcmdStatus(res), "COMMIT")) {
-		/* COMMIT of a failed transaction "succeeds" as ROLLBACK. */
-		pg_setmsg(p, "COMMIT failed: the server rolled the transaction back (%s)",
-			  PQcmdStatus(res));
-		r = -EIO;
-	} else if (p->commit_warned) {
-		/*
-		 * Committed here, maybe not replicated: the outcome is unknown.
-		 * The caller reconnects and looks the tickets up; what it finds
-		 * is accepted by a commit that waits (above).
-		 */
-		pg_setmsg(p, "COMMIT returned with a warning, outcome unknown: %s", p->commit_warning);
-		pg_flatten(p->base.errmsg);
-		r = -ENOTCONN;
-	}
+	r = pg_commit_result(p, res);
 	PQclear(res);
 	return r;
 }
