@@ -435,8 +435,8 @@ static bool any_rejected(struct store_req **reqs, size_t n)
 /*
  * One transaction over reqs. *ret_in_rejects tells whether fee_reject was the
  * one refused. look: look the batch's tickets up first. Without, every
- * ticket is taken as new and inserted at once (one round trip with BEGIN,
- * one with COMMIT): right whenever it succeeds, since the ticket's key
+ * ticket is taken as new and inserted at once, without the probe's and the
+ * lookup's round trips: right whenever it succeeds, since the ticket's key
  * refuses any ticket already stored (-EEXIST), and the caller then tries
  * again with look. That is the common case (fresh trades) and what a
  * lock-step sender waits for; a re-send costs one rolled-back attempt more.
