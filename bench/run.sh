@@ -30,6 +30,10 @@
 #                transport's own p99 there)
 #   feed CURVE   the same feed with [listen] curve_server_cert (keys from
 #                `feed keygen`): 1 lone REQ client and both DEALER scenarios
+# Over every scenario the machine's busy CPU time (/proc/stat) and the client's
+# own (the measured program's) are taken: the report shows, for the lone and
+# 64-client scenarios, the client's CPU and the rest's (feed, the database
+# server, the kernel) per record.
 # After every scenario the table's row count is checked against the records
 # acknowledged TRUE. Prints the results as markdown and writes them to
 # bench/results-<backend>-<date>.md. Exit status 0 if every scenario ran
@@ -157,15 +161,37 @@ count_rows() {    # count_rows TABLE [SQL_COMMAND]
 	sh -c "${2:-$FEED_TEST_SQL}" <<<"SELECT count(*) FROM $1;" 2>/dev/null | tr -d '[:space:]' || true
 }
 
-# Results: rate[key], p50[key], p99[key] (microseconds), recs[key], elapsed[key] (ms).
-declare -A rate p50 p99 recs elapsed
+# Results: rate[key], p50[key], p99[key] (microseconds), recs[key], elapsed[key] (ms);
+# over the run, busy[key] and busy_ms[key] (the machine's busy CPU time, as % of one
+# CPU and in ms) and cli_ms[key] (the CPU time of the measured program, the client).
+declare -A rate p50 p99 recs elapsed busy busy_ms cli_ms
+hz=$(getconf CLK_TCK)
+
+# "BUSY TOTAL" jiffies of all CPUs: busy is user, nice, system, irq and softirq;
+# idle, iowait and steal (the hypervisor's) are not
+cpu_jiffies() { awk '/^cpu / { b = $2 + $3 + $4 + $7 + $8; print b, b + $5 + $6 + $9 }' /proc/stat; }
+# CPU ms of this shell's waited-for children into the variable named $1 (bash's times: run in this
+# shell, not in a $(...) subshell, which has children of its own)
+children_ms() {
+	times >"$tmp/times"
+	printf -v "$1" '%s' "$(awk 'NR == 2 { for (i = 1; i <= 2; i++) { split($i, a, /[ms]/)
+		t += a[1] * 60000 + a[2] * 1000 } printf "%d\n", t }' "$tmp/times")"
+}
 
 # measure KEY COMMAND...: runs a program that prints a RESULT line.
 measure() {
-	local key=$1 out line st=0
+	local key=$1 out line st=0 j0 j1 c0 c1
 	shift
 	log "$key: $*"
+	children_ms c0
+	j0=$(cpu_jiffies)
 	out=$("$@" 2>"$tmp/$key.err") || st=$?
+	j1=$(cpu_jiffies)
+	children_ms c1
+	read -r busy[$key] busy_ms[$key] < <(awk -v a="$j0" -v b="$j1" -v n="$(nproc)" -v hz="$hz" 'BEGIN {
+		split(a, x, " "); split(b, y, " ")
+		if (y[2] > x[2]) printf "%.0f %.0f\n", 100 * n * (y[1] - x[1]) / (y[2] - x[2]), (y[1] - x[1]) * 1000 / hz }')
+	cli_ms[$key]=$((c1 - c0))
 	if [ "$st" != 0 ]; then
 		fail "$key: exit status $st ($(tail -3 "$tmp/$key.err" | tr '\n' ' '))"
 	fi
@@ -484,6 +510,22 @@ esac
 	lrow "feed, 1 DEALER (window 100), 1 record/request" feed_w100 ""
 	lrow "feed, 1 DEALER (window 1000), 1 record/request" feed_w1000 ""
 	lrow "feed, 1 DEALER (window $WINDOW), 1 record/request" feed_pipe1 ""
+	echo
+	echo "Where the CPU went ($(nproc) CPUs, shared by the client, feed and the database server):"
+	echo
+	echo "| scenario | records/s | CPUs busy | client CPU us/record | the rest, us/record |"
+	echo "|---|---:|---:|---:|---:|"
+	for pair in "feed, 1 REQ client:feed_1" "classic loop, 1 REQ client:classic_1" \
+		"feed, 64 REQ clients:feed_64" "classic loop, 64 REQ clients:classic_64" \
+		"raw_zmq echo, 64 REQ clients:echo_64" "feed, 64 REQ clients at half rate:feed_64_half" \
+		"raw_zmq echo, 64 REQ clients at that rate:echo_64_half"; do
+		IFS=: read -r what k <<<"$pair"
+		[ -n "${busy[$k]:-}" ] && [ "${recs[$k]:-0}" -gt 0 ] || continue
+		# the rest: all busy CPU time (feed, the database, the kernel) but the client's
+		awk -v l="$what" -v r="${rate[$k]}" -v b="${busy[$k]}" -v bm="${busy_ms[$k]}" \
+			-v c="${cli_ms[$k]}" -v n="${recs[$k]}" 'BEGIN {
+			printf "| %s | %d | %d%% | %.1f | %.1f |\n", l, r, b, c * 1000 / n, (bm - c) * 1000 / n }'
+	done
 	echo
 	echo "CURVE (every message encrypted and authenticated) beside plain, same run, same database:"
 	echo
