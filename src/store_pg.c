@@ -7,8 +7,9 @@
  *
  * Values cross the wire as text: volumes and fees as dec_format() output
  * into NUMERIC columns (so '1.25' reads back as 1.25), arrays as text array
- * literals. The hot path insert() is a single COPY ... FROM STDIN (a multi-
- * row INSERT up to PG_VALUES_MAX rows); a batch of one record with nothing
+ * literals. The hot path insert() is one INSERT ... SELECT FROM unnest()
+ * over array parameters, never a COPY (see pg_insert_unnest()), or a
+ * multi-row INSERT up to PG_VALUES_MAX rows; a batch of one record with nothing
  * else in its transaction sends BEGIN, that INSERT and COMMIT in one round
  * trip, a libpq pipeline (insert_commit()). lookup()
  * and settle() are one statement each over an array parameter. No prepared
@@ -54,10 +55,7 @@
 #define PG_REJECT_CHUNK 1000
 #define PG_REJECT_PARAMS 4     /* endpoint, reason, body, source */
 
-/* COPY data is sent in pieces of this size. */
-#define PG_COPY_BUF (256 * 1024)
-
-#define PG_VALUES_MAX 32       /* up to this many rows: INSERT ... VALUES, else COPY */
+#define PG_VALUES_MAX 32       /* up to this many rows: INSERT ... VALUES, else unnest() */
 
 struct store_pg {
 	struct store base;            /* first: struct store * <-> struct store_pg * */
@@ -284,6 +282,29 @@ static char *pg_i64_array(const int64_t *v, size_t stride, size_t n)
 
 		len += (size_t)snprintf(buf + len, cap - len, i ? ",%lld" : "%lld",
 					(long long)*x);
+	}
+	buf[len++] = '}';
+	buf[len] = '\0';
+	return buf;
+}
+
+/* "{1.25,3}" from decimals v[0..n) at scale, min_frac digits shown (dec_format). Caller frees. */
+static char *pg_dec_array(const int64_t *v, size_t stride, size_t n, int scale, int min_frac)
+{
+	char *buf = malloc(n * DEC_STRMAX + 3), d[DEC_STRMAX];
+	size_t len = 0;
+
+	if (!buf)
+		return NULL;
+	buf[len++] = '{';
+	for (size_t i = 0; i < n; i++) {
+		const int64_t *x = (const int64_t *)((const char *)v + i * stride);
+		size_t dl = dec_format(*x, scale, min_frac, d);
+
+		if (i)
+			buf[len++] = ',';
+		memcpy(buf + len, d, dl);
+		len += dl;
 	}
 	buf[len++] = '}';
 	buf[len] = '\0';
@@ -1211,32 +1232,9 @@ out:
 	return r;
 }
 
-/* Ends a COPY: aborts it with reason, or finishes it, and reads the outcome. */
-static int pg_copy_end(struct store_pg *p, const char *abort_reason)
-{
-	PGresult *res;
-	int r = 0;
-
-	if (PQputCopyEnd(p->conn, abort_reason) != 1 && !abort_reason)
-		r = pg_fail(p, NULL, "COPY into fee");
-	while ((res = PQgetResult(p->conn)) != NULL) {
-		if (r == 0 && PQresultStatus(res) != PGRES_COMMAND_OK)
-			r = pg_fail(p, res, "COPY into fee");
-		PQclear(res);
-	}
-	return r;
-}
-
 /*
- * COPY, the fastest of the three forms measured (8 batches of 10,000 rows,
- * fsync on, local server): COPY ~24 ms a batch, INSERT ... SELECT FROM
- * unnest($1, $2, $3) ~32 ms, multi-row INSERT ... VALUES (1000 rows a
- * statement) ~50 ms. A ticket inserted meanwhile by another writer makes
- * the COPY fail with 23505 (-EEXIST), after waiting for that writer.
- */
-/*
- * A few rows: one multi-row INSERT, one round trip (COPY takes two). The
- * senders go as parameters, one per run of rows that share one.
+ * A few rows: one multi-row INSERT, the values in its text. The senders
+ * go as parameters, one per run of rows that share one.
  */
 #define PG_VALUES_SQL (96 + PG_VALUES_MAX * 112)
 
@@ -1286,37 +1284,112 @@ static int pg_insert_values(struct store_pg *p, const struct record *recs,
 }
 
 /*
- * src as a COPY text field into buf (at least 2 * STORE_SOURCE_MAX + 3
- * bytes): \N for NULL, the characters COPY reads specially escaped.
+ * Whether srcs[i] starts a new entry of the senders' array: not NULL, and
+ * not the text of the last one that did (*prev, its index + 1; 0: none).
+ * The array's elements are found by walking it from the start, so a batch
+ * of single-record requests from one sender must not list it once a row.
  */
-static void pg_copy_text(const char *src, char *buf)
+static bool pg_new_source(const char *const *srcs, size_t i, size_t *prev)
 {
-	size_t k = 0;
+	if (!srcs || !srcs[i])
+		return false;
+	if (*prev && (srcs[i] == srcs[*prev - 1] ||
+		      strncmp(srcs[i], srcs[*prev - 1], STORE_SOURCE_MAX) == 0))
+		return false;
+	*prev = i + 1;
+	return true;
+}
 
-	if (!src) {
-		memcpy(buf, "\\N", 3);
-		return;
+/*
+ * More rows: one INSERT ... SELECT FROM unnest() over array parameters, in
+ * one message; the senders in $5, once per run of rows from one, and each
+ * row's index into it in $4 (0: none, which reads NULL).
+ *
+ * Not COPY, though COPY is faster (bench/run.sh --quick, PostgreSQL: one
+ * DEALER with 100 records a request, 327,000-373,000 records/s with COPY,
+ * 249,000-291,000 with this): a COPY inserts its rows, and locks their
+ * tickets, as its data arrives, and while the server waits for the rest of
+ * that data neither idle_in_transaction_session_timeout nor a cancel ends
+ * it. A feed process that hung in the middle of sending one kept those
+ * locks for as long as it hung, and another instance given the same tickets
+ * waited as long (test_multi's test_hung_in_the_middle_of_a_statement). A
+ * statement runs only once its message is whole: a process hung while
+ * sending one holds nothing new, and between statements the server's
+ * timeout applies. A ticket inserted meanwhile by another writer makes the
+ * INSERT fail with 23505 (-EEXIST), after waiting for that writer.
+ */
+static int pg_insert_unnest(struct store_pg *p, const struct record *recs,
+			    const char *const *srcs, size_t n)
+{
+	const char *vals[5];
+	char *tickets = NULL, *logins = NULL, *vols = NULL, *idx = NULL, *names = NULL;
+	size_t runs = 0, il = 0, nl = 0;
+	PGresult *res = NULL;
+	int r = 0;
+
+	/* the senders of a batch are few: most rows repeat the one before */
+	for (size_t i = 0, prev = 0; i < n; i++)
+		if (pg_new_source(srcs, i, &prev))
+			runs++;
+	tickets = pg_i64_array(&recs[0].ticket, sizeof(*recs), n);
+	logins = pg_i64_array(&recs[0].login, sizeof(*recs), n);
+	vols = pg_dec_array(&recs[0].volume, sizeof(*recs), n, DEC_SCALE, 0);
+	idx = malloc(n * 21 + 3);
+	/* a quoted name: every byte escaped at worst, quotes, a comma */
+	names = malloc(runs * (2 * STORE_SOURCE_MAX + 3) + 3);
+	if (!tickets || !logins || !vols || !idx || !names) {
+		pg_setmsg(p, "insert: out of memory for %zu rows", n);
+		r = -ENOMEM;
+		goto out;
 	}
-	for (size_t i = 0; src[i] && i < STORE_SOURCE_MAX; i++) {
-		char c = src[i];
+	idx[il++] = names[nl++] = '{';
+	runs = 0;
+	for (size_t i = 0, prev = 0; i < n; i++) {
+		const char *src = srcs ? srcs[i] : NULL;
 
-		if (c == '\\' || c == '\t' || c == '\n' || c == '\r') {
-			buf[k++] = '\\';
-			c = c == '\t' ? 't' : c == '\n' ? 'n' : c == '\r' ? 'r' : c;
+		if (pg_new_source(srcs, i, &prev)) {
+			if (runs++)
+				names[nl++] = ',';
+			names[nl++] = '"';
+			for (size_t k = 0; src[k] && k < STORE_SOURCE_MAX; k++) {
+				if (src[k] == '"' || src[k] == '\\')
+					names[nl++] = '\\';
+				names[nl++] = src[k];
+			}
+			names[nl++] = '"';
 		}
-		buf[k++] = c;
+		il += (size_t)snprintf(idx + il, n * 21 + 3 - il, i ? ",%zu" : "%zu",
+				       src ? runs : 0);
 	}
-	buf[k] = '\0';
+	idx[il++] = names[nl++] = '}';
+	idx[il] = names[nl] = '\0';
+	vals[0] = tickets;
+	vals[1] = logins;
+	vals[2] = vols;
+	vals[3] = idx;
+	vals[4] = names;
+	res = PQexecParams(p->conn,
+			   "INSERT INTO fee (ticket, login, volume, status, source)"
+			   " SELECT u.t, u.l, u.v, 'N', ($5::text[])[u.s] FROM unnest($1::bigint[],"
+			   " $2::bigint[], $3::numeric[], $4::int[]) AS u(t, l, v, s)",
+			   5, NULL, vals, NULL, NULL, 0);
+	if (!res || PQresultStatus(res) != PGRES_COMMAND_OK)
+		r = pg_fail(p, res, "INSERT into fee");
+out:
+	PQclear(res);
+	free(names);
+	free(idx);
+	free(vols);
+	free(logins);
+	free(tickets);
+	return r;
 }
 
 static int pg_insert(struct store *s, const struct record *recs, const char *const *srcs,
 		     size_t n)
 {
 	struct store_pg *p = pg_of(s);
-	PGresult *res = NULL;
-	char *buf = NULL, vol[DEC_STRMAX], src[2 * STORE_SOURCE_MAX + 3];
-	size_t len = 0;
-	int r = 0;
+	int r;
 
 	if (n == 0)
 		return 0;
@@ -1328,44 +1401,7 @@ static int pg_insert(struct store *s, const struct record *recs, const char *con
 	p->wrote = true;
 	if (n <= PG_VALUES_MAX)
 		return pg_insert_values(p, recs, srcs, n);
-	buf = malloc(PG_COPY_BUF);
-	if (!buf) {
-		pg_setmsg(p, "insert: out of memory");
-		return -ENOMEM;
-	}
-	res = PQexec(p->conn, "COPY fee (ticket, login, volume, status, source) FROM STDIN");
-	if (!res || PQresultStatus(res) != PGRES_COPY_IN) {
-		r = pg_fail(p, res, "COPY into fee");
-		goto out;
-	}
-	for (size_t i = 0; i < n; i++) {
-		/* escaped once per run of rows from one sender */
-		if (i == 0 || (srcs && srcs[i] != srcs[i - 1]))
-			pg_copy_text(srcs ? srcs[i] : NULL, src);
-		dec_format(recs[i].volume, DEC_SCALE, 0, vol);
-		/* One line is at most 20 + 1 + 20 + 1 + 31 + 3 + 1 + sizeof(src) bytes. */
-		if (PG_COPY_BUF - len < 128 + sizeof(src)) {
-			if (PQputCopyData(p->conn, buf, (int)len) != 1) {
-				r = pg_fail(p, NULL, "COPY into fee");
-				pg_copy_end(p, "send failed");
-				goto out;
-			}
-			len = 0;
-		}
-		len += (size_t)snprintf(buf + len, PG_COPY_BUF - len, "%lld\t%lld\t%s\tN\t%s\n",
-					(long long)recs[i].ticket, (long long)recs[i].login,
-					vol, src);
-	}
-	if (len > 0 && PQputCopyData(p->conn, buf, (int)len) != 1) {
-		r = pg_fail(p, NULL, "COPY into fee");
-		pg_copy_end(p, "send failed");
-		goto out;
-	}
-	r = pg_copy_end(p, NULL);
-out:
-	PQclear(res);
-	free(buf);
-	return r;
+	return pg_insert_unnest(p, recs, srcs, n);
 }
 
 /*
@@ -1538,8 +1574,7 @@ static int pg_settle(struct store *s, const struct store_settle *rows, size_t n)
 	struct store_pg *p = pg_of(s);
 	PGresult *res = NULL;
 	const char *vals[2];
-	char *tickets = NULL, *fees = NULL, f[DEC_STRMAX];
-	size_t cap = n * DEC_STRMAX + 3, len = 0;
+	char *tickets = NULL, *fees = NULL;
 	int r = 0;
 
 	if (n == 0)
@@ -1549,23 +1584,12 @@ static int pg_settle(struct store *s, const struct store_settle *rows, size_t n)
 		return r;
 	p->wrote = true;          /* maybe no row (settled elsewhere): nothing is answered */
 	tickets = pg_i64_array(&rows[0].ticket, sizeof(*rows), n);
-	fees = malloc(cap);
+	fees = pg_dec_array(&rows[0].fee, sizeof(*rows), n, FEE_SCALE, 2);
 	if (!tickets || !fees) {
 		pg_setmsg(p, "settle: out of memory for %zu rows", n);
 		r = -ENOMEM;
 		goto out;
 	}
-	fees[len++] = '{';
-	for (size_t i = 0; i < n; i++) {
-		size_t fl = dec_format(rows[i].fee, FEE_SCALE, 2, f);
-
-		if (i)
-			fees[len++] = ',';
-		memcpy(fees + len, f, fl);
-		len += fl;
-	}
-	fees[len++] = '}';
-	fees[len] = '\0';
 	vals[0] = tickets;
 	vals[1] = fees;
 	res = PQexecParams(p->conn,

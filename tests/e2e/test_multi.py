@@ -11,6 +11,8 @@ there to the other one and finish with every record TRUE, each ticket once.
 import os
 import re
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -44,6 +46,126 @@ def scrape(f, name):
     raise AssertionError(f"{name} not in /metrics:\n{body}")
 
 
+class Relay:
+    """A TCP relay between one feed instance and the database server that can hold back,
+    in the middle of one large message, the rest of what feed sends on a connection. The
+    server then has part of the message and waits for the rest, as from a feed process
+    that hung while sending it: the connection stays up and nothing more arrives.
+    framing: "postgresql" (untyped startup packets, then a type byte and a length that
+    counts itself) or "mysql" (a 3-byte length and a sequence number). No TLS."""
+    BIG = 64 * 1024         # a message this large is one that could be held
+
+    def __init__(self, server_port, framing):
+        self.server_port, self.framing = server_port, framing
+        self.lsock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.lsock.getsockname()[1]
+        self.cv = threading.Condition()
+        self.armed = False      # hold the next large message
+        self.held = None        # then: the relay's port toward the server on that connection
+        self.verdict = None     # the test's word on it: "release" or "keep"
+        self.closed = False
+        self.socks = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def close(self):
+        with self.cv:
+            self.closed = True
+            self.cv.notify_all()
+        for s in [self.lsock] + self.socks:
+            s.close()
+
+    def hold_next(self, timeout):
+        """Holds the next large message half sent; returns the relay's port toward the
+        server of that connection (client_port / processlist HOST there), or None if
+        none came within timeout. decide() then says what becomes of it."""
+        with self.cv:
+            self.armed = True
+            if not self.cv.wait_for(lambda: self.held is not None, timeout):
+                self.armed = False
+            return self.held
+
+    def decide(self, verdict):
+        """"release": the rest of the message goes on; "keep": it never does."""
+        with self.cv:
+            self.verdict = verdict
+            self.cv.notify_all()
+            self.cv.wait_for(lambda: self.held is None or self.closed)
+
+    def _accept(self):
+        while True:
+            try:
+                c, _ = self.lsock.accept()
+                s = socket.create_connection(("127.0.0.1", self.server_port))
+            except OSError:
+                return
+            self.socks += [c, s]
+            threading.Thread(target=self._back, args=(s, c), daemon=True).start()
+            threading.Thread(target=self._forth, args=(c, s), daemon=True).start()
+
+    def _back(self, s, c):          # the server's side: relayed as it comes
+        try:
+            while b := s.recv(65536):
+                c.sendall(b)
+        except OSError:
+            pass
+        c.close()
+
+    @staticmethod
+    def _read(c, n):
+        buf = b""
+        while len(buf) < n:
+            b = c.recv(n - len(buf))
+            if not b:
+                raise EOFError
+            buf += b
+        return buf
+
+    def _forth(self, c, s):         # feed's side: message by message
+        try:
+            if self.framing == "postgresql":
+                while True:         # SSLRequest, GSSENCRequest, then the startup packet
+                    hdr = self._read(c, 8)
+                    n, code = struct.unpack("!II", hdr)
+                    s.sendall(hdr + self._read(c, n - 8))
+                    if code not in (80877103, 80877104):
+                        break
+            while True:
+                if self.framing == "postgresql":
+                    hdr = self._read(c, 5)
+                    n = struct.unpack("!I", hdr[1:])[0] - 4
+                else:
+                    hdr = self._read(c, 4)
+                    n = int.from_bytes(hdr[:3], "little")
+                body = self._read(c, n)
+                if n >= self.BIG and self._take_arm():
+                    s.sendall(hdr + body[:n // 2])
+                    if self._held(s.getsockname()[1]) != "release":
+                        return      # kept: the rest never goes, the connection stays
+                    s.sendall(body[n // 2:])
+                else:
+                    s.sendall(hdr + body)
+        except (OSError, EOFError):
+            pass
+        s.close()
+
+    def _take_arm(self):
+        with self.cv:
+            armed, self.armed = self.armed, False
+            return armed
+
+    def _held(self, port):
+        """Says port is held, waits for the verdict; "keep" waits for close()."""
+        with self.cv:
+            self.held, self.verdict = port, None
+            self.cv.notify_all()
+            self.cv.wait_for(lambda: self.verdict or self.closed)
+            verdict, self.held = self.verdict, None
+            self.cv.notify_all()
+            if verdict == "keep":
+                self.cv.wait_for(lambda: self.closed)
+            return verdict
+
+
 class MultiTest(FeedTestCase):
     def setUp(self):
         super().setUp()
@@ -69,29 +191,29 @@ class MultiTest(FeedTestCase):
             f.start_ok()
         return fs
 
-    def trades(self, f, first):
+    def trades(self, f, first, total=TOTAL):
         path = os.path.join(f.dir, "trades.csv")
         with open(path, "w") as fh:
-            fh.writelines(f"{t},{t % 97 + 1},0.5\n" for t in range(first, first + TOTAL))
+            fh.writelines(f"{t},{t % 97 + 1},0.5\n" for t in range(first, first + total))
         os.chmod(path, 0o644)
         return path
 
     def count(self, f):
         return int(f.sql("SELECT count(*) FROM fee;")[0][0])
 
-    def send_until(self, a, b, path, act, fraction=3, retries=5):
+    def send_until(self, a, b, path, act, fraction=3, retries=5, total=TOTAL, per=PER, timeout_ms=1000):
         """Runs `feed send -e A,B`; calls act() once the database holds 1/fraction of the stream."""
         cmd = [FEED, "send", "-q", "-e", f"{a.endpoint},{b.endpoint}", "-w", str(WINDOW),
-               "-n", str(PER), "-t", "1000", "-r", str(retries), path]
+               "-n", str(per), "-t", str(timeout_ms), "-r", str(retries), path]
         p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True)
         try:
-            wait_until(lambda: p.poll() is not None or self.count(a) >= TOTAL // fraction, 300,
+            wait_until(lambda: p.poll() is not None or self.count(a) >= total // fraction, 300,
                        step=0.02, what="the fault's point in the stream")
             at = self.count(a)
             if p.poll() is not None:
                 self.fail(f"feed send ended before the fault: {p.communicate()}")
-            self.assertLess(at, TOTAL, "the stream finished before the fault")
+            self.assertLess(at, total, "the stream finished before the fault")
             act()
             out, err = p.communicate(timeout=300)
         finally:
@@ -100,11 +222,11 @@ class MultiTest(FeedTestCase):
                 p.communicate()
         return p.returncode, err, at
 
-    def assert_all_once(self, f, first):
+    def assert_all_once(self, f, first, total=TOTAL):
         rows = f.sql("SELECT count(*), count(DISTINCT ticket), min(ticket), max(ticket) FROM fee;")
-        self.assertEqual([int(x) for x in rows[0]], [TOTAL, TOTAL, first, first + TOTAL - 1])
+        self.assertEqual([int(x) for x in rows[0]], [total, total, first, first + total - 1])
 
-    def assert_summary(self, rc, err, moved):
+    def assert_summary(self, rc, err, moved, total=TOTAL):
         """Exit 0, every record TRUE; moved: some were re-sent to the other instance (certain
         for a hung A, which gets requests until it is found silent; a killed A may have
         answered all it had just before it died)."""
@@ -112,8 +234,8 @@ class MultiTest(FeedTestCase):
         m = re.search(r"sent (\d+) records in \d+ requests: TRUE (\d+), FALSE 0, .*"
                       r"re-sent \d+ \((\d+) to another instance\)", err)
         self.assertIsNotNone(m, err)
-        self.assertEqual(int(m.group(1)), TOTAL, err)
-        self.assertEqual(int(m.group(2)), TOTAL, err)
+        self.assertEqual(int(m.group(1)), total, err)
+        self.assertEqual(int(m.group(2)), total, err)
         if moved:
             self.assertGreater(int(m.group(3)), 0, err)
 
@@ -168,8 +290,8 @@ class MultiTest(FeedTestCase):
                  for m in [re.match(r"\S+\s+\S+\s+127\.0\.0\.1:(\d+)", line)] if m]
         self.assertTrue(ports, f"no database connection of pid {pid} in:\n{r.stdout}")
         if backend() == "postgresql":
-            rows = f.sql("SELECT state = 'idle in transaction' AND (query LIKE 'INSERT INTO fee %'"
-                         " OR query LIKE 'COPY fee %') FROM pg_stat_activity WHERE xact_start IS NOT NULL"
+            rows = f.sql("SELECT state = 'idle in transaction' AND query LIKE 'INSERT INTO fee %'"
+                         " FROM pg_stat_activity WHERE xact_start IS NOT NULL"
                          " AND client_port IN (" + ",".join(map(str, ports)) + ");")
         else:
             # MariaDB: a session of processlist (HOST ip:port) with an InnoDB transaction
@@ -268,6 +390,70 @@ class MultiTest(FeedTestCase):
         self.assertEqual(proc_state(self.stopped[0]), "T")
         self.assert_summary(rc, err, moved=True)
         self.assert_all_once(b, first)
+
+    def writing_transaction(self, f, port):
+        """Whether the database session on the relay's port port is in a transaction that
+        wrote (holding the row locks of what it inserted)."""
+        if backend() == "postgresql":
+            rows = f.sql(f"SELECT backend_xid IS NOT NULL FROM pg_stat_activity WHERE client_port = {port};")
+        else:
+            time.sleep(0.15)        # innodb_trx: a fresh copy (see stop())
+            rows = f.sql("SELECT t.trx_rows_modified > 0 FROM information_schema.innodb_trx t"
+                         " JOIN information_schema.processlist p ON p.ID = t.trx_mysql_thread_id"
+                         f" WHERE p.HOST = '127.0.0.1:{port}';")
+        return any(row[0] in ("t", "1") for row in rows)
+
+    def test_hung_in_the_middle_of_a_statement(self):
+        # A, with requests of 1,000 records (batches of thousands of rows), reaches the
+        # database through a relay that holds back the rest of one of its large messages
+        # (a statement's or its data's) half sent, again and again. Where A's transaction
+        # has written by then, A is SIGSTOPped there, the message never completed: the
+        # server must still end that session, so that B, given A's tickets again, is not
+        # held by A's row locks for as long as A hangs. Elsewhere the message goes on.
+        # (A COPY held there, after its first rows went in, kept its locks for good:
+        # idle_in_transaction_session_timeout counts only between statements, and a
+        # cancel is not acted on while the server reads a COPY's data.)
+        b_port = free_port()
+        b = self.feed(conf={"metrics": {"listen": f"127.0.0.1:{b_port}"}})
+        b.http = f"http://127.0.0.1:{b_port}"
+        relay = Relay(self.db_port(), "postgresql" if backend() == "postgresql" else "mysql")
+        self.addCleanup(relay.close)
+        url = os.environ["FEED_TEST_URL"].replace(f":{self.db_port()}/", f":{relay.port}/")
+        database = {"url": url}
+        if os.environ.get("FEED_TEST_PASSWORD_FILE"):
+            database["password_file"] = os.environ["FEED_TEST_PASSWORD_FILE"]
+        a = self.feed(conf={"database": database})
+        b.start_ok()
+        a.start_ok()
+        first, total, per = 70_000_001, 2_000_000, 1000
+        path = self.trades(a, first, total)
+        holds, kept = [], []
+
+        def hold_a():
+            while len(holds) < 40 and not kept:
+                port = relay.hold_next(10)
+                if port is None:
+                    break
+                wrote = self.writing_transaction(b, port)
+                holds.append(wrote)
+                if wrote:
+                    self.stopped.append(a.pid())
+                    os.kill(a.pid(), signal.SIGSTOP)
+                    relay.decide("keep")
+                    kept.append(time.monotonic())
+                else:
+                    relay.decide("release")
+
+        # B first: its row count is the one send_until watches (A's database URL is the relay's)
+        # (a timeout long enough for A's answers to wait out a look at a held message)
+        rc, err, at = self.send_until(b, a, path, hold_a, fraction=20, retries=30, total=total, per=per,
+                                      timeout_ms=3000)
+        print(f"{len(holds)} large messages held half sent, {sum(holds)} inside a transaction that wrote"
+              + (f"; A stopped there, the stream completed {time.monotonic() - kept[0]:.1f} s later" if kept else "")
+              + f"; feed send said:\n{err}")
+        self.assertTrue(holds, "no large message was held")
+        self.assert_summary(rc, err, moved=bool(kept), total=total)
+        self.assert_all_once(b, first, total)
 
     def test_one_endpoint_down_from_the_start(self):
         # B listens nowhere: the whole stream goes to A, nothing is lost on the way

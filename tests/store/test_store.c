@@ -1168,9 +1168,9 @@ static void t_write(struct t_fix *fx, struct store_req *q, size_t n)
 
 /*
  * Each record carries its request's sender, in a batch of a few rows and in
- * one of many (PostgreSQL: INSERT ... VALUES and COPY; MariaDB: the bulk
- * array); "" and NULL are SQL NULL; a quote, a backslash and a tab are
- * stored as they are. fee_reject carries it too.
+ * one of many (PostgreSQL: INSERT ... VALUES, and INSERT ... SELECT FROM
+ * unnest(); MariaDB: the bulk array); "" and NULL are SQL NULL; a quote, a
+ * backslash and a tab are stored as they are. fee_reject carries it too.
  */
 static void test_source_roundtrip(void **state)
 {
