@@ -170,8 +170,8 @@ hz=$(getconf CLK_TCK)
 # "BUSY TOTAL" jiffies of all CPUs: busy is user, nice, system, irq and softirq;
 # idle, iowait and steal (the hypervisor's) are not
 cpu_jiffies() { awk '/^cpu / { b = $2 + $3 + $4 + $7 + $8; print b, b + $5 + $6 + $9 }' /proc/stat; }
-# CPU ms of this shell's waited-for children into the variable named $1 (bash's times: run in this
-# shell, not in a $(...) subshell, which has children of its own)
+# The CPU ms of this shell's waited-for children, into the variable named $1
+# (bash's times, run in this shell: a $(...) subshell has children of its own)
 children_ms() {
 	times >"$tmp/times"
 	printf -v "$1" '%s' "$(awk 'NR == 2 { for (i = 1; i <= 2; i++) { split($i, a, /[ms]/)
