@@ -9,9 +9,9 @@
  * into NUMERIC columns (so '1.25' reads back as 1.25), arrays as text array
  * literals. The hot path insert() is one INSERT ... SELECT FROM unnest()
  * over array parameters, never a COPY (see pg_insert_unnest()), or a
- * multi-row INSERT up to PG_VALUES_MAX rows; a batch of one record with nothing
- * else in its transaction sends BEGIN, that INSERT and COMMIT in one round
- * trip, a libpq pipeline (insert_commit()). lookup()
+ * multi-row INSERT up to PG_VALUES_MAX rows; a batch of one record with
+ * nothing else in its transaction sends BEGIN, that INSERT and COMMIT in
+ * one round trip, a libpq pipeline (insert_commit()). lookup()
  * and settle() are one statement each over an array parameter. No prepared
  * statements are kept, so reconnect() only re-applies the session settings.
  *
@@ -248,6 +248,19 @@ static int pg_cmd(struct store_pg *p, const char *sql, const char *what)
 	return r;
 }
 
+/* Runs one statement with nvals text parameters; its result is discarded. */
+static int pg_cmd_params(struct store_pg *p, const char *sql, int nvals,
+			 const char *const *vals, const char *what)
+{
+	PGresult *res = PQexecParams(p->conn, sql, nvals, NULL, vals, NULL, NULL, 0);
+	int r = 0;
+
+	if (!res || PQresultStatus(res) != PGRES_COMMAND_OK)
+		r = pg_fail(p, res, what);
+	PQclear(res);
+	return r;
+}
+
 /* ==== Values ==== */
 
 static int64_t pg_get_i64(const PGresult *res, int row, int col)
@@ -288,7 +301,7 @@ static char *pg_i64_array(const int64_t *v, size_t stride, size_t n)
 	return buf;
 }
 
-/* "{1.25,3}" from decimals v[0..n) at scale, min_frac digits shown (dec_format). Caller frees. */
+/* "{1.25,3}" from decimals v[0..n) at scale, as dec_format(min_frac). Caller frees. */
 static char *pg_dec_array(const int64_t *v, size_t stride, size_t n, int scale, int min_frac)
 {
 	char *buf = malloc(n * DEC_STRMAX + 3), d[DEC_STRMAX];
@@ -1273,14 +1286,8 @@ static int pg_insert_values(struct store_pg *p, const struct record *recs,
 	char sql[PG_VALUES_SQL];
 	const char *vals[PG_VALUES_MAX];
 	int nvals = pg_values_sql(recs, srcs, n, sql, vals);
-	PGresult *res;
-	int r = 0;
 
-	res = PQexecParams(p->conn, sql, nvals, NULL, vals, NULL, NULL, 0);
-	if (!res || PQresultStatus(res) != PGRES_COMMAND_OK)
-		r = pg_fail(p, res, "INSERT into fee");
-	PQclear(res);
-	return r;
+	return pg_cmd_params(p, sql, nvals, vals, "INSERT into fee");
 }
 
 /*
@@ -1324,7 +1331,6 @@ static int pg_insert_unnest(struct store_pg *p, const struct record *recs,
 	const char *vals[5];
 	char *tickets = NULL, *logins = NULL, *vols = NULL, *idx = NULL, *names = NULL;
 	size_t runs = 0, il = 0, nl = 0;
-	PGresult *res = NULL;
 	int r = 0;
 
 	/* the senders of a batch are few: most rows repeat the one before */
@@ -1368,15 +1374,11 @@ static int pg_insert_unnest(struct store_pg *p, const struct record *recs,
 	vals[2] = vols;
 	vals[3] = idx;
 	vals[4] = names;
-	res = PQexecParams(p->conn,
-			   "INSERT INTO fee (ticket, login, volume, status, source)"
-			   " SELECT u.t, u.l, u.v, 'N', ($5::text[])[u.s] FROM unnest($1::bigint[],"
-			   " $2::bigint[], $3::numeric[], $4::int[]) AS u(t, l, v, s)",
-			   5, NULL, vals, NULL, NULL, 0);
-	if (!res || PQresultStatus(res) != PGRES_COMMAND_OK)
-		r = pg_fail(p, res, "INSERT into fee");
+	r = pg_cmd_params(p, "INSERT INTO fee (ticket, login, volume, status, source)"
+			  " SELECT u.t, u.l, u.v, 'N', ($5::text[])[u.s] FROM unnest($1::bigint[],"
+			  " $2::bigint[], $3::numeric[], $4::int[]) AS u(t, l, v, s)",
+			  5, vals, "INSERT into fee");
 out:
-	PQclear(res);
 	free(names);
 	free(idx);
 	free(vols);
@@ -1572,7 +1574,6 @@ out:
 static int pg_settle(struct store *s, const struct store_settle *rows, size_t n)
 {
 	struct store_pg *p = pg_of(s);
-	PGresult *res = NULL;
 	const char *vals[2];
 	char *tickets = NULL, *fees = NULL;
 	int r = 0;
@@ -1592,15 +1593,11 @@ static int pg_settle(struct store *s, const struct store_settle *rows, size_t n)
 	}
 	vals[0] = tickets;
 	vals[1] = fees;
-	res = PQexecParams(p->conn,
-			   "UPDATE fee SET fee = u.fee, status = 'Y', settled_at = now()"
-			   " FROM unnest($1::bigint[], $2::numeric[]) AS u(ticket, fee)"
-			   " WHERE fee.ticket = u.ticket AND fee.status = 'N'",
-			   2, NULL, vals, NULL, NULL, 0);
-	if (!res || PQresultStatus(res) != PGRES_COMMAND_OK)
-		r = pg_fail(p, res, "UPDATE fee (settle)");
+	r = pg_cmd_params(p, "UPDATE fee SET fee = u.fee, status = 'Y', settled_at = now()"
+			  " FROM unnest($1::bigint[], $2::numeric[]) AS u(ticket, fee)"
+			  " WHERE fee.ticket = u.ticket AND fee.status = 'N'",
+			  2, vals, "UPDATE fee (settle)");
 out:
-	PQclear(res);
 	free(fees);
 	free(tickets);
 	return r;
