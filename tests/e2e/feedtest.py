@@ -211,11 +211,21 @@ class Feed:
 
 
 def _zombie(pid):
+    """Whether pid has exited (or is gone): every thread of it a zombie. Its main thread
+    shows Z as soon as it exits, while the others may still be running down, holding the
+    process's files and the locks on them (a pidfile's): not exited yet."""
     try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(")")[-1].split()[0] == "Z"
+        tasks = os.listdir(f"/proc/{pid}/task")
     except OSError:
         return True
+    for t in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{t}/stat") as f:
+                if f.read().split(")")[-1].split()[0] not in ("Z", "X"):
+                    return False
+        except OSError:         # that thread is gone
+            pass
+    return True
 
 
 def feed_procs(conf):
